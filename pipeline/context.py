@@ -1,0 +1,81 @@
+"""The Context a stage runs against: built once per run from the composed Hydra config."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .arch import ArchSpec, get_arch
+from .data import TextSource, build_source, token_windows
+from .loggers import Logger, build_logger
+from .models import load_model
+from .results import ResultsWriter
+
+
+@dataclass(frozen=True)
+class Context:
+    """Everything a stage needs; stages never see the Hydra config itself."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    arch: ArchSpec
+    device: torch.device
+    model_name: str
+    paper_key: str | None
+    data_cfg: Mapping[str, Any]
+    source: TextSource
+    results: ResultsWriter
+    logger: Logger
+    experiment: str
+    seed: int
+
+    @property
+    def out_dir(self) -> Path:
+        """Where this experiment's CSVs (and figures/) go."""
+        return self.results.path("x").parent
+
+    def windows(self, seq_len: int, n: int, sampling: str = "sequential") -> torch.Tensor:
+        """(n, seq_len) token windows of the run's dataset, with the dataset's BOS rule."""
+        return token_windows(
+            self.tokenizer, self.source, seq_len=seq_len, n_windows=n,
+            bos=self.data_cfg.get("bos", "never"), sampling=sampling, seed=self.seed,
+            joiner=self.data_cfg.get("joiner", "\n\n"),
+        )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_context(cfg: DictConfig) -> Context:
+    """Load model, data source, results writer and logger for one run."""
+    seed_everything(int(cfg.run.seed))
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
+    source = build_source(data_cfg)  # fails fast on a bad dataset, before the model loads
+    model, tok, device = load_model(model_cfg)
+    arch = get_arch(model)
+    results = ResultsWriter(
+        Path(cfg.run.results_dir), cfg.run.experiment, model=model_cfg["name"],
+        revision=model_cfg.get("revision"), dataset=data_cfg["name"], seed=int(cfg.run.seed),
+        device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+    )
+    logger = build_logger(
+        OmegaConf.to_container(cfg.logger, resolve=True),
+        run_name=f"{cfg.run.experiment}/{model_cfg['name']}/{data_cfg['name']}",
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    return Context(
+        model=model, tokenizer=tok, arch=arch, device=device, model_name=model_cfg["name"],
+        paper_key=model_cfg.get("paper_key"), data_cfg=data_cfg, source=source, results=results,
+        logger=logger, experiment=cfg.run.experiment, seed=int(cfg.run.seed),
+    )

@@ -1,0 +1,58 @@
+"""Is the Hugging Face Hub reachable?  Decided once, quickly, before any download starts.
+
+transformers and datasets retry for about 50 s before failing when the Hub cannot be reached; we
+probe once (DNS + TCP connect with a short timeout) and fail with one line instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import threading
+from urllib.parse import urlparse
+
+from .errors import PipelineError
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def offline_requested() -> bool:
+    return any(os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+@functools.lru_cache(maxsize=None)
+def _probe(host: str, port: int, timeout: float) -> bool:
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    # getaddrinfo ignores socket timeouts, so the whole probe runs in a thread we can abandon.
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
+    return bool(result and result[0])
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """False when offline mode is requested or the Hub endpoint does not answer within ``timeout``."""
+    if offline_requested():
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return _probe(url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80), timeout)
+
+
+def require_hub(what: str) -> None:
+    """Raise a one-line PipelineError when ``what`` (e.g. "model 'llama2_7b' (meta-llama/...)") needs the Hub."""
+    if hub_reachable():
+        return
+    why = "HF_HUB_OFFLINE is set" if offline_requested() else "the Hub is unreachable from this machine"
+    raise PipelineError(
+        f"{what} is not in the local Hugging Face cache and {why}; "
+        "download it on a connected machine (or use an offline config such as model=smollm2_135m)"
+    )

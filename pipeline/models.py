@@ -1,0 +1,140 @@
+"""Load a model and tokenizer from a ``conf/model/*.yaml`` mapping.
+
+Sources:
+  hub   -- a Hugging Face id (``hub_id``, ``revision``); used from the local cache when present,
+           otherwise the Hub must be reachable (checked up front: one clear line, no retry loop).
+  gguf  -- a GGUF file inside an installed pip package (the embedded default, SmolLM2-135M);
+           dequantised once into a safetensors cache so later loads take seconds.
+  local -- a directory saved with ``save_pretrained``.
+  tiny  -- a random 2-4 layer model built from a config (tests, ``debug``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .errors import PipelineError
+from .hub import require_hub
+
+CACHE_DIR = Path(os.environ.get("PIPELINE_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
+SOURCES = ("hub", "gguf", "local", "tiny")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(spec: str | None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if spec in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(spec).startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError(f"device '{spec}' requested but CUDA is not available (use device=auto or cpu)")
+    return torch.device(spec)
+
+
+def resolve_dtype(spec: str | None, device: torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 on CUDA, float32 on CPU (bf16 matmuls are slow and lossy on CPUs)."""
+    if spec in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if spec not in _DTYPES:
+        raise PipelineError(f"unknown dtype '{spec}'; use auto or one of {sorted(_DTYPES)}")
+    return _DTYPES[spec]
+
+
+def package_file(package: str, filename: str) -> Path:
+    """A data file inside an installed package, found without importing it (some have broken __init__s)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise PipelineError(f"package '{package}' is not installed; run `make setup` (it installs the offline assets)")
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise PipelineError(f"'{filename}' not found in package '{package}' ({path.parent})")
+    return path
+
+
+def _gguf_cache(cfg: Mapping[str, Any]) -> Path:
+    """Dequantise the GGUF file once into ``.cache/models/<name>`` (safetensors + tokenizer)."""
+    gguf = package_file(cfg["package"], cfg["gguf_file"])
+    target = CACHE_DIR / "models" / f"{cfg['name']}-{gguf.stat().st_size}"
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():  # another process converted it meanwhile
+            return target
+        print(f"[models] converting {gguf.name} to a safetensors cache once (about 30-40 s on 2 cores) ...",
+              flush=True)
+        t0 = time.perf_counter()
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The GGUF loader marks the model as quantized, which save_pretrained refuses; the
+        # weights are plain dequantised fp32 tensors by now, so drop the marker.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+        print(f"[models] cached at {target} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return target
+
+
+def _hub_path(cfg: Mapping[str, Any]) -> tuple[str, dict]:
+    """The id to pass to from_pretrained, and kwargs (local_files_only when cached)."""
+    from huggingface_hub import snapshot_download
+
+    hub_id, revision = cfg["hub_id"], cfg.get("revision")
+    try:
+        path = snapshot_download(hub_id, revision=revision, local_files_only=True)
+        return path, {}
+    except Exception:  # not (completely) in the cache: the Hub must be reachable
+        require_hub(f"model '{cfg['name']}' ({hub_id})")
+        return hub_id, {"revision": revision}
+
+
+def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.device]:
+    """Return (model in eval mode, tokenizer, input device) for a model config mapping."""
+    source = cfg.get("source")
+    if source not in SOURCES:
+        raise PipelineError(f"model '{cfg.get('name')}': unknown source '{source}'; known: {', '.join(SOURCES)}")
+    device = resolve_device(cfg.get("device", "auto"))
+    if source == "tiny":
+        from .tiny import tiny_model
+
+        model, tok = tiny_model(cfg)
+        return model.to(device=device, dtype=resolve_dtype(cfg.get("dtype"), device)), tok, device
+
+    dtype = resolve_dtype(cfg.get("dtype"), device)
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": bool(cfg.get("trust_remote_code", False))}
+    if cfg.get("attn_implementation"):
+        kwargs["attn_implementation"] = cfg["attn_implementation"]
+    if source == "gguf":
+        path, extra = str(_gguf_cache(cfg)), {}
+    elif source == "local":
+        path, extra = str(cfg["path"]), {}
+        if not Path(path).exists():
+            raise PipelineError(f"model '{cfg['name']}': local path '{path}' does not exist")
+    else:
+        path, extra = _hub_path(cfg)
+    device_map = cfg.get("device_map")
+    if device_map:
+        kwargs["device_map"] = device_map
+    print(f"[models] loading {cfg['name']} ({dtype}, {device_map or device}) ...", flush=True)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"], **extra)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **extra)
+    if not device_map:
+        model = model.to(device)
+    else:
+        device = next(model.parameters()).device  # inputs go where the embeddings live
+    return model.eval(), tok, device

@@ -1,0 +1,22 @@
+"""Published numbers live in ``conf/paper/<paper>.yaml``; this module only reads them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def paper_numbers(paper: str, model_key: str | None) -> dict[str, Any] | None:
+    """The entries of ``conf/paper/<paper>.yaml`` for one of the paper's models, or None.
+
+    Each entry is ``{value, source, verified}``; ``model_key`` is the model config's ``paper_key``.
+    """
+    if not model_key:
+        return None
+    path = CONF_DIR / "paper" / f"{paper}.yaml"
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return data.get("models", {}).get(model_key)

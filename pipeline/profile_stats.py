@@ -1,0 +1,178 @@
+"""Streaming statistics of |hidden state| per decoder layer, reduced inside forward hooks.
+
+Paper A (Sun et al. 2024) §2, Table 1 and Fig. 3: per layer, the top-1/2/3 and the median of the
+magnitudes of the residual-stream output; an activation is *massive* when its magnitude is above
+``abs_threshold`` (100) and above ``rel_threshold`` (1000) times the median magnitude of its hidden
+state (one sequence, one layer, all tokens and dims).
+
+Memory does not grow with the number of sequences: a hook keeps, per sequence, only the ``max_hits``
+largest magnitudes (with their flat indices and signed values) and the median, on the device; after
+each forward these few numbers move to the CPU and fold into running sums keyed by
+(layer, dim, token type). Massive activations are far fewer than ``max_hits`` per layer, so taking
+candidates from a top-k is exact; when every one of the top ``max_hits`` passes the thresholds the
+run says so (``truncated``) instead of silently dropping hits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+TOKEN_TYPES = ("first_token", "first_delimiter", "other")
+
+
+def token_types(ids: torch.Tensor, is_delimiter) -> list[list[str]]:
+    """Classify every position of each row of ``ids`` (B, T): the first token, the first delimiter
+    token after it (e.g. "." or "\\n"), or other. ``is_delimiter(token_id) -> bool``."""
+    out = []
+    for row in ids.tolist():
+        types = ["other"] * len(row)
+        types[0] = "first_token"
+        for t in range(1, len(row)):
+            if is_delimiter(row[t]):
+                types[t] = "first_delimiter"
+                break
+        out.append(types)
+    return out
+
+
+def delimiter_test(tokenizer, delimiters: list[str]):
+    """A cached ``token_id -> bool``: the token's text, spaces stripped, is made of delimiter chars."""
+    chars = set("".join(delimiters))
+    cache: dict[int, bool] = {}
+
+    def is_delimiter(tid: int) -> bool:
+        if tid not in cache:
+            text = tokenizer.decode([tid]).strip(" \t")
+            cache[tid] = bool(text) and set(text) <= chars
+        return cache[tid]
+
+    return is_delimiter
+
+
+@dataclass
+class HitStats:
+    """Running statistics of one (layer, dim, token type) group of massive activations."""
+
+    n: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    vmin: float = math.inf
+    vmax: float = -math.inf
+    ratio_total: float = 0.0
+    sequences: set = field(default_factory=set)
+    texts: Counter = field(default_factory=Counter)
+    positions: Counter = field(default_factory=Counter)
+
+    def add(self, value: float, ratio: float, seq: int, text: str, pos: int) -> None:
+        self.n += 1
+        self.total += value
+        self.total_sq += value * value
+        self.vmin, self.vmax = min(self.vmin, value), max(self.vmax, value)
+        self.ratio_total += ratio
+        self.sequences.add(seq)
+        self.texts[text] += 1
+        self.positions[pos] += 1
+
+    def row(self) -> dict:
+        mean = self.total / self.n
+        var = max(self.total_sq / self.n - mean * mean, 0.0)
+        return {
+            "n_hits": self.n, "n_sequences_hit": len(self.sequences),
+            "value_mean": mean, "value_std": math.sqrt(var), "value_min": self.vmin,
+            "value_max": self.vmax, "ratio_to_median_mean": self.ratio_total / self.n,
+            "token_text": self.texts.most_common(1)[0][0], "position_mode": self.positions.most_common(1)[0][0],
+        }
+
+
+class LayerProfile:
+    """Accumulates Table-1 statistics and massive-activation hits over batches of sequences.
+
+    Usage per batch: ``begin_batch(ids, types, texts)``; forward with ``observe`` hooked on every
+    decoder layer; ``end_batch()``.
+    """
+
+    def __init__(self, n_layers: int, *, abs_threshold: float = 100.0, rel_threshold: float = 1000.0,
+                 max_hits: int = 64, topk: int = 3):
+        self.n_layers, self.k = n_layers, topk
+        self.abs_threshold, self.rel_threshold, self.max_hits = abs_threshold, rel_threshold, max_hits
+        self.n_seq = 0
+        self.top_sum = torch.zeros(n_layers, topk, dtype=torch.float64)
+        self.top_max = torch.zeros(n_layers, topk, dtype=torch.float64)
+        self.median_sum = torch.zeros(n_layers, dtype=torch.float64)
+        self.top1_where: list[Counter] = [Counter() for _ in range(n_layers)]  # (dim, token type)
+        self.hits: dict[tuple[int, int, str], HitStats] = defaultdict(HitStats)
+        self.truncated: set[int] = set()
+        self._pending: dict[int, tuple[torch.Tensor, ...]] = {}
+
+    def begin_batch(self, types: list[list[str]], texts: list[list[str]]) -> None:
+        self._types, self._texts, self._pending = types, texts, {}
+
+    @torch.no_grad()
+    def observe(self, layer: int, h: torch.Tensor) -> None:
+        """Hook body: reduce one layer's output ``h`` (B, T, D) to a few device tensors, no sync."""
+        self._dims = h.shape[-1]
+        flat = h.detach().reshape(h.shape[0], -1)
+        mag = flat.abs()
+        k = min(max(self.max_hits, self.k), mag.shape[1])
+        top_vals, top_idx = mag.topk(k, dim=1)  # sorted, descending
+        median = mag.median(dim=1).values  # lower median, as torch.median
+        self._pending[layer] = (top_vals, top_idx, flat.gather(1, top_idx), median)
+
+    def end_batch(self) -> None:
+        """Move the batch's reductions to the CPU and fold them into the running totals."""
+        for layer, tensors in sorted(self._pending.items()):
+            top_vals, top_idx, signed, median = (t.cpu() for t in tensors)
+            top_vals, signed, median = top_vals.double(), signed.double(), median.double()
+            for b in range(top_vals.shape[0]):
+                self.top_sum[layer] += top_vals[b, : self.k]
+                self.top_max[layer] = torch.maximum(self.top_max[layer], top_vals[b, : self.k])
+                self.median_sum[layer] += median[b]
+                self._fold_hits(layer, b, top_vals[b], top_idx[b], signed[b], float(median[b]))
+        self.n_seq += len(self._types)
+        self._pending = {}
+
+    def _fold_hits(self, layer: int, b: int, vals, idx, signed, median: float) -> None:
+        types, texts, seq = self._types[b], self._texts[b], self.n_seq + b
+        threshold = max(self.abs_threshold, self.rel_threshold * median)
+        passed = 0
+        for j, (v, i, s) in enumerate(zip(vals.tolist(), idx.tolist(), signed.tolist(), strict=True)):
+            pos, dim = divmod(i, self._dims)
+            if j == 0:  # where the layer's largest magnitude sits, for the Fig. 3 table
+                self.top1_where[layer][(dim, types[pos])] += 1
+            if not v > threshold:
+                break
+            passed += 1
+            self.hits[(layer, dim, types[pos])].add(s, v / max(median, 1e-30), seq, texts[pos], pos)
+        if passed == len(vals):
+            self.truncated.add(layer)
+
+    # --- results -------------------------------------------------------------------------------
+    def layer_rows(self) -> list[dict]:
+        """Fig. 3 / Table 1: mean over sequences of the top-k and median magnitudes per layer."""
+        n = max(self.n_seq, 1)
+        rows = []
+        for layer in range(self.n_layers):
+            top, med = self.top_sum[layer] / n, float(self.median_sum[layer] / n)
+            (dim, ttype), _ = self.top1_where[layer].most_common(1)[0] if self.top1_where[layer] else ((-1, ""), 0)
+            rows.append({
+                "layer": layer, "layer_1based": layer + 1, "n_sequences": self.n_seq,
+                **{f"top{j + 1}": float(top[j]) for j in range(self.k)},
+                "median": med, "top1_max": float(self.top_max[layer, 0]),
+                "top1_over_median": float(top[0]) / med if med > 0 else math.inf,
+                "top1_dim": dim, "top1_token_type": ttype,
+                "n_massive": sum(s.n for (lay, _, _), s in self.hits.items() if lay == layer) / n,
+                "truncated": layer in self.truncated,
+            })
+        return rows
+
+    def activation_rows(self) -> list[dict]:
+        """One row per (layer, dim, token type) with hits: the raw material of the summary."""
+        return [
+            {"layer": lay, "layer_1based": lay + 1, "dim": dim, "token_type": ttype,
+             "frac_sequences": len(s.sequences) / max(self.n_seq, 1), **s.row()}
+            for (lay, dim, ttype), s in sorted(self.hits.items())
+        ]

@@ -1,0 +1,179 @@
+"""Stage ``ma_profile``: where massive activations live (paper A, Sun et al. 2024, §2).
+
+Reproduces Table 1 / Fig. 3 (per-layer top-1/2/3 and median of |hidden state| over N sequences
+of L tokens) and Fig. 1 (the |activation| landscape of one layer on one prompt), and detects the
+massive activations automatically: layer of first appearance, feature dim, token position and
+type, and how constant their value is across sequences.
+
+Tables written (``results/<experiment>/``):
+  ma_layer_stats.csv   one row per decoder layer (Fig. 3, Table 1)
+  ma_activations.csv   one row per (layer, dim, token type) holding massive activations
+  ma_massive.csv       one row per (dim, token type): first layer, value mean/std, ratio (summary)
+  ma_fig1.csv          |h| of every token x dim of one layer on the Fig. 1 prompt
+  ma_paper.csv         our numbers beside the paper's, for the paper's models
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..arch import decoder_layers, layer, num_layers
+from ..hooks import capture
+from ..paper import paper_numbers
+from ..profile_stats import LayerProfile, delimiter_test, token_types
+
+STAGE = "ma_profile"
+
+
+def _forward(model: torch.nn.Module, ids: torch.Tensor) -> None:
+    """Forward without computing the full-vocabulary logits (not needed for hidden states)."""
+    try:
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    except TypeError:  # architectures whose forward has no logits_to_keep
+        model(input_ids=ids, use_cache=False)
+
+
+@torch.inference_mode()
+def profile_layers(ctx, windows: torch.Tensor, *, batch_size: int, abs_threshold: float,
+                   rel_threshold: float, max_hits: int, delimiters: list[str]) -> LayerProfile:
+    """Run ``windows`` (N, L) through the model with the reducing hooks on every decoder layer."""
+    prof = LayerProfile(num_layers(ctx.model), abs_threshold=abs_threshold,
+                        rel_threshold=rel_threshold, max_hits=max_hits)
+    is_delim = delimiter_test(ctx.tokenizer, delimiters)
+    texts_of: dict[int, str] = {}
+    modules = {str(i): m for i, m in enumerate(decoder_layers(ctx.model))}
+    with capture(modules, lambda name, h: prof.observe(int(name), h)):
+        for start in tqdm(range(0, len(windows), batch_size), desc="ma_profile", unit="batch"):
+            ids = windows[start:start + batch_size]
+            for tid in set(ids.flatten().tolist()) - texts_of.keys():
+                texts_of[tid] = ctx.tokenizer.decode([tid])
+            prof.begin_batch(token_types(ids, is_delim), [[texts_of[t] for t in r] for r in ids.tolist()])
+            _forward(ctx.model, ids.to(ctx.device))
+            prof.end_batch()
+    return prof
+
+
+def summarize(activation_rows: list[dict]) -> list[dict]:
+    """Group per-layer hits by (dim, token type): first/last layer and the value where it appears."""
+    groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
+    for r in activation_rows:
+        groups[(r["dim"], r["token_type"])].append(r)
+    rows = []
+    for (dim, ttype), rs in groups.items():
+        first = min(rs, key=lambda r: r["layer"])
+        peak = max(rs, key=lambda r: abs(r["value_mean"]))
+        rows.append({
+            "dim": dim, "token_type": ttype, "token_text": first["token_text"],
+            "first_layer": first["layer"], "first_layer_1based": first["layer"] + 1,
+            "last_layer": max(r["layer"] for r in rs), "n_layers": len(rs),
+            "value_mean": first["value_mean"], "value_std": first["value_std"],
+            "ratio_to_median": first["ratio_to_median_mean"],
+            "frac_sequences": first["frac_sequences"], "peak_layer": peak["layer"],
+            "peak_value_mean": peak["value_mean"],
+        })
+    return sorted(rows, key=lambda r: (r["first_layer"], -abs(r["value_mean"])))
+
+
+@torch.inference_mode()
+def fig1_landscape(ctx, prompt: str, layer_idx: int) -> list[dict]:
+    """Fig. 1: |h| of one layer's output for every token and dim of ``prompt`` (no special tokens)."""
+    ids = ctx.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    grabbed: dict[str, torch.Tensor] = {}
+    with capture({"h": layer(ctx.model, layer_idx)}, lambda _n, h: grabbed.__setitem__("h", h[0].float().cpu())):
+        _forward(ctx.model, ids.to(ctx.device))
+    toks = [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
+    h = grabbed["h"]
+    return [
+        {"layer": layer_idx, "layer_1based": layer_idx + 1, "position": p, "token": toks[p], "dim": d,
+         "value": float(h[p, d]), "abs_value": float(abs(h[p, d]))}
+        for p in range(h.shape[0]) for d in range(h.shape[1])
+    ]
+
+
+def compare_with_paper(paper: dict | None, layer_rows: list[dict], massive: list[dict]) -> list[dict]:
+    """Our numbers beside the published ones (conf/paper/massive_activations.yaml)."""
+    if not paper:
+        return []
+    steady = [m for m in massive if m["frac_sequences"] >= 0.5]
+    peak = max(layer_rows, key=lambda r: r["top1"])
+    ours = {
+        "massive_dims": sorted({m["dim"] for m in steady}),
+        "first_layer_1based": min((m["first_layer_1based"] for m in steady), default=None),
+        "token_types": sorted({m["token_type"] for m in steady}),
+        "table1_top": [round(peak[f"top{j}"], 1) for j in (1, 2, 3)],
+        "table1_median": round(peak["median"], 3),
+    }
+    return [
+        {"quantity": q, "ours": str(ours[q]), "paper": str(entry["value"]),
+         "paper_source": entry.get("source", ""), "paper_verified": bool(entry.get("verified", False))}
+        for q, entry in paper.items() if q in ours
+    ]
+
+
+def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: str = "sequential",
+        abs_threshold: float = 100.0, rel_threshold: float = 1000.0, max_hits: int = 64,
+        delimiters: list[str] | tuple[str, ...] = (".", "\n"), fig1_prompt: str = "Summer is warm. Winter is cold.",
+        fig1_layer: int | str = "auto") -> dict[str, Any]:
+    """Profile |hidden state| per layer, detect massive activations, and record the Fig. 1 layer."""
+    windows = ctx.windows(seq_len, n_sequences, sampling)
+    prof = profile_layers(ctx, windows, batch_size=batch_size, abs_threshold=abs_threshold,
+                          rel_threshold=rel_threshold, max_hits=max_hits, delimiters=list(delimiters))
+    layer_rows, act_rows = prof.layer_rows(), prof.activation_rows()
+    massive = summarize(act_rows)
+    if fig1_layer == "auto":  # the layer where massive activations first appear, else the peak layer
+        fig1_layer = min((m["first_layer"] for m in massive), default=None)
+        if fig1_layer is None:
+            fig1_layer = max(layer_rows, key=lambda r: r["top1_over_median"])["layer"]
+    fig1 = fig1_landscape(ctx, fig1_prompt, int(fig1_layer))
+    comparison = compare_with_paper(paper_numbers("massive_activations", ctx.paper_key), layer_rows, massive)
+
+    paths = {}
+    for table, rows in [("ma_layer_stats", layer_rows), ("ma_activations", act_rows),
+                        ("ma_massive", massive), ("ma_fig1", fig1), ("ma_paper", comparison)]:
+        if rows or table != "ma_paper":
+            paths[table] = ctx.results.write(table, rows, stage=STAGE)
+    metrics = {"ma/n_massive_groups": len(massive), "ma/max_top1": max(r["top1"] for r in layer_rows),
+               "ma/first_layer": min((m["first_layer"] for m in massive), default=-1)}
+    ctx.logger.log_metrics(metrics)
+    ctx.logger.log_table("ma_massive", _frame(massive))
+    ctx.logger.log_table("ma_layer_stats", _frame(layer_rows))
+    return {"metrics": metrics, "paths": paths, "massive": massive, "layer_rows": layer_rows,
+            "comparison": comparison, "fig1_layer": int(fig1_layer), "truncated": sorted(prof.truncated),
+            "setting": f"{n_sequences} x {seq_len} tokens of {ctx.data_cfg['name']}"}
+
+
+def _frame(rows: list[dict]):
+    import pandas as pd
+
+    return pd.DataFrame(rows)
+
+
+def format_summary(out: dict[str, Any], max_rows: int = 12) -> str:
+    """One screen: the massive activations found, and the paper comparison when there is one."""
+    lines = [f"massive activations ({out['setting']}; |h| > abs and > rel x layer median):"]
+    massive = out["massive"]
+    if not massive:
+        lines.append("  none found")
+    else:
+        lines.append(f"  {'layer':>5} {'dim':>6}  {'token type':<16}{'token':<12}{'value':>12}{'std':>9}"
+                     f"{'ratio':>10}{'seqs':>6}  layers")
+        for m in massive[:max_rows]:
+            lines.append(
+                f"  {m['first_layer']:>5} {m['dim']:>6}  {m['token_type']:<16}{m['token_text']!r:<12}"
+                f"{m['value_mean']:>12.1f}{m['value_std']:>9.1f}{m['ratio_to_median']:>10.0f}"
+                f"{m['frac_sequences']:>6.0%}  {m['first_layer']}-{m['last_layer']}")
+        if len(massive) > max_rows:
+            lines.append(f"  ... {len(massive) - max_rows} more in ma_massive.csv")
+    lines.append("  (layer: 0-based index of first appearance; paper A counts from 1)")
+    if out["truncated"]:
+        lines.append(f"  warning: more hits than max_hits in layers {out['truncated']}: raise max_hits")
+    if out["comparison"]:
+        lines.append("beside the paper (RECALL = unverified published number):")
+        for c in out["comparison"]:
+            tag = "" if c["paper_verified"] else "  [RECALL]"
+            lines.append(f"  {c['quantity']:<20} ours {c['ours']:<28} paper {c['paper']}{tag}")
+    return "\n".join(lines)

@@ -1,0 +1,49 @@
+"""Shared builders for tests: tiny models, a context without Hydra, planted outliers."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from pipeline.arch import get_arch, layer
+from pipeline.data import build_source
+from pipeline.hooks import patch
+from pipeline.loggers import Logger
+from pipeline.results import ResultsWriter
+from pipeline.tiny import tiny_model
+
+TEXT = ("Summer is warm. Winter is cold. The cat sat on the mat. " * 40 + "\n") * 20
+
+
+def tiny(arch: str = "llama"):
+    return tiny_model({"arch": arch, "hidden_size": 64, "num_layers": 4, "init_seed": 0})
+
+
+def make_ctx(tmp_path: Path, arch: str = "llama", text: str = TEXT):
+    from pipeline.context import Context
+
+    model, tok = tiny(arch)
+    data_cfg = {"name": "tiny_text", "kind": "text", "text": text, "bos": "never", "joiner": "\n\n"}
+    results = ResultsWriter(tmp_path / "results", "test_exp", model=f"tiny_{arch}", revision=None,
+                            dataset="tiny_text", seed=0, device="cpu")
+    return Context(model=model, tokenizer=tok, arch=get_arch(model), device=torch.device("cpu"),
+                   model_name=f"tiny_{arch}", paper_key=None, data_cfg=data_cfg,
+                   source=build_source(data_cfg), results=results, logger=Logger(),
+                   experiment="test_exp", seed=0)
+
+
+@contextmanager
+def planted(model, layer_idx: int, dim: int, value: float, position=0):
+    """Add ``value`` to one dim at one position of one decoder layer's output (a planted massive
+    activation; the residual stream carries it on to the later layers)."""
+
+    def add(_name, h):
+        h = h.clone()
+        pos = position(h) if callable(position) else position
+        h[:, pos, dim] += value
+        return h
+
+    with patch({"planted": layer(model, layer_idx)}, add):
+        yield

@@ -1,0 +1,77 @@
+"""Every experiment composes (with debug=cpu) with no missing keys; bad choices fail in one line."""
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+def _compose(overrides, hydra_cfg=False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_with_debug_cpu(experiment):
+    cfg = _compose([f"experiment={experiment}", "debug=cpu"])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert cfg.run.experiment == experiment
+    assert cfg.stage, "an experiment selects at least one stage"
+    for name, stage_cfg in cfg.stage.items():
+        fn = instantiate(stage_cfg)  # a functools.partial of the stage's run
+        assert fn.func.__module__ == f"pipeline.stages.{name}"
+        inspect.signature(fn.func).bind(None, **fn.keywords)  # every key is a real argument
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_configs_have_required_keys(model):
+    cfg = _compose([f"model={model}"]).model
+    for key in ("name", "source", "dtype", "device", "trust_remote_code", "paper_key"):
+        assert key in cfg, f"{model}: missing {key}"
+    assert cfg.name == model and cfg.trust_remote_code is False
+    assert cfg.source in ("hub", "gguf", "local", "tiny")
+
+
+def test_slurm_and_joblib_launchers_compose():
+    cfg = _compose(["hydra/launcher=slurm", "model=llama2_7b"], hydra_cfg=True)
+    assert cfg.hydra.launcher.partition and cfg.hydra.launcher.gpus_per_node == 1
+    assert "submitit" in cfg.hydra.launcher._target_
+    cfg = _compose(["hydra/launcher=joblib"], hydra_cfg=True)
+    assert "joblib" in cfg.hydra.launcher._target_.lower()
+
+
+def _cli(*args, env=None, timeout=120):
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=e,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("arg,needle", [("model=nope", "unknown model 'nope'"),
+                                        ("data=nope", "unknown data 'nope'"),
+                                        ("experiment=nope", "unknown experiment 'nope'"),
+                                        ("model=tiny_llama,nope", "unknown model 'nope'")])
+def test_unknown_choice_is_one_clear_line(arg, needle):
+    r = _cli(arg)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+    assert "smollm2_135m" in lines[0] or "wiki_summaries" in lines[0] or "massive_activations" in lines[0]
+
+
+def test_hub_model_offline_fails_fast_with_one_line():
+    r = _cli("model=llama2_7b", timeout=90)
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(err) == 1 and "llama2_7b" in err[0] and "Hub" in err[0]
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from pipeline.arch import decoder_layers, layer
+from pipeline.hooks import as_tensor, capture, patch, with_tensor
+from tests.helpers import tiny
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_observing_leaves_logits_bit_identical(arch):
+    model, _ = tiny(arch)
+    ids = torch.randint(0, 300, (2, 24))
+    before = _logits(model, ids)
+    seen = {}
+    mods = {str(i): m for i, m in enumerate(decoder_layers(model))}
+    with capture(mods, lambda n, h: seen.__setitem__(n, h.shape)):
+        during = _logits(model, ids)
+    after = _logits(model, ids)
+    assert torch.equal(before, during) and torch.equal(before, after)
+    assert set(seen) == set(mods) and all(s[-1] == 64 for s in seen.values())
+
+
+def test_hooks_removed_on_exception():
+    model, _ = tiny()
+    mod = layer(model, 1)
+    with pytest.raises(RuntimeError, match="boom"), capture({"x": mod}, lambda n, h: None):
+        raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), patch({"x": mod}, lambda n, h: h * 0):
+        raise RuntimeError("boom")
+    assert not mod._forward_hooks and not mod._forward_pre_hooks
+
+
+def test_patch_edits_then_restores():
+    model, _ = tiny()
+    ids = torch.randint(0, 300, (1, 16))
+    before = _logits(model, ids)
+    with patch({"l1": layer(model, 1)}, lambda n, h: h * 0):
+        edited = _logits(model, ids)
+    assert not torch.equal(before, edited)
+    assert torch.equal(before, _logits(model, ids))
+
+
+def test_capture_inputs_sees_module_input():
+    model, _ = tiny()
+    got = {}
+    down = layer(model, 0).mlp.down_proj
+    with capture({"d": down}, lambda n, x: got.__setitem__(n, x.shape), inputs=True):
+        _logits(model, torch.randint(0, 300, (1, 8)))
+    assert got["d"][-1] == down.in_features
+
+
+def test_tensor_or_tuple_accessor():
+    t = torch.ones(2, 3, 4)
+    assert as_tensor(t) is t and as_tensor((t, None)) is t
+    new = torch.zeros_like(t)
+    assert with_tensor(t, new) is new
+    out = with_tensor((t, "cache"), new)
+    assert isinstance(out, tuple) and out[0] is new and out[1] == "cache"
+    with pytest.raises(TypeError):
+        as_tensor({"a": t})

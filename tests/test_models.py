@@ -1,0 +1,40 @@
+import time
+
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.models import load_model, resolve_dtype, resolve_device
+
+
+def test_auto_dtype_and_device_on_cpu():
+    dev = resolve_device("auto")
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    with pytest.raises(PipelineError, match="unknown dtype"):
+        resolve_dtype("float8", torch.device("cpu"))
+
+
+def test_hub_model_offline_fails_at_once():
+    cfg = {"name": "llama2_7b", "source": "hub", "hub_id": "meta-llama/Llama-2-7b-hf", "revision": None}
+    t0 = time.perf_counter()
+    with pytest.raises(PipelineError, match="not in the local Hugging Face cache"):
+        load_model(cfg)
+    assert time.perf_counter() - t0 < 10
+
+
+def test_unknown_source_and_missing_package():
+    with pytest.raises(PipelineError, match="unknown source"):
+        load_model({"name": "x", "source": "ftp"})
+    with pytest.raises(PipelineError, match="not installed"):
+        load_model({"name": "x", "source": "gguf", "package": "no_such_pkg_xyz", "gguf_file": "a.gguf"})
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_tiny_models_are_deterministic(arch):
+    cfg = {"name": f"tiny_{arch}", "source": "tiny", "arch": arch, "dtype": "float32", "device": "cpu"}
+    (m1, tok, _), (m2, _, _) = load_model(cfg), load_model(cfg)
+    ids = tok("Summer is warm. Winter is cold.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(m1(ids).logits, m2(ids).logits)

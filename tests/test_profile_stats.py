@@ -1,0 +1,91 @@
+"""Streaming statistics against a brute-force computation over stored hidden states."""
+
+import math
+
+import torch
+
+from pipeline.profile_stats import LayerProfile, token_types
+
+
+def _brute(hs, abs_t, rel_t):
+    """hs: list over sequences of (L, T, D) tensors -> per-layer mean top3/median and hits."""
+    n_layers = hs[0].shape[0]
+    tops, meds, hits = torch.zeros(n_layers, 3, dtype=torch.float64), torch.zeros(n_layers, dtype=torch.float64), {}
+    for s, h in enumerate(hs):
+        for lay in range(n_layers):
+            a = h[lay].abs().double().flatten()
+            tops[lay] += a.sort(descending=True).values[:3]
+            med = a.sort().values[(a.numel() - 1) // 2]  # lower median
+            meds[lay] += med
+            for idx in torch.nonzero((h[lay].abs() > abs_t) & (h[lay].abs() > rel_t * med)):
+                t, d = idx.tolist()
+                hits.setdefault((lay, d, t), []).append(float(h[lay, t, d]))
+    return tops / len(hs), meds / len(hs), hits
+
+
+def test_layer_profile_matches_brute_force():
+    g = torch.Generator().manual_seed(1)
+    n_layers, T, D = 3, 10, 16
+    hs = [torch.randn(n_layers, T, D, generator=g) for _ in range(5)]
+    for s, h in enumerate(hs):  # plant: layer>=1, dim 5, token 0 ; layer 2 dim 9 token 4 (every other seq)
+        h[1:, 0, 5] += 2000.0 + s
+        if s % 2 == 0:
+            h[2, 4, 9] -= 5000.0
+    prof = LayerProfile(n_layers, abs_threshold=100, rel_threshold=1000, max_hits=8)
+    ids = torch.zeros(1, T, dtype=torch.long)
+    for s in range(0, 5):
+        prof.begin_batch(token_types(ids, lambda t: False), [["x"] * T])
+        for lay in range(n_layers):
+            prof.observe(lay, hs[s][lay][None])
+        prof.end_batch()
+    tops, meds, hits = _brute(hs, 100, 1000)
+    rows = prof.layer_rows()
+    for lay in range(n_layers):
+        assert math.isclose(rows[lay]["top1"], float(tops[lay, 0]), rel_tol=1e-6)
+        assert math.isclose(rows[lay]["top3"], float(tops[lay, 2]), rel_tol=1e-6)
+        assert math.isclose(rows[lay]["median"], float(meds[lay]), rel_tol=1e-6)
+    acts = {(r["layer"], r["dim"]): r for r in prof.activation_rows()}
+    assert set(acts) == {(lay, d) for (lay, d, _t) in hits}
+    r = acts[(1, 5)]
+    vals = torch.tensor(hits[(1, 5, 0)], dtype=torch.float64)
+    assert r["n_hits"] == 5 and r["token_type"] == "first_token"
+    assert math.isclose(r["value_mean"], float(vals.mean()), rel_tol=1e-9)
+    assert math.isclose(r["value_std"], float(vals.std(unbiased=False)), rel_tol=1e-6)
+    assert acts[(2, 9)]["n_hits"] == 3 and acts[(2, 9)]["frac_sequences"] == 3 / 5
+    assert rows[0]["n_massive"] == 0 and not rows[0]["truncated"]
+
+
+def test_batched_equals_unbatched():
+    g = torch.Generator().manual_seed(2)
+    hs = torch.randn(4, 2, 12, 8, generator=g) * 3
+    hs[:, 1, 0, 3] += 500.0
+    ids = torch.zeros(4, 12, dtype=torch.long)
+    types = token_types(ids, lambda t: False)
+
+    def run(bs):
+        p = LayerProfile(2, abs_threshold=100, rel_threshold=10, max_hits=4)
+        for s in range(0, 4, bs):
+            p.begin_batch(types[s:s + bs], [["x"] * 12] * bs)
+            for lay in range(2):
+                p.observe(lay, hs[s:s + bs, lay])
+            p.end_batch()
+        return p.layer_rows(), p.activation_rows()
+
+    assert run(1) == run(2)
+
+
+def test_truncation_is_reported():
+    h = torch.full((1, 4, 4), 1e4)
+    h[0, 0, 0] = 0.0
+    prof = LayerProfile(1, abs_threshold=1, rel_threshold=0, max_hits=3)
+    prof.begin_batch([["first_token", "other", "other", "other"]], [["a"] * 4])
+    prof.observe(0, h)
+    prof.end_batch()
+    assert prof.layer_rows()[0]["truncated"]
+
+
+def test_token_types_first_and_first_delimiter():
+    ids = torch.tensor([[5, 7, 1, 7, 1], [1, 2, 3, 4, 5]])
+    types = token_types(ids, lambda t: t == 1)
+    assert types[0] == ["first_token", "other", "first_delimiter", "other", "other"]
+    assert types[1] == ["first_token", "other", "other", "other", "other"]  # position 0 is never a delimiter
