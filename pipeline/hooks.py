@@ -43,8 +43,8 @@ def capture(
 ) -> Iterator[None]:
     """Call ``fn(name, tensor)`` on each module's output (or first positional input) during forward.
 
-    ``prepend=True`` puts our hooks before any that transformers installs itself (it collects
-    ``output_hidden_states`` through hooks of its own since v5).
+    Observers are appended, so they run after every editing hook (``patch`` prepends): what they
+    see is the output the next module receives.
     """
     handles = []
     try:
@@ -54,12 +54,12 @@ def capture(
                     x = args[0] if args else next(iter(kwargs.values()))
                     fn(_n, x)
 
-                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True, prepend=True))
+                handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             else:
                 def post(_m: nn.Module, _a: tuple, out: Any, _n: str = name) -> None:
                     fn(_n, as_tensor(out))
 
-                handles.append(module.register_forward_hook(post, prepend=True))
+                handles.append(module.register_forward_hook(post))
         yield
     finally:
         for h in handles:
@@ -70,7 +70,9 @@ def capture(
 def patch(modules: Mapping[str, nn.Module], fn: Editor) -> Iterator[None]:
     """Replace each module's hidden-state output with ``fn(name, tensor)`` (None keeps it).
 
-    Editing in place is allowed; returning a new tensor is safer under autograd.
+    Editing in place is allowed; returning a new tensor is safer under autograd. Editors are
+    prepended, so they run before observers and before the hooks through which transformers 5
+    collects ``output_hidden_states``: both see the edited output.
     """
     handles = []
     try:

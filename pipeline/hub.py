@@ -51,8 +51,8 @@ def require_hub(what: str) -> None:
     """Raise a one-line PipelineError when ``what`` (e.g. "model 'llama2_7b' (meta-llama/...)") needs the Hub."""
     if hub_reachable():
         return
-    why = "HF_HUB_OFFLINE is set" if offline_requested() else "the Hub is unreachable from this machine"
+    why = "offline mode is on (HF_HUB_OFFLINE)" if offline_requested() else "is unreachable from here"
     raise PipelineError(
-        f"{what} is not in the local Hugging Face cache and {why}; "
+        f"{what} is not in the local Hugging Face cache and the Hub {why}; "
         "download it on a connected machine (or use an offline config such as model=smollm2_135m)"
     )

@@ -69,8 +69,12 @@ def test_unknown_choice_is_one_clear_line(arg, needle):
     assert "smollm2_135m" in lines[0] or "wiki_summaries" in lines[0] or "massive_activations" in lines[0]
 
 
-def test_hub_model_offline_fails_fast_with_one_line():
-    r = _cli("model=llama2_7b", timeout=90)
+@pytest.mark.parametrize("offline_env", ["1", ""])  # offline mode requested / no network at all
+def test_hub_model_offline_fails_fast_with_one_line(offline_env):
+    # the "no network" case points the Hub at a closed local port, so it never downloads anything
+    env = {"HF_HUB_OFFLINE": offline_env, "TRANSFORMERS_OFFLINE": offline_env,
+           "HF_ENDPOINT": "http://127.0.0.1:9"}
+    r = _cli("model=llama2_7b", env=env, timeout=90)
     assert r.returncode == 2, r.stderr[-2000:]
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
     assert len(err) == 1 and "llama2_7b" in err[0] and "Hub" in err[0]

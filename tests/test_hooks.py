@@ -63,3 +63,14 @@ def test_tensor_or_tuple_accessor():
     assert isinstance(out, tuple) and out[0] is new and out[1] == "cache"
     with pytest.raises(TypeError):
         as_tensor({"a": t})
+
+
+def test_observer_sees_the_patched_output_whatever_the_registration_order():
+    model, _ = tiny()
+    mod, seen = layer(model, 1), {}
+    ids = torch.randint(0, 300, (1, 8))
+    with patch({"p": mod}, lambda n, h: h + 1000.0), capture({"c": mod}, lambda n, h: seen.__setitem__("a", h.clone())):
+        with torch.no_grad():
+            hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+    assert seen["a"].min() > 500  # observer registered last still sees the edit
+    assert torch.equal(hs[2], seen["a"])  # and so does output_hidden_states

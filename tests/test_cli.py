@@ -1,0 +1,32 @@
+"""The real entry point (`python -m pipeline`) on tiny models: single runs and multiruns."""
+
+import pandas as pd
+import pytest
+
+from tests.test_config import _cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_cli_run_writes_csvs_manifest_and_summary(tmp_path):
+    r = _cli("model=tiny_llama", "debug=cpu", f"run.results_dir={tmp_path}", "run.figures=true", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "massive_activations_default"
+    for table in ("ma_layer_stats", "ma_fig1"):
+        assert (out / f"{table}.csv").exists()
+    assert list((out / "manifests").glob("tiny_llama__*.json"))
+    assert list((out / "figures").glob("fig3_layers_tiny_llama_*.png"))
+    assert "massive activations" in r.stdout and str(out) in r.stdout
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_multirun_over_models_lands_in_one_table(tmp_path, launcher):
+    args = ["-m", "model=tiny_llama,tiny_gpt2", "debug=cpu", f"run.results_dir={tmp_path}",
+            f"hydra.sweep.dir={tmp_path}/sweep"]
+    if launcher == "joblib":
+        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    r = _cli(*args, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "massive_activations_default" / "ma_layer_stats.csv")
+    assert sorted(df["model"].unique()) == ["tiny_gpt2", "tiny_llama"]
+    assert len(df) == 8  # 4 layers x 2 models, no duplicates
