@@ -21,7 +21,7 @@ def offline_requested() -> bool:
     return any(os.environ.get(v, "").lower() in _TRUE for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _probe(host: str, port: int, timeout: float) -> bool:
     result: list[bool] = []
 
@@ -54,5 +54,5 @@ def require_hub(what: str) -> None:
     why = "offline mode is on (HF_HUB_OFFLINE)" if offline_requested() else "is unreachable from here"
     raise PipelineError(
         f"{what} is not in the local Hugging Face cache and the Hub {why}; "
-        "download it on a connected machine (or use an offline config such as model=smollm2_135m)"
+        "download it on a connected machine, or use the offline configs (model=smollm2_135m, data=wiki_summaries)"
     )

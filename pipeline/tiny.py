@@ -29,7 +29,7 @@ _CORPUS = (
 SPECIAL = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``_CORPUS`` (deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -57,3 +57,21 @@ def test_stage_writes_tables_and_figures_redraw_from_csv(tmp_path):
 def test_fig1_layer_out_of_range_is_a_clear_error(tmp_path):
     with pytest.raises(PipelineError, match="out of range"):
         ma_profile.run(make_ctx(tmp_path), **{**KW, "fig1_layer": 99})
+
+
+def test_paper_comparison_for_a_paper_model():
+    from pipeline.paper import paper_numbers
+
+    paper = paper_numbers("massive_activations", "llama2_7b")
+    assert paper["massive_dims"]["value"] == [1415, 2533] and paper["massive_dims"]["verified"]
+    layer_rows = [{"layer": i, "top1": t, "top2": t / 2, "top3": t / 4, "median": 0.2}
+                  for i, t in enumerate([5.0, 2500.0, 2400.0])]
+    massive = [{"dim": 2533, "token_type": "first_token", "first_layer_1based": 2, "frac_sequences": 1.0},
+               {"dim": 1415, "token_type": "first_delimiter", "first_layer_1based": 2, "frac_sequences": 0.9},
+               {"dim": 7, "token_type": "other", "first_layer_1based": 5, "frac_sequences": 0.1}]
+    rows = {r["quantity"]: r for r in ma_profile.compare_with_paper(paper, layer_rows, massive)}
+    assert rows["massive_dims"]["ours"] == "[1415, 2533]"  # the rare dim 7 is not a steady one
+    assert rows["first_layer_1based"]["ours"] == "2" and rows["first_layer_1based"]["paper"] == "2"
+    assert rows["table1_top"]["ours"] == "[2500.0, 1250.0, 625.0]" and not rows["table1_top"]["paper_verified"]
+    assert ma_profile.compare_with_paper(None, layer_rows, massive) == []
+    assert paper_numbers("massive_activations", None) is None

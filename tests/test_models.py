@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.models import load_model, resolve_dtype, resolve_device
+from pipeline.models import load_model, resolve_device, resolve_dtype
 
 
 def test_auto_dtype_and_device_on_cpu():

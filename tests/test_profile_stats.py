@@ -11,7 +11,7 @@ def _brute(hs, abs_t, rel_t):
     """hs: list over sequences of (L, T, D) tensors -> per-layer mean top3/median and hits."""
     n_layers = hs[0].shape[0]
     tops, meds, hits = torch.zeros(n_layers, 3, dtype=torch.float64), torch.zeros(n_layers, dtype=torch.float64), {}
-    for s, h in enumerate(hs):
+    for _s, h in enumerate(hs):
         for lay in range(n_layers):
             a = h[lay].abs().double().flatten()
             tops[lay] += a.sort(descending=True).values[:3]
