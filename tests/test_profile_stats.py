@@ -89,3 +89,21 @@ def test_token_types_first_and_first_delimiter():
     types = token_types(ids, lambda t: t == 1)
     assert types[0] == ["first_token", "other", "first_delimiter", "other", "other"]
     assert types[1] == ["first_token", "other", "other", "other", "other"]  # position 0 is never a delimiter
+
+
+def test_lower_median_equals_torch_median():
+    from pipeline.profile_stats import lower_median
+
+    g = torch.Generator().manual_seed(3)
+    for shape in [(1, 1), (1, 2), (3, 7), (2, 1000), (2, 4097)]:
+        a = torch.randn(*shape, generator=g).abs() * 10 ** torch.randint(-3, 4, shape, generator=g)
+        assert torch.equal(lower_median(a), a.median(dim=1).values), shape
+    ties = torch.tensor([[0.0, 0.0, 0.0, 1.0], [5.0, 5.0, 5.0, 5.0]])
+    assert torch.equal(lower_median(ties), ties.median(dim=1).values)
+    big = torch.zeros(1, 10)
+    big[0, :6] = 1e4  # the median itself is a huge value
+    assert torch.equal(lower_median(big), big.median(dim=1).values)
+    nan = torch.tensor([[1.0, float("nan"), 2.0]])
+    assert torch.equal(lower_median(nan).isnan(), nan.median(dim=1).values.isnan())
+    half = torch.rand(2, 33, generator=g).to(torch.bfloat16)
+    assert torch.equal(lower_median(half), half.median(dim=1).values)
