@@ -44,7 +44,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 def git_sha(repo_root: Path | None = None) -> str:
     """Short commit sha of ``repo_root`` (default: this checkout), ``-dirty`` if tracked files
-    have uncommitted changes; ``"unknown"`` outside a git repository or without git."""
+    have uncommitted changes (outside ``results/``: the outputs themselves do not make the code
+    dirty); ``"unknown"`` outside a git repository or without git."""
     root = Path(repo_root) if repo_root is not None else _REPO_ROOT
 
     def git(*args: str) -> str:
@@ -55,7 +56,7 @@ def git_sha(repo_root: Path | None = None) -> str:
 
     try:
         sha = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
