@@ -55,8 +55,9 @@ lint: setup ## ruff
 figures: setup ## redraw every figure from the committed CSVs
 	$(PY) scripts/figures.py
 
-bench: setup ## benchmarks -> results/bench/*.csv
+bench: setup ## benchmarks -> results/bench/*.csv (profile overhead, perplexity throughput)
 	$(PY) scripts/bench_profile.py $(ARGS)
+	$(PY) scripts/bench_eval.py $(ARGS)
 
 assets: setup ## (re)prepare the offline Austen corpus from Debian's r-cran-janeaustenr
 	$(PY) scripts/prepare_austen.py

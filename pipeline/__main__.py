@@ -29,6 +29,12 @@ def check_choices(argv: list[str]) -> None:
                 raise PipelineError(f"unknown {key} '{choice}'; known: {', '.join(known)}")
 
 
+def selected_stages(cfg) -> dict:
+    """The stages the experiment selected, in order (``debug`` files may add size overrides for
+    stages that are not selected: those have no ``_target_``)."""
+    return {name: c for name, c in cfg.stage.items() if "_target_" in c}
+
+
 def run(cfg) -> dict:
     """Run every stage of a composed config; returns {stage name: stage output}."""
     from hydra.utils import instantiate
@@ -41,7 +47,7 @@ def run(cfg) -> dict:
     ctx = build_context(cfg)
     outputs = {}
     try:
-        for name, stage_cfg in cfg.stage.items():
+        for name, stage_cfg in selected_stages(cfg).items():
             print(f"[pipeline] stage {name} on {ctx.model_name} / {ctx.data_cfg['name']}", flush=True)
             outputs[name] = instantiate(stage_cfg)(ctx)
         manifest = ctx.results.write_manifest(
@@ -54,11 +60,14 @@ def run(cfg) -> dict:
 
 
 def _report(outputs: dict, out_dir: Path, manifest: Path, figures: list[Path]) -> None:
-    from .stages import ma_profile
+    """Each stage's one-screen summary (its ``format_summary``), then where the files are."""
+    import importlib
 
-    print()
-    if "ma_profile" in outputs:
-        print(ma_profile.format_summary(outputs["ma_profile"]))
+    for name, out in outputs.items():
+        module = importlib.import_module(f"pipeline.stages.{name}")
+        if hasattr(module, "format_summary"):
+            print()
+            print(module.format_summary(out))
     print(f"\nresults: {out_dir}/ (CSVs), manifest {manifest}")
     for f in figures:
         print(f"figure:  {f}")

@@ -233,6 +233,19 @@ _OFFLINE = {"wiki_summaries": _wiki_source, "shakespeare": _shakespeare_source,
 KINDS = (*_OFFLINE, "hub", "text")
 
 
+def data_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """``conf/data/<name>.yaml`` as a dict (plus overrides), for stages that read several datasets
+    (e.g. perplexity on WikiText-2, C4 and PG-19); unknown names fail with the known list."""
+    from omegaconf import OmegaConf
+
+    conf = REPO_ROOT / "conf" / "data"
+    path = conf / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in conf.glob("*.yaml")))
+        raise PipelineError(f"unknown data '{name}'; known: {known}")
+    return {**OmegaConf.to_container(OmegaConf.load(path), resolve=True), **overrides}
+
+
 def build_source(cfg: Mapping[str, Any]) -> TextSource:
     """A TextSource from one ``conf/data/*.yaml`` mapping (dict or OmegaConf DictConfig)."""
     cfg = {str(k): cfg[k] for k in cfg}

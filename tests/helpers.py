@@ -35,6 +35,20 @@ def make_ctx(tmp_path: Path, arch: str = "llama", text: str = TEXT):
 
 
 @contextmanager
+def planted_in_mlp(model, layer_idx: int, dim: int, value: float, position=0):
+    """Like ``planted`` but added to the MLP output inside the layer, so the massive activation is
+    part of the layer's own output and an intervention on that output can remove it."""
+
+    def add(_name, h):
+        h = h.clone()
+        h[:, position, dim] += value
+        return h
+
+    with patch({"planted": layer(model, layer_idx).mlp}, add):
+        yield
+
+
+@contextmanager
 def planted(model, layer_idx: int, dim: int, value: float, position=0):
     """Add ``value`` to one dim at one position of one decoder layer's output (a planted massive
     activation; the residual stream carries it on to the later layers)."""

@@ -27,8 +27,10 @@ def test_experiment_composes_with_debug_cpu(experiment):
     cfg = _compose([f"experiment={experiment}", "debug=cpu"])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert cfg.run.experiment == experiment
-    assert cfg.stage, "an experiment selects at least one stage"
-    for name, stage_cfg in cfg.stage.items():
+    from pipeline.__main__ import selected_stages
+
+    assert selected_stages(cfg), "an experiment selects at least one stage"
+    for name, stage_cfg in selected_stages(cfg).items():
         fn = instantiate(stage_cfg)  # a functools.partial of the stage's run
         assert fn.func.__module__ == f"pipeline.stages.{name}"
         inspect.signature(fn.func).bind(None, **fn.keywords)  # every key is a real argument

@@ -1,0 +1,146 @@
+"""Stage ``ma_intervene``: massive activations act as fixed, crucial biases (paper A §3, Table 3).
+
+At the layer where massive activations first appear (found here by ``ma_profile``'s detector on
+calibration sequences, never hard-coded), overwrite them in every input and measure perplexity and
+zero-shot accuracy under four conditions:
+  original      no edit
+  set_zero      the massive activations set to 0 (paper A: perplexity explodes, accuracy to chance)
+  set_mean      set to their mean over the calibration sequences (paper A: no change)
+  random_zero   control: as many *random* activations of the same tokens set to 0 (harmless)
+
+Tables written: ``ma_intervene_sites`` (the edited sites and their calibration means),
+``ma_intervene`` (one row per condition x dataset/task x metric) and ``ma_intervene_table`` (the
+paper's layout: conditions as rows). The model is checked bit-identical after every condition.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from ..data import build_source, data_config, token_windows
+from ..errors import PipelineError
+from ..evaluate import load_suite, mean_accuracy, perplexity, zero_shot
+from ..interventions import EDITABLE_TYPES, Site, random_control, set_sites
+from ..profile_stats import delimiter_test
+from .ma_profile import profile_layers, summarize
+
+STAGE = "ma_intervene"
+CONDITIONS = ("original", "set_zero", "set_mean", "random_zero")
+
+
+def detect_sites(ctx, *, calib_data: str, calib_split: str, calib_sequences: int, calib_seq_len: int,
+                 layer: int | str, min_frac: float, batch_size: int, **detector) -> tuple[int, list[dict]]:
+    """The intervention layer and its massive (dim, token type) sites with calibration means."""
+    cfg = data_config(calib_data, split=calib_split)
+    windows = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len,
+                            n_windows=calib_sequences, bos=cfg.get("bos", "never"),
+                            joiner=cfg.get("joiner", "\n\n"))
+    prof = profile_layers(ctx, windows, batch_size=batch_size, **detector)
+    acts = prof.activation_rows()
+    steady = [m for m in summarize(acts) if m["frac_sequences"] >= min_frac and m["token_type"] in EDITABLE_TYPES]
+    if layer == "auto":
+        if not steady:
+            raise PipelineError(f"no massive activations on {EDITABLE_TYPES} in {calib_sequences} calibration "
+                                "sequences: nothing to intervene on (lower the thresholds or set layer)")
+        layer = min(m["first_layer"] for m in steady)
+    keys = {(m["dim"], m["token_type"]) for m in steady}
+    sites = [dict(r, calib_data=calib_data, calib_sequences=calib_sequences, calib_seq_len=calib_seq_len)
+             for r in acts if r["layer"] == int(layer) and (r["dim"], r["token_type"]) in keys]
+    if not sites:
+        raise PipelineError(f"no steady massive activations at layer {layer} to intervene on")
+    return int(layer), sites
+
+
+def _probe_logits(ctx) -> torch.Tensor:
+    ids = ctx.tokenizer("Summer is warm. Winter is cold.", add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        return ctx.model(input_ids=ids.to(ctx.device)).logits.float().cpu()
+
+
+def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int | str = "auto",
+        calib_data: str = "wiki_summaries", calib_split: str = "train", calib_sequences: int = 20,
+        calib_seq_len: int = 512, min_frac: float = 0.5, ppl_data: list[str] | tuple[str, ...] = ("wiki_summaries",),
+        ppl_seq_len: int = 1024, ppl_windows: int = 16, eval_suite: str | None = "paper_a",
+        zero_shot_limit: int | None = 100, batch_size: int = 1, eval_batch_size: int = 8,
+        abs_threshold: float = 100.0, rel_threshold: float = 1000.0, max_hits: int = 64,
+        delimiters: list[str] | tuple[str, ...] = (".", "\n"), seed: int = 0) -> dict[str, Any]:
+    """Run every condition; returns the paper-style table and where it was written."""
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown:
+        raise PipelineError(f"unknown conditions {unknown}; known: {', '.join(CONDITIONS)}")
+    layer_idx, sites = detect_sites(
+        ctx, calib_data=calib_data, calib_split=calib_split, calib_sequences=calib_sequences,
+        calib_seq_len=calib_seq_len, layer=layer, min_frac=min_frac, batch_size=batch_size,
+        abs_threshold=abs_threshold, rel_threshold=rel_threshold, max_hits=max_hits, delimiters=list(delimiters))
+    hidden = ctx.model.get_input_embeddings().weight.shape[1]
+    edits = {
+        "original": None,
+        "set_zero": [Site(s["token_type"], s["dim"], 0.0) for s in sites],
+        "set_mean": [Site(s["token_type"], s["dim"], s["value_mean"]) for s in sites],
+    }
+    edits["random_zero"] = random_control(edits["set_zero"], hidden, seed)
+    is_delim = delimiter_test(ctx.tokenizer, list(delimiters))
+    ppl_sets = {}
+    for name in ppl_data:
+        cfg = data_config(name)
+        ppl_sets[name] = token_windows(ctx.tokenizer, build_source(cfg), seq_len=ppl_seq_len, n_windows=ppl_windows,
+                                       bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
+    suite = load_suite(eval_suite) if eval_suite else None
+    reference = _probe_logits(ctx)
+
+    rows, table = [], []
+    for cond in conditions:
+        sites_c = edits[cond]
+        print(f"[{STAGE}] condition {cond}: layer {layer_idx}, "
+              f"{'no edit' if sites_c is None else [(s.token_type, s.dim, round(s.value, 2)) for s in sites_c]}",
+              flush=True)
+        ctx_mgr = nullcontext() if sites_c is None else set_sites(ctx.model, layer_idx, sites_c, is_delim)
+        wide: dict[str, Any] = {"condition": cond, "layer": layer_idx,
+                                "edited": "" if sites_c is None else ";".join(f"{s.token_type}:{s.dim}={s.value:.4g}" for s in sites_c)}
+        with ctx_mgr:
+            for name, windows in ppl_sets.items():
+                res = perplexity(ctx.model, windows, batch_size=batch_size, device=ctx.device, desc=f"ppl {name} [{cond}]")
+                rows.append({"condition": cond, "eval": "perplexity", "eval_data": name, "metric": "ppl",
+                             "value": res["ppl"], "stderr": math.nan, "n": res["n_tokens"], "seq_len": ppl_seq_len})
+                wide[f"ppl_{name}"] = res["ppl"]
+            if suite:
+                zs = zero_shot(ctx.model, ctx.tokenizer, suite, limit=zero_shot_limit,
+                               batch_size=eval_batch_size, device=ctx.device)
+                rows += [{"condition": cond, "eval": "zero_shot", "eval_data": r["task"], "metric": r["metric"],
+                          "value": r["value"], "stderr": r["stderr"], "n": r["n"], "seq_len": math.nan} for r in zs]
+                wide.update({f"acc_{r['task']}": r["value"] for r in zs if r["metric"] == "acc"})
+                wide["acc_mean"] = mean_accuracy(zs, "acc")
+        if not torch.equal(_probe_logits(ctx), reference):
+            raise RuntimeError(f"condition {cond} left the model changed: an intervention leaked")
+        table.append(wide)
+        ctx.logger.log_metrics({f"ma_intervene/{cond}/{k}": v for k, v in wide.items() if isinstance(v, float)})
+
+    paths = {"ma_intervene_sites": ctx.results.write("ma_intervene_sites", sites, stage=STAGE)}
+    for cond in conditions:  # `condition` is a provenance column: one write per condition
+        for name, rs in (("ma_intervene", rows), ("ma_intervene_table", table)):
+            mine = [{k: v for k, v in r.items() if k != "condition"} for r in rs if r["condition"] == cond]
+            paths[name] = ctx.results.write(name, mine, stage=STAGE, condition=cond)
+    return {"layer": layer_idx, "sites": sites, "rows": rows, "table": table, "paths": paths,
+            "zero_shot_limit": zero_shot_limit, "ppl_setting": f"{ppl_windows} x {ppl_seq_len} tokens"}
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else ("nan" if math.isnan(v) else f"{v:.4g}")
+    return str(v)
+
+
+def format_summary(out: dict[str, Any]) -> str:
+    """The paper-style table: conditions as rows, perplexities and mean zero-shot accuracy."""
+    sites = ", ".join(f"{s['token_type']} dim {s['dim']} (mean {s['value_mean']:.1f})" for s in out["sites"])
+    cols = [k for k in out["table"][0] if k.startswith("ppl_")] + (["acc_mean"] if "acc_mean" in out["table"][0] else [])
+    lines = [f"interventions at layer {out['layer']} (0-based) on: {sites}",
+             f"  perplexity on {out['ppl_setting']}; zero-shot limit {out['zero_shot_limit']} per task",
+             "  " + f"{'condition':<13}" + "".join(f"{c:>22}" for c in cols)]
+    for row in out["table"]:
+        lines.append("  " + f"{row['condition']:<13}" + "".join(f"{_fmt(row.get(c)):>22}" for c in cols))
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Benchmark: perplexity evaluation vs a bare forward pass over the same windows (issue 3, part 5).
+
+In one run, interleaved over repeats (shared, noisy machines: only ratios within a run count):
+  bare        -- forward passes over the windows (logits computed, nothing else)
+  perplexity  -- pipeline.evaluate.perplexity on the same windows (forward + float32 log-softmax
+                 + NLL accumulation, progress bar included)
+Writes results/bench/eval.csv (median seconds and the ratio to bare). Target: within 5%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.data import build_source, data_config, token_windows
+from pipeline.evaluate import perplexity
+from pipeline.models import load_model
+from pipeline.results import ResultsWriter
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2_135m")
+    ap.add_argument("--data", default="wiki_summaries")
+    ap.add_argument("--seq-len", type=int, default=1024)
+    ap.add_argument("--windows", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    args = ap.parse_args()
+
+    model_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{args.model}.yaml"))
+    model, tok, device = load_model(model_cfg)
+    cfg = data_config(args.data)
+    windows = token_windows(tok, build_source(cfg), seq_len=args.seq_len, n_windows=args.windows,
+                            bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    @torch.inference_mode()
+    def bare() -> None:
+        for s in range(0, len(windows), args.batch):
+            model(input_ids=windows[s:s + args.batch].to(device), use_cache=False).logits.sum().item()
+
+    def ppl() -> None:
+        perplexity(model, windows, batch_size=args.batch, device=device, desc="bench")
+
+    methods = {"bare": bare, "perplexity": ppl}
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for fn in methods.values():
+        fn()  # warm-up
+    for r in range(args.repeats):
+        for name, fn in methods.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
+    base = statistics.median(times["bare"])
+    n_tok = windows.numel()
+    rows = [{"method": k, "median_s": statistics.median(v), "min_s": min(v),
+             "ratio_to_bare": statistics.median(v) / base, "tokens_per_s": n_tok / statistics.median(v),
+             "seq_len": args.seq_len, "windows": args.windows, "batch": args.batch, "repeats": args.repeats,
+             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+             "threads": torch.get_num_threads()} for k, v in times.items()]
+    dev = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    writer = ResultsWriter(args.results, "bench", model=args.model, revision=model_cfg.get("revision"),
+                           dataset=args.data, seed=0, device=dev)
+    path = writer.write("eval", rows, stage="bench_eval", condition=f"L{args.seq_len}xN{args.windows}xB{args.batch}")
+    for r in rows:
+        print(f"{r['method']:<11} {r['median_s']:.3f} s  x{r['ratio_to_bare']:.3f}  {r['tokens_per_s']:.0f} tok/s")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
