@@ -59,3 +59,18 @@ def test_no_massive_activations_is_a_clear_error(tmp_path):
 def test_unknown_condition(tmp_path):
     with pytest.raises(PipelineError, match="unknown conditions"):
         ma_intervene.run(make_ctx(tmp_path), **{**KW, "conditions": ["set_42"]})
+
+
+def test_paper_comparison_rows():
+    from pipeline.paper import paper_numbers
+
+    paper = paper_numbers("massive_activations", "llama2_7b")
+    table = [{"condition": "original", "ppl_wikitext2": 5.5, "ppl_austen": 9.0, "acc_mean": 0.69},
+             {"condition": "set_zero", "ppl_wikitext2": math.inf, "acc_mean": 0.37}]
+    rows = ma_intervene.compare_with_paper(paper, table)
+    got = {(r["condition"], r["quantity"]): (r["ours"], r["paper"]) for r in rows}
+    assert got[("original", "ppl_wikitext2")] == (5.5, 5.47)
+    assert got[("set_zero", "ppl_wikitext2")] == (math.inf, math.inf)
+    assert got[("set_zero", "acc_mean_pct")] == (37.0, 36.75)
+    assert ("original", "ppl_austen") not in got  # no paper number for an offline stand-in
+    assert ma_intervene.compare_with_paper(None, table) == []

@@ -25,6 +25,7 @@ from ..data import build_source, data_config, token_windows
 from ..errors import PipelineError
 from ..evaluate import load_suite, mean_accuracy, perplexity, zero_shot
 from ..interventions import EDITABLE_TYPES, Site, random_control, set_sites
+from ..paper import paper_numbers
 from ..profile_stats import delimiter_test
 from .ma_profile import profile_layers, summarize
 
@@ -124,8 +125,30 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
         for name, rs in (("ma_intervene", rows), ("ma_intervene_table", table)):
             mine = [{k: v for k, v in r.items() if k != "condition"} for r in rs if r["condition"] == cond]
             paths[name] = ctx.results.write(name, mine, stage=STAGE, condition=cond)
+    comparison = compare_with_paper(paper_numbers("massive_activations", ctx.paper_key), table)
+    if comparison:
+        paths["ma_intervene_paper"] = ctx.results.write("ma_intervene_paper", comparison, stage=STAGE)
     return {"layer": layer_idx, "sites": sites, "rows": rows, "table": table, "paths": paths,
+            "comparison": comparison,
             "zero_shot_limit": zero_shot_limit, "ppl_setting": f"{ppl_windows} x {ppl_seq_len} tokens"}
+
+
+def compare_with_paper(paper: dict | None, table: list[dict]) -> list[dict]:
+    """Our intervention numbers beside paper A's (conf/paper/massive_activations.yaml)."""
+    if not paper:
+        return []
+    rows = []
+    for row in table:
+        cond = row["condition"]
+        for name, value in paper.get("intervention_ppl", {}).get("value", {}).get(cond, {}).items():
+            if f"ppl_{name}" in row:
+                rows.append({"condition": cond, "quantity": f"ppl_{name}", "ours": row[f"ppl_{name}"],
+                             "paper": float(value), "paper_verified": paper["intervention_ppl"]["verified"]})
+        acc = paper.get("intervention_acc_mean", {}).get("value", {}).get(cond)
+        if acc is not None and "acc_mean" in row:
+            rows.append({"condition": cond, "quantity": "acc_mean_pct", "ours": 100 * row["acc_mean"],
+                         "paper": float(acc), "paper_verified": paper["intervention_acc_mean"]["verified"]})
+    return rows
 
 
 def _fmt(v: Any) -> str:
@@ -143,4 +166,8 @@ def format_summary(out: dict[str, Any]) -> str:
              "  " + f"{'condition':<13}" + "".join(f"{c:>22}" for c in cols)]
     for row in out["table"]:
         lines.append("  " + f"{row['condition']:<13}" + "".join(f"{_fmt(row.get(c)):>22}" for c in cols))
+    if out.get("comparison"):
+        lines.append("beside paper A (all its intervention numbers are RECALL, unverified):")
+        for c in out["comparison"]:
+            lines.append(f"  {c['condition']:<13}{c['quantity']:<22} ours {_fmt(c['ours']):>10}   paper {_fmt(c['paper'])}")
     return "\n".join(lines)
