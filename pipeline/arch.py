@@ -55,6 +55,11 @@ class ArchSpec:
         shared_down_proj: layer -> down projection of an always-on shared expert, if any.
         dense_down_proj: layer -> down projection of a MoE model's dense layers (Qwen-MoE
             ``mlp_only_layers`` / ``decoder_sparse_step``), used when a layer has no experts.
+        v_proj: layer -> attention value projection (a Linear whose output is the values of all
+            key/value heads, (batch, seq, kv_heads * head_dim)); None where q/k/v are fused.
+        o_proj: layer -> attention output projection (Linear, (out, in) weight; input = heads
+            concatenated head-major); None where it is a transposed Conv1D (GPT-2) or with no
+            separate values to decompose. Used by the attention-output decomposition.
     """
 
     model_type: str
@@ -72,6 +77,8 @@ class ArchSpec:
     expert_down_param: str | None = None
     shared_down_proj: str | None = None
     dense_down_proj: str | None = None
+    v_proj: str | None = None
+    o_proj: str | None = None
 
 
 def _llama_like(model_type: str, **overrides: object) -> ArchSpec:
@@ -84,6 +91,8 @@ def _llama_like(model_type: str, **overrides: object) -> ArchSpec:
         final_norm="model.norm",
         lm_head="lm_head",
         embed="model.embed_tokens",
+        v_proj="self_attn.v_proj",
+        o_proj="self_attn.o_proj",
     )
     fields.update(overrides)
     return ArchSpec(model_type=model_type, **fields)  # type: ignore[arg-type]
@@ -103,7 +112,7 @@ _SPECS: list[ArchSpec] = [
     _llama_like("gemma3_text"),  # Gemma3ForCausalLM (text-only checkpoints, e.g. 1B)
     _llama_like("olmo"),  # transformers' native OLMo (the "-hf" checkpoints); norms have no weight
     _llama_like("olmo2"),
-    _llama_like("phi3", fused_gate_up=True),
+    _llama_like("phi3", fused_gate_up=True, v_proj=None),  # fused qkv_proj: no separate values
     _llama_like("mixtral", **_MOE),
     _llama_like("olmoe", **_MOE),
     _llama_like(
@@ -121,7 +130,8 @@ _SPECS: list[ArchSpec] = [
         final_norm="model.language_model.norm",
         embed="model.language_model.embed_tokens",
     ),
-    _llama_like("phi", down_proj="mlp.fc2", final_norm="model.final_layernorm", gated_mlp=False),
+    _llama_like("phi", down_proj="mlp.fc2", final_norm="model.final_layernorm", gated_mlp=False,
+                o_proj="self_attn.dense"),
     ArchSpec(
         model_type="gpt2",
         layers="transformer.h",
@@ -144,6 +154,8 @@ _SPECS: list[ArchSpec] = [
         lm_head="lm_head",
         embed="model.decoder.embed_tokens",
         gated_mlp=False,
+        v_proj="self_attn.v_proj",
+        o_proj="self_attn.out_proj",
     ),
     ArchSpec(
         model_type="gpt_neox",

@@ -2,6 +2,8 @@
 
 Fig. 1 style: 3-D |activation| landscape of one layer (x token, y feature dim, z magnitude).
 Fig. 3 style: per-layer top-1/2/3 and median |hidden state| (lines against the layer index).
+§4 attention figures: head-averaged attention heat maps per layer, and the share of attention on the
+massive-activation tokens per layer (stage ``ma_attention``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
 def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
+
+
+def _read_tokens(path: Path) -> pd.DataFrame | None:
+    """A table with token-text columns: a token such as "NA" or "null" stays text."""
+    return pd.read_csv(path, keep_default_na=False, na_values={"prob": [""], "logprob": [""]}) if path.exists() else None
 
 
 def fig3_layers(df: pd.DataFrame, model: str, dataset: str, out: Path) -> Path:
@@ -60,6 +68,75 @@ def fig1_landscape(df: pd.DataFrame, model: str, out: Path) -> Path:
     return out
 
 
+def _attention_grid(g: pd.DataFrame, value: str, n: int) -> np.ndarray:
+    """(n, n) query x key matrix of ``value``; NaN above the diagonal (masked keys)."""
+    grid = np.full((n, n), np.nan)
+    grid[g["query"].to_numpy(int), g["key"].to_numpy(int)] = g[value].to_numpy(float)
+    return grid
+
+
+def fig_attention_maps(df: pd.DataFrame, model: str, out: Path) -> Path:
+    """Head-averaged attention of each chosen layer on one prompt (paper A §4 attention figures).
+
+    Top row: the mean over heads of log p; paper A plots head-averaged attention *logits*, and
+    log p = logit - logsumexp differs from them by a per-query constant only. Bottom row: the
+    probabilities. Masked cells (key > query) are blank; keys in the massive set are bold and red.
+    """
+    layers = sorted(df["layer"].unique())
+    n = int(df["query"].max()) + 1
+    last = df[(df["layer"] == layers[0]) & (df["query"] == n - 1)].sort_values("key")
+    tokens = [repr(str(t))[1:-1] for t in last["key_token"]]
+    massive = set(last.loc[last["key_in_massive_set"].astype(str) == "True", "key"].astype(int))
+    fig, axes = plt.subplots(2, len(layers), figsize=(4.4 * len(layers), 8.4), squeeze=False)
+    rows = [("logprob", "mean over heads of log p\n(= mean logit - per-query constant)"),
+            ("prob", "mean over heads of p")]
+    for col, lay in enumerate(layers):
+        g = df[df["layer"] == lay]
+        for row, (value, label) in enumerate(rows):
+            ax = axes[row][col]
+            im = ax.imshow(_attention_grid(g, value, n), cmap="YlGnBu", interpolation="nearest")
+            ax.set_facecolor("whitesmoke")
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).set_label(label, fontsize=7)
+            if n <= 64:  # token labels only while they stay legible
+                ax.set_xticks(range(n), tokens, fontsize=4.5, rotation=90)
+                ax.set_yticks(range(n), tokens, fontsize=4.5)
+                for k in massive:
+                    for tick in (ax.get_xticklabels()[k], ax.get_yticklabels()[k]):
+                        tick.set_fontweight("bold")
+                        tick.set_color("#d62728")
+            ax.set_xlabel("key", fontsize=8)
+            ax.set_ylabel("query", fontsize=8)
+            ax.set_title(f"{model}, layer {lay + 1} (1-based; index {lay})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
+
+
+def fig_attention_share(df: pd.DataFrame, model: str, out: Path) -> Path:
+    """Share of attention on the massive-activation tokens per layer, beside two controls."""
+    df = df.sort_values("layer")
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    x = df["layer_1based"]
+    ax.plot(x, df["share_massive"], marker="o", ms=3, color="#d62728", label="on massive tokens S")
+    ax.plot(x, df["share_control"], marker="o", ms=3, color="#7f7f7f", label="|S| random other keys")
+    ax.plot(x, df["share_uniform"], ls="--", lw=1, color="#1f77b4", label="uniform attention")
+    pos = df["massive_positions_at_output"]  # "" (no massive activation) reads back as NaN
+    hits = df[pos.notna() & (pos.astype(str).str.strip() != "")]
+    if len(hits):
+        ax.axvline(int(hits["layer_1based"].min()), color="k", lw=0.8, ls=":", label="massive layer")
+    ax.set_xlabel("layers (1-based, as in paper A)")
+    ax.set_ylabel("attention share (mean over heads, queries)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{model}: attention on S = tokens {df['massive_positions'].iloc[0]}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
+
+
 def draw_experiment(out_dir: Path) -> list[Path]:
     """Draw every figure whose CSV exists in ``out_dir``, one per (model, dataset, seed)."""
     out_dir = Path(out_dir)
@@ -75,6 +152,15 @@ def draw_experiment(out_dir: Path) -> list[Path]:
         for model, g in land.groupby("model"):
             g = g[g["dataset"] == g["dataset"].iloc[0]]
             written.append(fig1_landscape(g, model, fig_dir / f"fig1_3d_{model}.png"))
+    maps = _read_tokens(out_dir / "ma_attention_maps.csv")
+    if maps is not None:
+        share = _read(out_dir / "ma_attention_share.csv")
+        for model, g in maps.groupby("model"):
+            dataset = g["dataset"].iloc[0]
+            written.append(fig_attention_maps(g[g["dataset"] == dataset], model, fig_dir / f"attention_maps_{model}.png"))
+            if share is not None and (share["model"] == model).any():
+                s = share[(share["model"] == model) & (share["dataset"] == dataset)]
+                written.append(fig_attention_share(s, model, fig_dir / f"attention_share_{model}.png"))
     return written
 
 

@@ -268,3 +268,27 @@ def test_code_scan_ignores_docs_only() -> None:
     source = '"""Doc: SmolLM."""\n# llama2\ndef f():\n    """Llama-2."""\n    return "Mistral-7B"\n'
     code = _code_without_docs(source)
     assert "Mistral-7B" in code and "SmolLM" not in code and "llama2" not in code
+
+
+@pytest.mark.parametrize("model_type", arch.known_model_types())
+def test_attention_value_and_output_projections(model_type: str) -> None:
+    """v_proj / o_proj (attention-output decomposition): Linear layers of the right shapes, or
+    None where the values are fused into one qkv matrix or the projection is a Conv1D."""
+    model = tiny_model(model_type)
+    spec = arch.get_arch(model)
+    if model_type in ("gpt2", "falcon", "gpt_neox"):
+        assert spec.v_proj is None and spec.o_proj is None
+        return
+    text = _text(model.config)
+    block = arch.layer(model, 0)
+    o_proj = arch.resolve(block, spec.o_proj)
+    assert isinstance(o_proj, nn.Linear) and o_proj.out_features == text.hidden_size
+    assert o_proj.in_features % text.num_attention_heads == 0
+    if model_type == "phi3":  # fused qkv_proj
+        assert spec.v_proj is None
+        return
+    v_proj = arch.resolve(block, spec.v_proj)
+    head_dim = o_proj.in_features // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    assert isinstance(v_proj, nn.Linear) and v_proj.out_features == kv_heads * head_dim
+    assert v_proj.in_features == text.hidden_size

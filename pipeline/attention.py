@@ -1,0 +1,209 @@
+"""Attention probabilities, values and the attention-output decomposition (paper A §4).
+
+Paper A (Sun et al. 2024) §4 shows that after the layer where massive activations appear, heads
+concentrate their attention on the massive-activation tokens (the attention figures of LLaMA2-7B,
+layer 3), and that the value update those tokens contribute is nearly the same for every query:
+an implicit attention bias. The pieces here are model-agnostic and reused by the stage
+``ma_attention``:
+
+- :func:`eager_attention`: switch a transformers model to eager attention (the only one that
+  returns the probabilities) and restore the previous implementation on exit, also on errors.
+- :func:`capture_attention_weights`: a temporary hook handing element 1 of each attention
+  module's output, the probabilities (B, H, T, T), to an observer.
+- :func:`attention_share`, :func:`control_share`, :func:`uniform_share`: how much attention
+  mass lands on a key set S.
+- :func:`expand_kv_heads`, :func:`decompose_output`, :func:`constancy`: the decomposition of the
+  attention output into the part from S and the rest, and how constant each part is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .arch import get_arch, layer, resolve
+from .errors import PipelineError
+
+
+def _configs(model: nn.Module) -> list[Any]:
+    """Every distinct config object of ``model``: its own, nested sub-configs, and submodels'."""
+    found: dict[int, Any] = {}
+    todo = [getattr(model, "config", None)]
+    todo += [getattr(m, "config", None) for m in model.modules()]
+    while todo:
+        cfg = todo.pop()
+        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation"):
+            continue
+        found[id(cfg)] = cfg
+        todo += [getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", {}) or {}]
+    return list(found.values())
+
+
+@contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Run the body with eager attention; on exit (also when the body raises) every config of
+    the model gets back exactly the attention implementation it had before.
+
+    Eager and SDPA attention compute the same function, so only the numerics of the body change;
+    the model after the block is the same object in the same state (test_ma_attention checks the
+    logits are bit-identical).
+    """
+    saved = [(cfg, cfg._attn_implementation_internal) for cfg in _configs(model)]
+    try:
+        if getattr(model.config, "_attn_implementation", None) != "eager":
+            if hasattr(model, "set_attn_implementation"):
+                model.set_attn_implementation("eager")
+            else:
+                model.config._attn_implementation = "eager"
+        yield
+    finally:
+        for cfg, impl in saved:
+            cfg._attn_implementation_internal = impl
+
+
+@contextmanager
+def capture_attention_weights(
+    modules: Mapping[str, nn.Module], fn: Callable[[str, torch.Tensor], None]
+) -> Iterator[None]:
+    """Call ``fn(name, probs)`` with each attention module's probabilities (B, H, T, T).
+
+    transformers 5 attention modules return ``(output, weights)``; ``weights`` is None unless the
+    attention implementation is eager (use :func:`eager_attention`), which is a clear error here.
+    The hook is an observer (returns None): the model's output is untouched.
+    """
+    handles = []
+
+    try:
+        for name, module in modules.items():
+            def post(_m: nn.Module, _a: tuple, out: Any, _n: str = name) -> None:
+                weights = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else None
+                if not isinstance(weights, torch.Tensor):
+                    raise PipelineError(
+                        f"attention module '{_n}' returned no attention weights; run the forward "
+                        "inside pipeline.attention.eager_attention(model)")
+                fn(_n, weights)
+
+            handles.append(module.register_forward_hook(post))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def attention_site(model: nn.Module, i: int, which: str) -> nn.Module | None:
+    """The ``v_proj`` or ``o_proj`` Linear of decoder layer ``i`` (None if the ArchSpec has none)."""
+    spec = get_arch(model)
+    path = getattr(spec, which)
+    if path is None:
+        return None
+    found = resolve(layer(model, i), path, spec.model_type)
+    if not isinstance(found, nn.Linear):
+        raise PipelineError(f"'{path}' in the {spec.model_type} model is a {type(found).__name__}, "
+                            "not a Linear; fix its ArchSpec in pipeline/arch.py")
+    return found
+
+
+def massive_positions(h: torch.Tensor, abs_threshold: float, rel_threshold: float) -> list[int]:
+    """Positions of one sequence's hidden state ``h`` (T, D) holding a massive activation:
+    some |h| > max(abs_threshold, rel_threshold * median |h|), median over all T*D values
+    (paper A's definition, the same as ``pipeline.profile_stats``)."""
+    mag = h.detach().float().abs()
+    threshold = max(abs_threshold, rel_threshold * float(mag.flatten().median()))
+    return sorted(torch.nonzero((mag > threshold).any(dim=-1)).flatten().tolist())
+
+
+def _queries(n: int, keys: Sequence[int]) -> range:
+    return range(min(keys) + 1, n)
+
+
+def attention_share(probs: torch.Tensor, keys: Sequence[int]) -> float:
+    """Share of attention mass on the key set S: for each query i > min(S), sum_{j in S} p^h_ij,
+    averaged over heads h and over those queries. ``probs`` (H, T, T), rows summing to 1.
+
+    Queries i <= min(S) are left out: they cannot see S (i < min S) or see only it (i = min S).
+    Returns NaN if no query is left.
+    """
+    queries = list(_queries(probs.shape[-1], keys))
+    if not queries:
+        return math.nan
+    mass = probs[:, queries][:, :, list(keys)].double().sum(-1)  # (H, Q)
+    return float(mass.mean())
+
+
+def control_share(probs: torch.Tensor, keys: Sequence[int]) -> float:
+    """The same share for a uniform-random control: the expected mass on k = |S| key positions
+    drawn uniformly from the keys query i can see outside S, {j <= i, j not in S} (n_i of them):
+    E = min(k, n_i) / n_i * sum_{j visible, not in S} p_ij; averaged like :func:`attention_share`.
+    Exact expectation, no sampling."""
+    n = probs.shape[-1]
+    k, s = len(keys), set(keys)
+    vals = []
+    for i in _queries(n, keys):
+        others = [j for j in range(i + 1) if j not in s]
+        if others:
+            mass = probs[:, i, others].double().sum(-1)  # (H,)
+            vals.append(min(k, len(others)) / len(others) * mass)
+    return float(torch.stack(vals).mean()) if vals else math.nan
+
+
+def uniform_share(n: int, keys: Sequence[int]) -> float:
+    """The share S would get if every query attended uniformly to the keys it can see."""
+    vals = [sum(j <= i for j in keys) / (i + 1) for i in _queries(n, keys)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def head_mean_logprobs(probs: torch.Tensor) -> torch.Tensor:
+    """mean_h log p^h_ij (T, T) from ``probs`` (H, T, T): paper A plots head-averaged logits, and
+    log p = logit - logsumexp_j(logit) differs from them by a per-query constant only. Zeros
+    (masked or underflowed entries) are clamped to float32's smallest normal (log = -87.3)."""
+    tiny = torch.finfo(torch.float32).tiny
+    return probs.float().clamp_min(tiny).log().mean(0)
+
+
+def expand_kv_heads(v: torch.Tensor, n_heads: int, head_dim: int) -> torch.Tensor:
+    """Values (T, KV * head_dim) -> (T, H, head_dim), each KV head repeated for its group of
+    query heads. transformers' ``repeat_kv`` expands (B, KV, T, d) to (B, KV, n_rep, T, d) and
+    reshapes, i.e. query head h uses KV head h // n_rep: ``repeat_interleave`` order."""
+    t = v.shape[0]
+    kv = v.reshape(t, -1, head_dim)
+    if n_heads % kv.shape[1]:
+        raise PipelineError(f"{n_heads} query heads are not a multiple of {kv.shape[1]} KV heads")
+    return kv.repeat_interleave(n_heads // kv.shape[1], dim=1)
+
+
+def decompose_output(probs: torch.Tensor, values: torch.Tensor, weight: torch.Tensor,
+                     keys: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the attention output of every query into the part from the key set S and the rest.
+
+    ``probs`` (H, T, T), ``values`` (T, H, d) (KV heads already expanded), ``weight`` the output
+    projection's (D, H * d). Per head the output before the projection is
+    z^h_i = sum_j p^h_ij v^h_j; heads are concatenated head-major and projected. Returns
+    ``(part_S, part_rest)``, each (T, D), with part_S + part_rest = W z (no bias in either part).
+    Computed in float64.
+    """
+    p, v, w = probs.double(), values.double(), weight.double()
+    in_s = torch.zeros(p.shape[-1], dtype=torch.bool, device=p.device)
+    in_s[list(keys)] = True
+    parts = []
+    for mask in (in_s, ~in_s):
+        z = torch.einsum("hij,jhd->ihd", p * mask, v)  # (T, H, d)
+        parts.append(z.reshape(z.shape[0], -1) @ w.T)
+    return parts[0], parts[1]
+
+
+def constancy(x: torch.Tensor) -> tuple[float, float]:
+    """How constant the rows of ``x`` (N, D) are: the mean pairwise cosine similarity over pairs
+    i != i', and the relative variance mean_i |x_i - mean x|^2 / mean_i |x_i|^2 (0 = constant)."""
+    x = x.double()
+    n = x.shape[0]
+    if n < 2:
+        return math.nan, math.nan
+    unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    cos = (float((unit @ unit.T).sum()) - float((unit * unit).sum())) / (n * (n - 1))
+    rel_var = float((x - x.mean(0)).pow(2).sum(1).mean() / x.pow(2).sum(1).mean().clamp_min(1e-300))
+    return cos, rel_var
