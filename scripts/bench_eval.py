@@ -10,13 +10,12 @@ Writes results/bench/eval.csv (median seconds and the ratio to bare). Target: wi
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from pipeline.bench import device_name, ratio_rows, time_interleaved
 from pipeline.data import build_source, data_config, token_windows
 from pipeline.evaluate import perplexity
 from pipeline.models import load_model
@@ -42,10 +41,6 @@ def main() -> None:
     windows = token_windows(tok, build_source(cfg), seq_len=args.seq_len, n_windows=args.windows,
                             bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     @torch.inference_mode()
     def bare() -> None:
         for s in range(0, len(windows), args.batch):
@@ -55,25 +50,12 @@ def main() -> None:
         perplexity(model, windows, batch_size=args.batch, device=device, desc="bench")
 
     methods = {"bare": bare, "perplexity": ppl}
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for fn in methods.values():
-        fn()  # warm-up
-    for r in range(args.repeats):
-        for name, fn in methods.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - t0)
-        print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
-    base = statistics.median(times["bare"])
-    n_tok = windows.numel()
-    rows = [{"method": k, "median_s": statistics.median(v), "min_s": min(v),
-             "ratio_to_bare": statistics.median(v) / base, "tokens_per_s": n_tok / statistics.median(v),
-             "seq_len": args.seq_len, "windows": args.windows, "batch": args.batch, "repeats": args.repeats,
-             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-             "threads": torch.get_num_threads()} for k, v in times.items()]
-    dev = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    times = time_interleaved(methods, args.repeats, device)
+    rows = ratio_rows(times, "bare", seq_len=args.seq_len, windows=args.windows, batch=args.batch,
+                      repeats=args.repeats, dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+    for r in rows:
+        r["tokens_per_s"] = windows.numel() / r["median_s"]
+    dev = device_name(device)
     writer = ResultsWriter(args.results, "bench", model=args.model, revision=model_cfg.get("revision"),
                            dataset=args.data, seed=0, device=dev)
     path = writer.write("eval", rows, stage="bench_eval", condition=f"L{args.seq_len}xN{args.windows}xB{args.batch}")

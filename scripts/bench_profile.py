@@ -12,27 +12,20 @@ Writes results/bench/profile.csv (median seconds per batch and the ratio to bare
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
 from pipeline.arch import decoder_layers, num_layers
+from pipeline.bench import device_name, ratio_rows, time_interleaved
 from pipeline.data import build_source, token_windows
 from pipeline.hooks import capture
-from pipeline.models import load_model
+from pipeline.models import forward_without_logits, load_model
 from pipeline.profile_stats import LayerProfile, token_types
 from pipeline.results import ResultsWriter
-from pipeline.stages.ma_profile import _forward
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:
@@ -54,42 +47,29 @@ def main() -> None:
     layers = {str(i): m for i, m in enumerate(decoder_layers(model))}
 
     def bare() -> None:
-        _forward(model, ids)
+        forward_without_logits(model, ids)
 
     def instrumented() -> None:
         prof = LayerProfile(num_layers(model))
         prof.begin_batch(types, texts)
         with capture(layers, lambda n, h: prof.observe(int(n), h)):
-            _forward(model, ids)
+            forward_without_logits(model, ids)
         prof.end_batch()
 
     def paper_way() -> None:
         feats: dict[str, torch.Tensor] = {}
         with capture(layers, lambda n, h: feats.__setitem__(n, h.detach().clone().cpu().double())):
-            _forward(model, ids)
+            forward_without_logits(model, ids)
         for h in feats.values():
             for row in h.abs().reshape(h.shape[0], -1):
                 _top3, _median = row.sort(descending=True).values[:3], row.median()
 
     methods = {"bare": bare, "ma_profile": instrumented, "paper_way": paper_way}
-    times: dict[str, list[float]] = {k: [] for k in methods}
     with torch.inference_mode():
-        for fn in methods.values():  # warm-up
-            fn()
-        for r in range(args.repeats):
-            for name, fn in methods.items():
-                _sync(device)
-                t0 = time.perf_counter()
-                fn()
-                _sync(device)
-                times[name].append(time.perf_counter() - t0)
-            print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
-    base = statistics.median(times["bare"])
-    rows = [{"method": k, "median_s": statistics.median(v), "min_s": min(v), "ratio_to_bare": statistics.median(v) / base,
-             "seq_len": args.seq_len, "batch": args.batch, "repeats": args.repeats,
-             "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-             "threads": torch.get_num_threads()} for k, v in times.items()]
-    dev = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+        times = time_interleaved(methods, args.repeats, device)
+    rows = ratio_rows(times, "bare", seq_len=args.seq_len, batch=args.batch, repeats=args.repeats,
+                      dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
+    dev = device_name(device)
     writer = ResultsWriter(args.results, "bench", model=args.model, revision=model_cfg.get("revision"),
                            dataset=args.data, seed=0, device=dev)
     path = writer.write("profile", rows, stage="bench_profile", condition=f"L{args.seq_len}xB{args.batch}")

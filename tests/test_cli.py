@@ -30,3 +30,19 @@ def test_multirun_over_models_lands_in_one_table(tmp_path, launcher):
     df = pd.read_csv(tmp_path / "massive_activations_default" / "ma_layer_stats.csv")
     assert sorted(df["model"].unique()) == ["tiny_gpt2", "tiny_llama"]
     assert len(df) == 8  # 4 layers x 2 models, no duplicates
+
+
+@pytest.mark.parametrize("script", ["bench_profile.py", "bench_eval.py"])
+def test_benchmark_scripts_run_on_a_tiny_model(tmp_path, script):
+    import subprocess
+    import sys
+
+    from tests.test_config import ROOT
+
+    r = subprocess.run([sys.executable, f"scripts/{script}", "--model", "tiny_llama", "--seq-len", "32",
+                        "--batch", "1", "--repeats", "1", "--results", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = pd.read_csv(next((tmp_path / "bench").glob("*.csv")))
+    assert table.loc[table.method == "bare", "ratio_to_bare"].item() == 1.0
+    assert (table["ratio_to_bare"] > 0).all() and (table["device"] == "cpu").all()

