@@ -161,6 +161,9 @@ def draw_experiment(out_dir: Path) -> list[Path]:
             if share is not None and (share["model"] == model).any():
                 s = share[(share["model"] == model) & (share["dataset"] == dataset)]
                 written.append(fig_attention_share(s, model, fig_dir / f"attention_share_{model}.png"))
+    from .figures_sw import draw_super_weight
+
+    written += draw_super_weight(out_dir, fig_dir)
     return written
 
 

@@ -61,3 +61,22 @@ def planted(model, layer_idx: int, dim: int, value: float, position=0):
 
     with patch({"planted": layer(model, layer_idx)}, add):
         yield
+
+
+def plant_super_weight(model, layer_idx: int = 0, row: int = 5, col: int = 9, weight: float = 8.0,
+                       boost: float = 80.0):
+    """Edit a tiny model's weights so that it has a super weight W[row, col] in the down projection
+    of ``layer_idx``: the weight is large and the down-projection input at ``col`` spikes.
+    Works for Llama-style (gate/up) and GPT-2-style (c_fc) MLPs. Returns (layer, row, col)."""
+    from pipeline.weights import down_proj_matrix
+
+    mlp = layer(model, layer_idx).mlp
+    with torch.no_grad():
+        if hasattr(mlp, "up_proj"):
+            mlp.up_proj.weight[col] *= boost
+            mlp.gate_proj.weight[col] *= boost
+        else:  # GPT-2 Conv1D c_fc: weight (in, out)
+            mlp.c_fc.weight[:, col] *= boost
+            mlp.c_fc.bias[col] = boost
+        down_proj_matrix(model, layer_idx)[row, col] = weight
+    return layer_idx, row, col

@@ -1,0 +1,196 @@
+"""Stage ``sw_detect``: find super weights with one prompt, no data (paper B §3.2, Fig. 3, Table 2).
+
+Per decoder layer, hooks record the MLP down projection's input X (T, in) and output Y (T, out)
+for one prompt. A super activation is an output spike Y[t, row] that one product X[t, col] *
+W[row, col] explains: the input spikes at ``col`` too. Such a W[row, col] is a super weight. It
+is zeroed (reversibly) and the prompt re-run, until no output spike above ``threshold`` is
+explained by a single weight, so that super weights hidden behind a larger one are found too
+(paper B: "zero it and repeat"). Works on every architecture with an ArchSpec: gated
+``down_proj``, GPT-2 ``c_proj`` (Conv1D), OPT ``fc2``, Phi ``fc2``; mixture-of-experts layers are
+not scanned (their experts' inputs are not visible to module hooks) and are reported as such.
+
+Each weight found gets a ``role``: ``creates`` (it writes a super activation into a residual
+stream that did not hold it: paper B's super weights) or ``cancels`` (a late layer writing the
+opposite of a massive value already in the residual stream, as LLaMA-7B's layer 30 does in paper
+B's Fig. 3). Downstream stages (ablate, stopwords, scale) use the ``creates`` ones by default.
+
+Tables: ``sw_down_proj_max`` (Fig. 3: per layer, the max-|.| input and output with positions, on
+the original model) and ``sw_directory`` (Table 2: layer, row, col, weight, input and output
+spike, token, share of the output explained, and whether ``row`` is a massive-activation dim).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..arch import decoder_layers, get_arch, layer_module, num_layers
+from ..errors import PipelineError
+from ..hooks import as_tensor
+from ..paper import paper_numbers
+from ..weights import WeightSite, down_proj_matrix, scale_weights
+
+STAGE = "sw_detect"
+DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # paper B's analyze.py
+
+
+@torch.inference_mode()
+def down_proj_io(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict, dict, dict]:
+    """One forward: per layer the down projection's input (T, in) and output (T, out) for row 0
+    of ``ids``, and each decoder layer's output (T, d) (for the massive-activation cross-check)."""
+    xs, ys, hs, handles = {}, {}, {}, []
+    n_tok = ids.shape[1]
+    try:
+        for i in range(num_layers(model)):
+            mod = layer_module(model, i, "down_proj")
+
+            def pre(_m, args, _i=i):
+                xs[_i] = args[0].reshape(-1, n_tok, args[0].shape[-1])[0].float().cpu()
+
+            def post(_m, _a, out, _i=i):
+                y = as_tensor(out)
+                ys[_i] = y.reshape(-1, n_tok, y.shape[-1])[0].float().cpu()
+
+            handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+        for i, lay in enumerate(decoder_layers(model)):
+            handles.append(lay.register_forward_hook(
+                lambda _m, _a, out, _i=i: hs.__setitem__(_i, as_tensor(out)[0].float().cpu())))
+        model(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return xs, ys, hs
+
+
+def layer_maxima(xs: dict, ys: dict) -> list[dict]:
+    """Fig. 3: the signed value at the max-|.| of each layer's down-projection input and output."""
+    rows = []
+    for i in sorted(xs):
+        x, y = xs[i], ys[i]
+        xt, xc = divmod(int(x.abs().argmax()), x.shape[1])
+        yt, yc = divmod(int(y.abs().argmax()), y.shape[1])
+        rows.append({"layer": i, "in_max": float(x[xt, xc]), "in_token": xt, "in_channel": xc,
+                     "out_max": float(y[yt, yc]), "out_token": yt, "out_channel": yc})
+    return rows
+
+
+def explain_spike(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> dict:
+    """For the largest output |Y[t, row]|: the input channel ``col`` whose product X[t, col] *
+    W[row, col] contributes most, and the share of Y[t, row] that this one product explains."""
+    t, row = divmod(int(y.abs().argmax()), y.shape[1])
+    products = x[t].double() * w[row].double().cpu()
+    col = int(products.abs().argmax())
+    return {"token": t, "row": row, "col": col, "out_value": float(y[t, row]), "in_value": float(x[t, col]),
+            "weight": float(w[row, col]), "share": float(products[col] / y[t, row]) if y[t, row] != 0 else 0.0}
+
+
+def massive_dims(hs: dict, abs_threshold: float, rel_threshold: float) -> set[int]:
+    """Dims holding a massive activation (paper A's definition) in any layer's output."""
+    dims: set[int] = set()
+    for h in hs.values():
+        mag = h.abs()
+        dims |= set(torch.nonzero(mag > max(abs_threshold, rel_threshold * float(mag.median())))[:, 1].tolist())
+    return dims
+
+
+def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str = "auto",
+           rel_spike: float = 0.05, min_abs: float = 50.0, min_share: float = 0.5,
+           max_iter: int = 10) -> tuple[list[dict], list[dict], dict, float]:
+    """Iterative detection. Returns (directory rows, Fig. 3 maxima of the original model, the
+    original pass's decoder-layer outputs, the spike threshold used).
+
+    ``threshold`` "auto" = max(``min_abs``, ``rel_spike`` x the largest |down-projection output|
+    of the original pass): paper B's fixed 50 suits LLaMA-7B (super activation about 1,300) but
+    not models whose activations run at another scale (SmolLM2: 24,000; with 50 the iteration
+    keeps finding moderate spikes of a few hundred and never ends). Input and output must both
+    exceed it, and one product X[t, col] * W[row, col] must explain ``min_share`` of the output.
+    """
+    if get_arch(model).moe:
+        raise PipelineError("super-weight detection on mixture-of-experts layers is not supported yet: "
+                            "experts' down-projection inputs are not visible to module hooks")
+    found: list[dict] = []
+    maxima, hs0 = None, None
+    for it in range(max_iter + 1):
+        sites = [WeightSite(f["layer"], f["row"], f["col"]) for f in found]
+        with scale_weights(model, sites, 0.0):  # the weights found so far, zeroed
+            xs, ys, hs = down_proj_io(model, ids)
+            cands = [{"layer": i, **explain_spike(xs[i], ys[i], down_proj_matrix(model, i)), "iteration": it}
+                     for i in sorted(xs)]
+        if maxima is None:
+            maxima, hs0 = layer_maxima(xs, ys), hs
+            if threshold == "auto":
+                threshold = max(min_abs, rel_spike * max(abs(m["out_max"]) for m in maxima))
+        cands = [c for c in cands if abs(c["out_value"]) > threshold and abs(c["in_value"]) > threshold
+                 and c["share"] >= min_share]
+        # the largest spike first: smaller ones downstream may be its consequences and vanish
+        new = max(cands, key=lambda c: abs(c["out_value"]), default=None)
+        if new is None:
+            break
+        if it == max_iter:
+            raise PipelineError(f"super-weight detection did not converge in {max_iter} iterations "
+                                "(raise max_iter or the threshold)")
+        found.append(new)
+    for f in found:  # on the ORIGINAL model: does the residual stream already hold this value?
+        f["residual_before"] = float(hs0[f["layer"] - 1][f["token"], f["row"]]) if f["layer"] else 0.0
+        cancels = f["residual_before"] * f["out_value"] < 0 and abs(f["residual_before"]) > 0.5 * abs(f["out_value"])
+        f["role"] = "cancels" if cancels else "creates"
+    return found, maxima, hs0, float(threshold)
+
+
+def run(ctx, *, prompt: str = DEFAULT_PROMPT, threshold: float | str = "auto", rel_spike: float = 0.05,
+        min_abs: float = 50.0, min_share: float = 0.5, max_iter: int = 10, abs_threshold: float = 100.0,
+        rel_threshold: float = 1000.0) -> dict[str, Any]:
+    """Detect the super weights of ``ctx.model`` and write the directory and the Fig. 3 table."""
+    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)  # as paper B: default special tokens
+    found, maxima, hs, threshold = detect(ctx.model, ids, threshold=threshold, rel_spike=rel_spike,
+                                          min_abs=min_abs, min_share=min_share, max_iter=max_iter)
+    mdims = massive_dims(hs, abs_threshold, rel_threshold)
+    toks = [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
+    directory = [{**f, "token_text": toks[f["token"]], "row_is_massive_dim": f["row"] in mdims} for f in found]
+    paths = {"sw_down_proj_max": ctx.results.write("sw_down_proj_max", maxima, stage=STAGE),
+             "sw_directory": ctx.results.write("sw_directory", directory, stage=STAGE)}
+    comparison = compare_with_paper(paper_numbers("super_weight", ctx.paper_key), directory)
+    if comparison:
+        paths["sw_paper"] = ctx.results.write("sw_paper", comparison, stage=STAGE)
+    ctx.logger.log_metrics({"sw/n_super_weights": len(directory)})
+    return {"directory": directory, "maxima": maxima, "massive_dims": sorted(mdims), "paths": paths,
+            "comparison": comparison, "prompt": prompt, "threshold": threshold}
+
+
+def compare_with_paper(paper: dict | None, directory: list[dict]) -> list[dict]:
+    """Our (layer, row, col) beside paper B's Table 2 (0-based layers, W[row=out, col=in])."""
+    if not paper or "super_weights" not in paper:
+        return []
+    theirs = {tuple(c) for c in paper["super_weights"]["value"]}
+    ours = {(d["layer"], d["row"], d["col"]) for d in directory}
+    return [{"layer": c[0], "row": c[1], "col": c[2], "in_ours": c in ours, "in_paper": c in theirs,
+             "paper_verified": bool(paper["super_weights"].get("verified", False))}
+            for c in sorted(ours | theirs)]
+
+
+def super_weights(ctx, *, prompt: str = DEFAULT_PROMPT, roles: tuple[str, ...] = ("creates",), **detect_kw) -> list[WeightSite]:
+    """The super weights other stages act on (detected here, never hard-coded)."""
+    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    found = detect(ctx.model, ids, **detect_kw)[0]
+    sites = [WeightSite(f["layer"], f["row"], f["col"]) for f in found if f["role"] in roles]
+    if not sites:
+        raise PipelineError(f"no super weight ({'/'.join(roles)}) detected with prompt {prompt!r}; "
+                            "lower the threshold (stage.sw_detect.threshold)")
+    return sites
+
+
+def format_summary(out: dict[str, Any]) -> str:
+    lines = [f"super weights (prompt {out['prompt']!r}, spike threshold {out['threshold']:.1f}):"]
+    if not out["directory"]:
+        lines.append("  none found")
+    for d in out["directory"]:
+        lines.append(f"  layer {d['layer']:>3} W[{d['row']}, {d['col']}] = {d['weight']:+.4f}   input {d['in_value']:+.1f}"
+                     f"  output {d['out_value']:+.1f} at token {d['token']} {d['token_text']!r}  ({d['share']:.0%} of it)"
+                     f"  {d['role']}"
+                     f"{'  row = a massive-activation dim' if d['row_is_massive_dim'] else ''}")
+    lines.append("  (layers 0-based, as paper B; W[row = output channel, col = input channel])")
+    for c in out["comparison"]:
+        lines.append(f"  paper B: layer {c['layer']} [{c['row']}, {c['col']}]  ours {'yes' if c['in_ours'] else 'no'}"
+                     f"  paper {'yes' if c['in_paper'] else 'no'}")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Reversible weight edits as context managers (paper B: prune / scale the super weight, prune
+the largest other weights). On exit, also on exceptions, every touched element gets back its
+exact original bits (tests compare ``torch.equal`` on the whole state dict).
+
+Down-projection weights are addressed as paper B does, ``W[row, col]`` with ``row`` = output
+(hidden) channel and ``col`` = input (intermediate) channel, whatever the storage: GPT-2's Conv1D
+keeps its weight as (in, out); transformers-5 MoE experts keep a fused (experts, out, in) tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .arch import get_arch, layer, layer_module, num_layers
+
+
+@dataclass(frozen=True)
+class WeightSite:
+    """One down-projection weight: decoder layer, output channel ``row``, input channel ``col``."""
+
+    layer: int
+    row: int
+    col: int
+    expert: int | None = None
+
+
+def down_proj_matrix(model: nn.Module, layer_idx: int, expert: int | None = None) -> torch.Tensor:
+    """A (out, in) view of a layer's MLP down-projection weight; writing to it edits the model."""
+    spec = get_arch(model)
+    module = layer_module(model, layer_idx, "down_proj")
+    if spec.moe:
+        if expert is None:
+            raise ValueError(f"layer {layer_idx} is a mixture of experts: name the expert")
+        return getattr(module, spec.expert_down_param).data[expert]
+    weight = module.weight.data
+    return weight.T if spec.down_proj_transposed else weight
+
+
+@contextmanager
+def set_entries(entries: Sequence[tuple[torch.Tensor, tuple[int, ...], float]]) -> Iterator[None]:
+    """Set ``matrix[index] = value`` for each entry; restore the exact originals on exit."""
+    saved = [(m, idx, m[idx].clone()) for m, idx, _ in entries]
+    try:
+        for m, idx, value in entries:
+            m[idx] = value
+        yield
+    finally:
+        for m, idx, old in reversed(saved):
+            m[idx] = old
+
+
+@contextmanager
+def scale_weights(model: nn.Module, sites: Sequence[WeightSite], factor: float) -> Iterator[None]:
+    """Multiply each site's weight by ``factor`` (0 = prune). ``factor == 1`` touches nothing, so
+    the model stays bitwise identical (paper B Fig. 6's scale 1 is the original model)."""
+    if factor == 1:
+        yield
+        return
+    entries = []
+    for s in sites:
+        m = down_proj_matrix(model, s.layer, s.expert)
+        entries.append((m, (s.row, s.col), float(m[s.row, s.col]) * factor))
+    with set_entries(entries):
+        yield
+
+
+def layer_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Every 2-D attention/MLP weight inside the decoder layers, as stored (name, tensor)."""
+    out = []
+    for i in range(num_layers(model)):
+        for name, mod in layer(model, i).named_modules():
+            w = getattr(mod, "weight", None)
+            if isinstance(w, nn.Parameter) and w.ndim == 2 and not isinstance(mod, nn.Embedding):
+                out.append((f"layers.{i}.{name}", w.data))
+    return out
+
+
+def _stored_index(model: nn.Module, site: WeightSite) -> tuple[int, tuple[int, int]]:
+    """(data_ptr of the stored down-projection weight, index of ``site`` in it)."""
+    spec = get_arch(model)
+    weight = layer_module(model, site.layer, "down_proj").weight.data
+    idx = (site.col, site.row) if spec.down_proj_transposed else (site.row, site.col)
+    return weight.data_ptr(), idx
+
+
+def largest_weights(model: nn.Module, fraction: float, min_per_matrix: int = 1,
+                    exclude: Sequence[WeightSite] = ()) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """Paper B's "prune non-super-weights" selection: in every attention/MLP matrix of the decoder
+    layers, the ``max(min_per_matrix, int(fraction * numel))`` largest-magnitude entries, except
+    the super weights (the official code zeroes them all, then restores the super weights).
+
+    Paper B: fraction 1e-6 of LLaMA-7B's matrices is about 6,400 weights. On small models
+    ``int(1e-6 * numel)`` is 0, hence ``min_per_matrix``.
+    """
+    excluded = {_stored_index(model, s) for s in exclude if s.expert is None}
+    picks = []
+    for _name, w in layer_matrices(model):
+        k = min(w.numel(), max(min_per_matrix, int(fraction * w.numel())))
+        for f in w.abs().flatten().topk(k).indices.tolist():
+            idx = divmod(f, w.shape[1])
+            if (w.data_ptr(), idx) not in excluded:
+                picks.append((w, idx))
+    return picks
+
+
+@contextmanager
+def zero_weights(picks: Sequence[tuple[torch.Tensor, tuple[int, int]]]) -> Iterator[None]:
+    """Zero the picked entries; exact restore on exit."""
+    with set_entries([(w, idx, 0.0) for w, idx in picks]):
+        yield
