@@ -15,15 +15,12 @@ paper's layout: conditions as rows). The model is checked bit-identical after ev
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from typing import Any
 
-import torch
-
+from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
 from ..data import build_source, data_config, token_windows
 from ..errors import PipelineError
-from ..evaluate import load_suite, mean_accuracy, perplexity, zero_shot
 from ..interventions import EDITABLE_TYPES, Site, random_control, set_sites
 from ..paper import paper_numbers
 from ..profile_stats import delimiter_test
@@ -56,12 +53,6 @@ def detect_sites(ctx, *, calib_data: str, calib_split: str, calib_sequences: int
     return int(layer), sites
 
 
-def _probe_logits(ctx) -> torch.Tensor:
-    ids = ctx.tokenizer("Summer is warm. Winter is cold.", add_special_tokens=False, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        return ctx.model(input_ids=ids.to(ctx.device)).logits.float().cpu()
-
-
 def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int | str = "auto",
         calib_data: str = "wiki_summaries", calib_split: str = "train", calib_sequences: int = 20,
         calib_seq_len: int = 512, min_frac: float = 0.5, ppl_data: list[str] | tuple[str, ...] = ("wiki_summaries",),
@@ -85,46 +76,18 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
     }
     edits["random_zero"] = random_control(edits["set_zero"], hidden, seed)
     is_delim = delimiter_test(ctx.tokenizer, list(delimiters))
-    ppl_sets = {}
-    for name in ppl_data:
-        cfg = data_config(name)
-        ppl_sets[name] = token_windows(ctx.tokenizer, build_source(cfg), seq_len=ppl_seq_len, n_windows=ppl_windows,
-                                       bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
-    suite = load_suite(eval_suite) if eval_suite else None
-    reference = _probe_logits(ctx)
 
-    rows, table = [], []
-    for cond in conditions:
-        sites_c = edits[cond]
-        print(f"[{STAGE}] condition {cond}: layer {layer_idx}, "
-              f"{'no edit' if sites_c is None else [(s.token_type, s.dim, round(s.value, 2)) for s in sites_c]}",
-              flush=True)
-        ctx_mgr = nullcontext() if sites_c is None else set_sites(ctx.model, layer_idx, sites_c, is_delim)
-        wide: dict[str, Any] = {"condition": cond, "layer": layer_idx,
-                                "edited": "" if sites_c is None else ";".join(f"{s.token_type}:{s.dim}={s.value:.4g}" for s in sites_c)}
-        with ctx_mgr:
-            for name, windows in ppl_sets.items():
-                res = perplexity(ctx.model, windows, batch_size=batch_size, device=ctx.device, desc=f"ppl {name} [{cond}]")
-                rows.append({"condition": cond, "eval": "perplexity", "eval_data": name, "metric": "ppl",
-                             "value": res["ppl"], "stderr": math.nan, "n": res["n_tokens"], "seq_len": ppl_seq_len})
-                wide[f"ppl_{name}"] = res["ppl"]
-            if suite:
-                zs = zero_shot(ctx.model, ctx.tokenizer, suite, limit=zero_shot_limit,
-                               batch_size=eval_batch_size, device=ctx.device)
-                rows += [{"condition": cond, "eval": "zero_shot", "eval_data": r["task"], "metric": r["metric"],
-                          "value": r["value"], "stderr": r["stderr"], "n": r["n"], "seq_len": math.nan} for r in zs]
-                wide.update({f"acc_{r['task']}": r["value"] for r in zs if r["metric"] == "acc"})
-                wide["acc_mean"] = mean_accuracy(zs, "acc")
-        if not torch.equal(_probe_logits(ctx), reference):
-            raise RuntimeError(f"condition {cond} left the model changed: an intervention leaked")
-        table.append(wide)
-        ctx.logger.log_metrics({f"ma_intervene/{cond}/{k}": v for k, v in wide.items() if isinstance(v, float)})
+    def condition(sites_c):
+        return (lambda: nullcontext()) if sites_c is None else (lambda: set_sites(ctx.model, layer_idx, sites_c, is_delim))
 
-    paths = {"ma_intervene_sites": ctx.results.write("ma_intervene_sites", sites, stage=STAGE)}
-    for cond in conditions:  # `condition` is a provenance column: one write per condition
-        for name, rs in (("ma_intervene", rows), ("ma_intervene_table", table)):
-            mine = [{k: v for k, v in r.items() if k != "condition"} for r in rs if r["condition"] == cond]
-            paths[name] = ctx.results.write(name, mine, stage=STAGE, condition=cond)
+    describe = {c: {"layer": layer_idx, "edited": "" if edits[c] is None else
+                    ";".join(f"{s.token_type}:{s.dim}={s.value:.4g}" for s in edits[c])} for c in conditions}
+    rows, table = evaluate_conditions(
+        ctx, STAGE, {c: condition(edits[c]) for c in conditions},
+        ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows), eval_suite=eval_suite,
+        zero_shot_limit=zero_shot_limit, batch_size=batch_size, eval_batch_size=eval_batch_size, describe=describe)
+    paths = {"ma_intervene_sites": ctx.results.write("ma_intervene_sites", sites, stage=STAGE),
+             **write_by_condition(ctx, STAGE, {"ma_intervene": rows, "ma_intervene_table": table})}
     comparison = compare_with_paper(paper_numbers("massive_activations", ctx.paper_key), table)
     if comparison:
         paths["ma_intervene_paper"] = ctx.results.write("ma_intervene_paper", comparison, stage=STAGE)
@@ -151,23 +114,14 @@ def compare_with_paper(paper: dict | None, table: list[dict]) -> list[dict]:
     return rows
 
 
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "inf" if math.isinf(v) else ("nan" if math.isnan(v) else f"{v:.4g}")
-    return str(v)
-
-
 def format_summary(out: dict[str, Any]) -> str:
     """The paper-style table: conditions as rows, perplexities and mean zero-shot accuracy."""
     sites = ", ".join(f"{s['token_type']} dim {s['dim']} (mean {s['value_mean']:.1f})" for s in out["sites"])
-    cols = [k for k in out["table"][0] if k.startswith("ppl_")] + (["acc_mean"] if "acc_mean" in out["table"][0] else [])
     lines = [f"interventions at layer {out['layer']} (0-based) on: {sites}",
              f"  perplexity on {out['ppl_setting']}; zero-shot limit {out['zero_shot_limit']} per task",
-             "  " + f"{'condition':<13}" + "".join(f"{c:>22}" for c in cols)]
-    for row in out["table"]:
-        lines.append("  " + f"{row['condition']:<13}" + "".join(f"{_fmt(row.get(c)):>22}" for c in cols))
+             *format_table(out["table"])]
     if out.get("comparison"):
         lines.append("beside paper A (all its intervention numbers are RECALL, unverified):")
         for c in out["comparison"]:
-            lines.append(f"  {c['condition']:<13}{c['quantity']:<22} ours {_fmt(c['ours']):>10}   paper {_fmt(c['paper'])}")
+            lines.append(f"  {c['condition']:<13}{c['quantity']:<22} ours {fmt(c['ours']):>10}   paper {fmt(c['paper'])}")
     return "\n".join(lines)

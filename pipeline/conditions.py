@@ -1,0 +1,98 @@
+"""Evaluate a model under a list of reversible conditions (interventions, weight edits): the loop
+shared by the stages that reproduce paper tables (paper A Table 3, paper B Table 1, Fig. 6).
+
+Each condition is a name and a zero-argument factory returning a context manager that applies the
+edit. Under it: perplexity on each dataset's windows and the zero-shot suite. After it: the model
+must be bit-identical to before (the logits of a probe prompt are compared exactly).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+
+from .data import build_source, data_config, token_windows
+from .evaluate import load_suite, mean_accuracy, perplexity, zero_shot
+
+PROBE = "Summer is warm. Winter is cold."
+
+
+def eval_windows(tokenizer, names, seq_len: int, n_windows: int) -> dict[str, torch.Tensor]:
+    """Evaluation windows for each named dataset, with that dataset's BOS rule and joiner."""
+    out = {}
+    for name in names:
+        cfg = data_config(name)
+        out[name] = token_windows(tokenizer, build_source(cfg), seq_len=seq_len, n_windows=n_windows,
+                                  bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
+    return out
+
+
+@torch.inference_mode()
+def probe_logits(ctx) -> torch.Tensor:
+    ids = ctx.tokenizer(PROBE, add_special_tokens=False, return_tensors="pt").input_ids
+    return ctx.model(input_ids=ids.to(ctx.device)).logits.float().cpu()
+
+
+def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], AbstractContextManager]], *,
+                        ppl_sets: dict[str, torch.Tensor], eval_suite: str | None, zero_shot_limit: int | None,
+                        batch_size: int = 1, eval_batch_size: int = 8,
+                        describe: dict[str, dict] | None = None) -> tuple[list[dict], list[dict]]:
+    """Returns (long rows: one per condition x dataset/task x metric, wide rows: one per condition
+    with ``ppl_<dataset>``, ``acc_<task>`` and ``acc_mean``). ``describe`` adds columns per condition."""
+    suite = load_suite(eval_suite) if eval_suite else None
+    reference = probe_logits(ctx)
+    rows, table = [], []
+    for cond, make in conditions.items():
+        print(f"[{stage}] condition {cond}", flush=True)
+        wide: dict[str, Any] = {"condition": cond, **(describe or {}).get(cond, {})}
+        with make():
+            for name, windows in ppl_sets.items():
+                res = perplexity(ctx.model, windows, batch_size=batch_size, device=ctx.device,
+                                 desc=f"ppl {name} [{cond}]")
+                rows.append({"condition": cond, "eval": "perplexity", "eval_data": name, "metric": "ppl",
+                             "value": res["ppl"], "stderr": math.nan, "n": res["n_tokens"],
+                             "seq_len": windows.shape[1]})
+                wide[f"ppl_{name}"] = res["ppl"]
+            if suite:
+                zs = zero_shot(ctx.model, ctx.tokenizer, suite, limit=zero_shot_limit,
+                               batch_size=eval_batch_size, device=ctx.device)
+                rows += [{"condition": cond, "eval": "zero_shot", "eval_data": r["task"], "metric": r["metric"],
+                          "value": r["value"], "stderr": r["stderr"], "n": r["n"], "seq_len": math.nan}
+                         for r in zs]
+                wide.update({f"acc_{r['task']}": r["value"] for r in zs if r["metric"] == "acc"})
+                wide["acc_mean"] = mean_accuracy(zs, "acc")
+        if not torch.equal(probe_logits(ctx), reference):
+            raise RuntimeError(f"condition {cond} left the model changed: an edit leaked")
+        table.append(wide)
+        ctx.logger.log_metrics({f"{stage}/{cond}/{k}": v for k, v in wide.items() if isinstance(v, float)})
+    return rows, table
+
+
+def write_by_condition(ctx, stage: str, tables: dict[str, list[dict]]) -> dict[str, Any]:
+    """Write rows that carry a ``condition`` key: ``condition`` is a provenance column of the
+    results writer, so each condition's rows are written (and replaced on re-runs) on their own."""
+    paths = {}
+    for table, rows in tables.items():
+        for cond in dict.fromkeys(r["condition"] for r in rows):
+            mine = [{k: v for k, v in r.items() if k != "condition"} for r in rows if r["condition"] == cond]
+            paths[table] = ctx.results.write(table, mine, stage=stage, condition=cond)
+    return paths
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "inf" if math.isinf(v) else ("nan" if math.isnan(v) else f"{v:.4g}")
+    return str(v)
+
+
+def format_table(table: list[dict], first: str = "condition") -> list[str]:
+    """The paper layout: conditions as rows, perplexities and the mean accuracy as columns."""
+    cols = [k for k in table[0] if k.startswith("ppl_")] + (["acc_mean"] if "acc_mean" in table[0] else [])
+    lines = ["  " + f"{first:<22}" + "".join(f"{c:>22}" for c in cols)]
+    for row in table:
+        lines.append("  " + f"{row['condition']:<22}" + "".join(f"{fmt(row.get(c)):>22}" for c in cols))
+    return lines
