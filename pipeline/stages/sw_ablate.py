@@ -1,0 +1,150 @@
+"""Stage ``sw_ablate``: how much the model needs its super weights (paper B Table 1 and Fig. 4).
+
+Conditions (all reversible; the model is checked bit-identical after each):
+  original             no edit
+  prune_sw             the detected super weights set to 0
+  prune_sw_restore_sa  pruned, but the super activation written back: in the down-projection
+                       output of each super weight's layer, at the token where |original output| of
+                       channel ``row`` peaks, the original value (pruned output + X[t, col] * W[row, col])
+                       is restored (the official code does this for LLaMA-7B only; here any model)
+  prune_non_sw         the largest-magnitude weights of every attention/MLP matrix except the super
+                       weights (paper B: top 1e-6 of each matrix, about 7,000 weights on LLaMA-7B)
+Each with perplexity and the paper-B zero-shot suite (Table 1), and per layer the max |decoder
+layer output| on the detection prompt (Fig. 4).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+
+from ..arch import decoder_layers, layer_module
+from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
+from ..errors import PipelineError
+from ..hooks import as_tensor, capture, with_tensor
+from ..paper import paper_numbers
+from ..weights import WeightSite, down_proj_matrix, largest_weights, scale_weights, zero_weights
+from .sw_detect import DEFAULT_PROMPT, super_weights
+
+STAGE = "sw_ablate"
+CONDITIONS = ("original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw")
+
+
+@contextmanager
+def restore_super_activation(model: torch.nn.Module, sites: Sequence[WeightSite]) -> Iterator[None]:
+    """Under pruned super weights: put the super activation back in each layer's down-projection
+    output (per sequence, at the token where the original |output| of channel ``row`` peaks).
+    Enter it BEFORE pruning: it records the original weights."""
+    by_layer: dict[int, list[tuple[int, int, float]]] = defaultdict(list)
+    for s in sites:
+        by_layer[s.layer].append((s.row, s.col, float(down_proj_matrix(model, s.layer)[s.row, s.col])))
+    handles = []
+
+    def make_hook(entries):
+        def hook(_m, args, out):
+            x, y = args[0], as_tensor(out)
+            x3, y3 = (x, y) if y.ndim == 3 else (x[None], y[None])  # OPT-style flattened outputs
+            y3 = y3.clone()
+            for row in dict.fromkeys(r for r, _, _ in entries):
+                original = y3[..., row] + sum(x3[..., c] * w for r, c, w in entries if r == row)  # (B, T)
+                t = original.abs().argmax(dim=1)
+                b = torch.arange(y3.shape[0], device=y3.device)
+                y3[b, t, row] = original[b, t]
+            return with_tensor(out, y3 if y.ndim == 3 else y3[0])
+        return hook
+
+    try:
+        for lay, entries in by_layer.items():
+            handles.append(layer_module(model, lay, "down_proj").register_forward_hook(make_hook(entries)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def prune_restore(model, sites):
+    """prune_sw_restore_sa; the restore hook reads the weights before they are pruned."""
+    with restore_super_activation(model, sites), scale_weights(model, sites, 0.0):
+        yield
+
+
+@torch.inference_mode()
+def layer_max(ctx, ids: torch.Tensor) -> list[float]:
+    """Fig. 4: max |output| of every decoder layer on ``ids``."""
+    maxima: dict[int, float] = {}
+    mods = {str(i): m for i, m in enumerate(decoder_layers(ctx.model))}
+    with capture(mods, lambda n, h: maxima.__setitem__(int(n), float(h.abs().max()))):
+        ctx.model(input_ids=ids, use_cache=False)
+    return [maxima[i] for i in range(len(mods))]
+
+
+def run(ctx, *, conditions: Sequence[str] = CONDITIONS, prompt: str = DEFAULT_PROMPT,
+        threshold: float | str = "auto", roles: Sequence[str] = ("creates",), non_sw_fraction: float = 1e-6,
+        non_sw_min_per_matrix: int = 1, ppl_data: Sequence[str] = ("wiki_summaries",), ppl_seq_len: int = 1024,
+        ppl_windows: int = 16, eval_suite: str | None = "paper_b", zero_shot_limit: int | None = 50,
+        batch_size: int = 1, eval_batch_size: int = 8) -> dict[str, Any]:
+    """Table 1 and Fig. 4 for the super weights detected on ``prompt``."""
+    unknown = sorted(set(conditions) - set(CONDITIONS))
+    if unknown:
+        raise PipelineError(f"unknown conditions {unknown}; known: {', '.join(CONDITIONS)}")
+    sites = super_weights(ctx, prompt=prompt, roles=tuple(roles), threshold=threshold)
+    non_sw = largest_weights(ctx.model, non_sw_fraction, non_sw_min_per_matrix, exclude=sites)
+    makers = {"original": lambda: nullcontext(),
+              "prune_sw": lambda: scale_weights(ctx.model, sites, 0.0),
+              "prune_sw_restore_sa": lambda: prune_restore(ctx.model, sites),
+              "prune_non_sw": lambda: zero_weights(non_sw)}
+    chosen = {c: makers[c] for c in conditions}
+    sw_text = ";".join(f"{s.layer}:{s.row}:{s.col}" for s in sites)
+    describe = {c: {"super_weights": sw_text, "n_weights_edited": {"original": 0, "prune_non_sw": len(non_sw)}.get(c, len(sites))}
+                for c in conditions}
+
+    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    fig4 = []
+    for cond, make in chosen.items():
+        with make():
+            fig4 += [{"condition": cond, "layer": i, "max_abs": v} for i, v in enumerate(layer_max(ctx, ids))]
+    rows, table = evaluate_conditions(
+        ctx, STAGE, chosen, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows),
+        eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
+        eval_batch_size=eval_batch_size, describe=describe)
+    paths = write_by_condition(ctx, STAGE, {"sw_ablate": rows, "sw_ablate_table": table, "sw_layer_max": fig4})
+    comparison = compare_with_paper(paper_numbers("super_weight", ctx.paper_key), table)
+    if comparison:
+        paths["sw_ablate_paper"] = ctx.results.write("sw_ablate_paper", comparison, stage=STAGE)
+    return {"sites": sites, "n_non_sw": len(non_sw), "rows": rows, "table": table, "fig4": fig4,
+            "paths": paths, "comparison": comparison, "zero_shot_limit": zero_shot_limit,
+            "ppl_setting": f"{ppl_windows} x {ppl_seq_len} tokens", "eval_suite": eval_suite}
+
+
+def compare_with_paper(paper: dict | None, table: list[dict]) -> list[dict]:
+    """Our Table 1 beside paper B's (LLaMA-7B): average accuracy (%) and perplexities."""
+    if not paper or "table1" not in paper:
+        return []
+    rows = []
+    for row in table:
+        theirs = paper["table1"]["value"].get(row["condition"], {})
+        for key, value in theirs.items():
+            ours = 100 * row["acc_mean"] if key == "avg_acc" and "acc_mean" in row else row.get(f"ppl_{key}")
+            if ours is not None:
+                rows.append({"condition": row["condition"], "quantity": key, "ours": ours, "paper": float(value),
+                             "paper_verified": bool(paper["table1"].get("verified", False))})
+    return rows
+
+
+def format_summary(out: dict[str, Any]) -> str:
+    sw = ", ".join(f"layer {s.layer} [{s.row}, {s.col}]" for s in out["sites"])
+    lines = [f"super-weight ablations ({sw}; prune_non_sw zeroes {out['n_non_sw']} other weights)",
+             f"  perplexity on {out['ppl_setting']}; zero-shot {out['eval_suite']} limit {out['zero_shot_limit']} per task",
+             *format_table(out["table"])]
+    peaks = {}
+    for r in out["fig4"]:
+        peaks[r["condition"]] = max(peaks.get(r["condition"], 0.0), r["max_abs"])
+    lines.append("  max |layer output| on the prompt: " + ", ".join(f"{c} {fmt(v)}" for c, v in peaks.items()))
+    for c in out["comparison"]:
+        lines.append(f"  paper B {c['condition']:<20} {c['quantity']:<10} ours {fmt(c['ours']):>10}  paper {fmt(c['paper'])}")
+    return "\n".join(lines)
