@@ -45,3 +45,29 @@ def ratio_rows(times: dict[str, list[float]], baseline: str, **extra) -> list[di
 
 def device_name(device: torch.device) -> str:
     return str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+
+
+def bench_parser(doc: str, *, seq_len: int, batch: int, repeats: int):
+    """The options every benchmark script takes (model and data are config names)."""
+    import argparse
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2_135m", help="conf/model/<name>.yaml")
+    ap.add_argument("--data", default="wiki_summaries", help="conf/data/<name>.yaml")
+    ap.add_argument("--seq-len", type=int, default=seq_len)
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--repeats", type=int, default=repeats)
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    return ap
+
+
+def load_bench_model(name: str):
+    """(model config dict, model, tokenizer, device) for a conf/model name."""
+    from omegaconf import OmegaConf
+
+    from .data import REPO_ROOT
+    from .models import load_model
+
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{name}.yaml"))
+    return (cfg, *load_model(cfg))

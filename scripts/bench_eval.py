@@ -9,34 +9,23 @@ Writes results/bench/eval.csv (median seconds and the ratio to bare). Target: wi
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from pipeline.bench import device_name, ratio_rows, time_interleaved
+from pipeline.bench import bench_parser, device_name, load_bench_model, ratio_rows, time_interleaved
 from pipeline.data import build_source, data_config, token_windows
 from pipeline.evaluate import perplexity
-from pipeline.models import load_model
 from pipeline.results import ResultsWriter
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2_135m")
-    ap.add_argument("--data", default="wiki_summaries")
-    ap.add_argument("--seq-len", type=int, default=1024)
+    ap = bench_parser(__doc__, seq_len=1024, batch=1, repeats=3)
     ap.add_argument("--windows", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--results", type=Path, default=Path("results"))
     args = ap.parse_args()
-
-    model_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{args.model}.yaml"))
-    model, tok, device = load_model(model_cfg)
+    model_cfg, model, tok, device = load_bench_model(args.model)
     cfg = data_config(args.data)
     windows = token_windows(tok, build_source(cfg), seq_len=args.seq_len, n_windows=args.windows,
                             bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))

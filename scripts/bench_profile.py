@@ -11,17 +11,15 @@ Writes results/bench/profile.csv (median seconds per batch and the ratio to bare
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from pipeline.arch import decoder_layers, num_layers
-from pipeline.bench import device_name, ratio_rows, time_interleaved
-from pipeline.data import build_source, token_windows
+from pipeline.bench import bench_parser, device_name, load_bench_model, ratio_rows, time_interleaved
+from pipeline.data import build_source, data_config, token_windows
 from pipeline.hooks import capture
-from pipeline.models import forward_without_logits, load_model
+from pipeline.models import forward_without_logits
 from pipeline.profile_stats import LayerProfile, token_types
 from pipeline.results import ResultsWriter
 
@@ -29,18 +27,9 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2_135m")
-    ap.add_argument("--data", default="wiki_summaries")
-    ap.add_argument("--seq-len", type=int, default=512)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--results", type=Path, default=Path("results"))
-    args = ap.parse_args()
-
-    model_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{args.model}.yaml"))
-    data_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "data" / f"{args.data}.yaml"))
-    model, tok, device = load_model(model_cfg)
+    args = bench_parser(__doc__, seq_len=512, batch=2, repeats=5).parse_args()
+    model_cfg, model, tok, device = load_bench_model(args.model)
+    data_cfg = data_config(args.data)
     ids = token_windows(tok, build_source(data_cfg), seq_len=args.seq_len, n_windows=args.batch).to(device)
     types = token_types(ids.cpu(), lambda t: False)
     texts = [[""] * args.seq_len] * args.batch

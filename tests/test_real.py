@@ -24,6 +24,18 @@ def smollm(tmp_path_factory):
     return model, tok, device
 
 
+def _ctx(smollm, tmp_path):
+    model, tok, device = smollm
+    data_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "data" / "wiki_summaries.yaml"))
+    results = ResultsWriter(tmp_path, "real", model="smollm2_135m", revision=None,
+                            dataset=data_cfg["name"], seed=0, device="cpu")
+    return Context(model=model, tokenizer=tok, arch=get_arch(model), device=device,
+                   model_name="smollm2_135m", paper_key=None, data_cfg=data_cfg,
+                   source=build_source(data_cfg), results=results, logger=Logger(),
+                   experiment="real", seed=0)
+
+
+
 def test_real_model_is_sane(smollm):
     model, tok, _ = smollm
     assert get_arch(model).model_type == "llama" and num_layers(model) == 30
@@ -44,13 +56,7 @@ def test_delimiters_on_the_real_tokenizer(smollm):
 
 def test_ma_profile_finds_massive_activations_that_meet_the_definition(smollm, tmp_path):
     model, tok, device = smollm
-    data_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "data" / "wiki_summaries.yaml"))
-    results = ResultsWriter(tmp_path, "real", model="smollm2_135m", revision=None,
-                            dataset=data_cfg["name"], seed=0, device="cpu")
-    ctx = Context(model=model, tokenizer=tok, arch=get_arch(model), device=device,
-                  model_name="smollm2_135m", paper_key=None, data_cfg=data_cfg,
-                  source=build_source(data_cfg), results=results, logger=Logger(),
-                  experiment="real", seed=0)
+    ctx = _ctx(smollm, tmp_path)
     out = ma_profile.run(ctx, n_sequences=2, seq_len=256, batch_size=2, delimiters=[".", "\n"])
     massive = out["massive"]
     assert massive, "SmolLM2-135M has massive activations; none were detected"
@@ -82,13 +88,7 @@ def test_ma_intervene_zero_destroys_mean_preserves(smollm, tmp_path):
     from pipeline.stages import ma_intervene
 
     model, tok, device = smollm
-    data_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "data" / "wiki_summaries.yaml"))
-    results = ResultsWriter(tmp_path, "real", model="smollm2_135m", revision=None,
-                            dataset=data_cfg["name"], seed=0, device="cpu")
-    ctx = Context(model=model, tokenizer=tok, arch=get_arch(model), device=device,
-                  model_name="smollm2_135m", paper_key=None, data_cfg=data_cfg,
-                  source=build_source(data_cfg), results=results, logger=Logger(),
-                  experiment="real", seed=0)
+    ctx = _ctx(smollm, tmp_path)
     out = ma_intervene.run(ctx, conditions=["original", "set_zero", "set_mean", "random_zero"],
                            calib_sequences=4, calib_seq_len=256, ppl_data=["wiki_summaries"],
                            ppl_seq_len=256, ppl_windows=2, eval_suite=None, batch_size=2)
@@ -97,17 +97,6 @@ def test_ma_intervene_zero_destroys_mean_preserves(smollm, tmp_path):
     assert ppl["set_zero"] > 1000 * ppl["original"], ppl  # measured: x260,000 at 16 x 1024
     assert abs(ppl["set_mean"] / ppl["original"] - 1) < 0.01, ppl
     assert abs(ppl["random_zero"] / ppl["original"] - 1) < 0.01, ppl
-
-
-def _ctx(smollm, tmp_path):
-    model, tok, device = smollm
-    data_cfg = OmegaConf.to_container(OmegaConf.load(CONF / "data" / "wiki_summaries.yaml"))
-    results = ResultsWriter(tmp_path, "real", model="smollm2_135m", revision=None,
-                            dataset=data_cfg["name"], seed=0, device="cpu")
-    return Context(model=model, tokenizer=tok, arch=get_arch(model), device=device,
-                   model_name="smollm2_135m", paper_key=None, data_cfg=data_cfg,
-                   source=build_source(data_cfg), results=results, logger=Logger(),
-                   experiment="real", seed=0)
 
 
 def test_super_weight_found_and_pruning_it_destroys_the_model(smollm, tmp_path):
