@@ -137,6 +137,60 @@ def fig_attention_share(df: pd.DataFrame, model: str, out: Path) -> Path:
     return out
 
 
+def _read_token_table(path: Path) -> pd.DataFrame | None:
+    """A table with a ``token`` text column: a token such as "NA", "null" or "" stays text."""
+    return pd.read_csv(path, dtype={"token": str}, keep_default_na=False) if path.exists() else None
+
+
+def fig5_stopwords(df: pd.DataFrame, model: str, out: Path, n_top: int = 10) -> Path:
+    """Paper B Fig. 5: average next-token probability of the original model's top tokens on
+    LAMBADA, original vs super weights pruned (grouped bars)."""
+    top = df[df["in_top_original"].astype(str) == "True"].sort_values("prob_original", ascending=False).head(n_top)
+    x = np.arange(len(top))
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    ax.bar(x - 0.2, top["prob_original"], 0.4, color="#1f77b4", label="original")
+    ax.bar(x + 0.2, top["prob_no_sw"], 0.4, color="#d62728", label="no super weight")
+    ax.set_xticks(x, [repr(str(t))[1:-1] for t in top["token"]], fontsize=8)
+    ax.set_ylabel("average next-token probability")
+    n, sw = int(top["n_prompts"].iloc[0]), str(top["super_weights"].iloc[0])
+    ax.set_title(f"{model}: {n} LAMBADA prompts; pruned (layer:row:col) {sw}", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
+
+
+def fig6_scaling(df: pd.DataFrame, model: str, out: Path) -> Path:
+    """Paper B Fig. 6: average zero-shot accuracy vs the super weights' scaling factor (left) and
+    perplexity vs the factor (right, log scale); the dotted line marks the original model."""
+    df = df.sort_values("scale")
+    ppl_cols = [c for c in df.columns if c.startswith("ppl_") and df[c].notna().any()]
+    panels = (["acc_mean"] if "acc_mean" in df and df["acc_mean"].notna().any() else []) + (["ppl"] if ppl_cols else [])
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.4 * max(len(panels), 1), 3.4), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=False):
+        if panel == "acc_mean":
+            ax.plot(df["scale"], 100 * df["acc_mean"], marker="o", ms=4, color="#1f77b4")
+            ax.set_ylabel("average zero-shot accuracy (%)")
+            limit = df["zero_shot_limit"].iloc[0] if "zero_shot_limit" in df else np.nan
+            ax.set_title(f"{model}: {'all' if pd.isna(limit) else int(limit)} docs per task", fontsize=9)
+        else:
+            for c, color in zip(ppl_cols, ["#d62728", "#2ca02c", "#9467bd"], strict=False):
+                ax.plot(df["scale"], df[c], marker="o", ms=4, color=color, label=c[4:])
+            ax.set_yscale("log")
+            ax.set_ylabel("perplexity")
+            ax.legend(frameon=False, fontsize=8)
+            ax.set_title(f"{model}: perplexity", fontsize=9)
+        ax.axvline(1.0, color="k", lw=0.8, ls=":")
+        ax.set_xlabel("super weight scaling factor")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
+
+
 def draw_experiment(out_dir: Path) -> list[Path]:
     """Draw every figure whose CSV exists in ``out_dir``, one per (model, dataset, seed)."""
     out_dir = Path(out_dir)
@@ -164,6 +218,16 @@ def draw_experiment(out_dir: Path) -> list[Path]:
     from .figures_sw import draw_super_weight
 
     written += draw_super_weight(out_dir, fig_dir)
+    sw_probs = _read_token_table(out_dir / "sw_stopword_probs.csv")
+    if sw_probs is not None:
+        for model, g in sw_probs.groupby("model"):
+            g = g[g["dataset"] == g["dataset"].iloc[0]]
+            written.append(fig5_stopwords(g, model, fig_dir / f"fig5_stopwords_{model}.png"))
+    sw_scale = _read(out_dir / "sw_scale_table.csv")
+    if sw_scale is not None:
+        for model, g in sw_scale.groupby("model"):
+            g = g[g["dataset"] == g["dataset"].iloc[0]]
+            written.append(fig6_scaling(g, model, fig_dir / f"fig6_scaling_{model}.png"))
     return written
 
 

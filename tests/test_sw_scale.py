@@ -1,0 +1,85 @@
+"""Stage sw_scale (paper B Fig. 6) on a tiny Llama with a planted super weight."""
+
+import math
+
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.evaluate import perplexity
+from pipeline.figures import draw_experiment
+from pipeline.stages import sw_scale
+from pipeline.weights import scale_weights
+from tests.test_sw_stopwords import PLANTED, planted_ctx
+
+KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=48, ppl_windows=3, eval_suite=None, batch_size=2)
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_scale_one_is_the_original_model_bitwise(tmp_path):
+    ctx = planted_ctx(tmp_path)
+    ids = ctx.tokenizer(sw_scale.PROBE, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        reference = ctx.model(input_ids=ids).logits
+        with scale_weights(ctx.model, [PLANTED], 1.0):
+            assert torch.equal(ctx.model(input_ids=ids).logits, reference)
+        with scale_weights(ctx.model, [PLANTED], 1.5):
+            assert not torch.equal(ctx.model(input_ids=ids).logits, reference)
+        assert torch.equal(ctx.model(input_ids=ids).logits, reference)
+
+
+def test_scales_perplexity_tables_and_figure(tmp_path):
+    ctx = planted_ctx(tmp_path)
+    state = _state(ctx.model)
+    windows = sw_scale.ppl_windows_for(ctx, ["wiki_summaries"], 48, 3)["wiki_summaries"]
+    original_ppl = perplexity(ctx.model, windows, batch_size=2)["ppl"]
+    out = sw_scale.run(ctx, scales=[0, 1, 2], **KW)
+    assert all(torch.equal(v, state[k]) for k, v in ctx.model.state_dict().items())
+    assert out["sites"] == [PLANTED]
+    ppl = {r["scale"]: r["ppl_wiki_summaries"] for r in out["table"]}
+    assert ppl[1.0] == original_ppl  # scale 1 = the untouched model, exactly
+    # measured on this planted model: scale 0 and 2 move ppl by a few percent
+    assert abs(ppl[0.0] - original_ppl) / original_ppl > 1e-3 and ppl[2.0] != original_ppl
+    table = ctx.results.read("sw_scale_table")
+    assert list(table["condition"]) == ["scale_0", "scale_1", "scale_2"]
+    assert list(table["scale"]) == [0.0, 1.0, 2.0] and (table["super_weights"] == "0:7:5").all()
+    long = ctx.results.read("sw_scale")
+    assert len(long) == 3 and set(long["eval"]) == {"perplexity"}
+    assert "scale" in sw_scale.format_summary(out)
+    figs = draw_experiment(ctx.out_dir)
+    assert any(f.name == "fig6_scaling_tiny_llama.png" and f.stat().st_size > 0 for f in figs)
+
+
+def test_one_scale_per_job_fills_one_table_and_reruns_replace(tmp_path):
+    """A Hydra multirun over stage.sw_scale.scales=[0],[1] writes the same rows as one list."""
+    ctx = planted_ctx(tmp_path)
+    sw_scale.run(ctx, scales=[1], **KW)
+    sw_scale.run(ctx, scales=[0], **KW)
+    sw_scale.run(ctx, scales=[1], **KW)  # a re-run replaces its rows
+    table = ctx.results.read("sw_scale_table").sort_values("scale")
+    assert list(table["condition"]) == ["scale_0", "scale_1"]
+    assert len(ctx.results.read("sw_scale")) == 2
+
+
+def test_with_zero_shot_suite(tmp_path):
+    ctx = planted_ctx(tmp_path)
+    out = sw_scale.run(ctx, **{**KW, "scales": [0, 1], "eval_suite": "paper_b", "zero_shot_limit": 2,
+                               "eval_batch_size": 4})
+    tasks = {r["eval_data"] for r in out["rows"] if r["eval"] == "zero_shot" and r["metric"] == "acc"}
+    assert tasks == {"arc_challenge", "arc_easy", "hellaswag", "lambada_openai", "piqa", "sciq", "winogrande"}
+    assert all(0.0 <= t["acc_mean"] <= 1.0 and t["zero_shot_limit"] == 2 for t in out["table"])
+    assert draw_experiment(ctx.out_dir)
+
+
+@pytest.mark.parametrize("scales", [[], [1, 1], [math.inf]])
+def test_bad_scales_are_a_clear_error(tmp_path, scales):
+    with pytest.raises(PipelineError, match="scales"):
+        sw_scale.run(planted_ctx(tmp_path), scales=scales, **KW)
+
+
+def test_condition_names():
+    assert [sw_scale.condition_name(s) for s in (0.0, 0.1, 1.0, 1.5, 3)] == [
+        "scale_0", "scale_0.1", "scale_1", "scale_1.5", "scale_3"]
