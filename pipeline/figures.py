@@ -18,6 +18,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+def save(fig, out: Path) -> Path:
+    """Lay out, write as a 150-dpi PNG, free the figure."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
+
+
 def _read(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
@@ -39,10 +47,7 @@ def fig3_layers(df: pd.DataFrame, model: str, dataset: str, out: Path) -> Path:
     ax.set_title(f"{model}: |hidden state| per layer ({n} seqs of {dataset})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def fig1_landscape(df: pd.DataFrame, model: str, out: Path) -> Path:
@@ -62,10 +67,7 @@ def fig1_landscape(df: pd.DataFrame, model: str, out: Path) -> Path:
     ax.set_zlabel("|activation|")
     ax.set_title(f"{model}, layer {layer + 1} (1-based; index {layer})", fontsize=9)
     ax.view_init(elev=22, azim=-60)
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def _attention_grid(g: pd.DataFrame, value: str, n: int) -> np.ndarray:
@@ -107,10 +109,7 @@ def fig_attention_maps(df: pd.DataFrame, model: str, out: Path) -> Path:
             ax.set_xlabel("key", fontsize=8)
             ax.set_ylabel("query", fontsize=8)
             ax.set_title(f"{model}, layer {lay + 1} (1-based; index {lay})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def fig_attention_share(df: pd.DataFrame, model: str, out: Path) -> Path:
@@ -131,10 +130,7 @@ def fig_attention_share(df: pd.DataFrame, model: str, out: Path) -> Path:
     ax.set_title(f"{model}: attention on S = tokens {df['massive_positions'].iloc[0]}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def _read_token_table(path: Path) -> pd.DataFrame | None:
@@ -156,10 +152,7 @@ def fig5_stopwords(df: pd.DataFrame, model: str, out: Path, n_top: int = 10) -> 
     ax.set_title(f"{model}: {n} LAMBADA prompts; pruned (layer:row:col) {sw}", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def fig6_scaling(df: pd.DataFrame, model: str, out: Path) -> Path:
@@ -185,10 +178,7 @@ def fig6_scaling(df: pd.DataFrame, model: str, out: Path) -> Path:
         ax.axvline(1.0, color="k", lw=0.8, ls=":")
         ax.set_xlabel("super weight scaling factor")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def draw_experiment(out_dir: Path) -> list[Path]:

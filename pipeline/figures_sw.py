@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .figures import save  # noqa: E402
+
 
 def fig3_down_proj(df: pd.DataFrame, directory: pd.DataFrame | None, model: str, out: Path) -> Path:
     """Max-|.| down-projection input and output per layer (signed), super weights' layers marked."""
@@ -28,10 +30,7 @@ def fig3_down_proj(df: pd.DataFrame, directory: pd.DataFrame | None, model: str,
                 if len(y) and r.role == "creates":
                     ax.annotate(f"[{r.row}, {r.col}]", (r.layer, float(y.iloc[0])), fontsize=7, color="#d62728",
                                 xytext=(4, 4), textcoords="offset points")
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def fig4_layer_max(df: pd.DataFrame, model: str, out: Path) -> Path:
@@ -46,10 +45,7 @@ def fig4_layer_max(df: pd.DataFrame, model: str, out: Path) -> Path:
     ax.set_title(f"{model}: max activation per layer", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def draw_super_weight(out_dir: Path, fig_dir: Path) -> list[Path]:
