@@ -28,6 +28,14 @@ class WeightSite:
     col: int
     expert: int | None = None
 
+    @property
+    def key(self) -> str:
+        """Compact form for CSV cells: ``layer:row:col`` (MoE: ``layer:row:col:e<expert>``)."""
+        return f"{self.layer}:{self.row}:{self.col}" + ("" if self.expert is None else f":e{self.expert}")
+
+    def __str__(self) -> str:
+        return f"layer {self.layer} W[{self.row}, {self.col}]" + ("" if self.expert is None else f" (expert {self.expert})")
+
 
 def down_proj_matrix(model: nn.Module, layer_idx: int, expert: int | None = None) -> torch.Tensor:
     """A (out, in) view of a layer's MLP down-projection weight; writing to it edits the model."""
@@ -70,19 +78,25 @@ def scale_weights(model: nn.Module, sites: Sequence[WeightSite], factor: float) 
 
 
 def layer_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Every 2-D attention/MLP weight inside the decoder layers, as stored (name, tensor)."""
+    """Every 2-D attention/MLP weight inside the decoder layers, as stored (name, tensor); the
+    fused 3-D expert parameters of mixture-of-experts layers as one (out, in) matrix per expert."""
     out = []
     for i in range(num_layers(model)):
         for name, mod in layer(model, i).named_modules():
             w = getattr(mod, "weight", None)
             if isinstance(w, nn.Parameter) and w.ndim == 2 and not isinstance(mod, nn.Embedding):
                 out.append((f"layers.{i}.{name}", w.data))
+            for pname, p in mod.named_parameters(recurse=False):
+                if p.ndim == 3:  # (experts, out, in)
+                    out += [(f"layers.{i}.{name}.{pname}[{e}]", p.data[e]) for e in range(p.shape[0])]
     return out
 
 
 def _stored_index(model: nn.Module, site: WeightSite) -> tuple[int, tuple[int, int]]:
     """(data_ptr of the stored down-projection weight, index of ``site`` in it)."""
     spec = get_arch(model)
+    if site.expert is not None:
+        return down_proj_matrix(model, site.layer, site.expert).data_ptr(), (site.row, site.col)
     weight = layer_module(model, site.layer, "down_proj").weight.data
     idx = (site.col, site.row) if spec.down_proj_transposed else (site.row, site.col)
     return weight.data_ptr(), idx
@@ -97,7 +111,7 @@ def largest_weights(model: nn.Module, fraction: float, min_per_matrix: int = 1,
     Paper B: fraction 1e-6 of LLaMA-7B's matrices is about 6,400 weights. On small models
     ``int(1e-6 * numel)`` is 0, hence ``min_per_matrix``.
     """
-    excluded = {_stored_index(model, s) for s in exclude if s.expert is None}
+    excluded = {_stored_index(model, s) for s in exclude}
     picks = []
     for _name, w in layer_matrices(model):
         k = min(w.numel(), max(min_per_matrix, int(fraction * w.numel())))

@@ -6,7 +6,8 @@ Conditions (all reversible; the model is checked bit-identical after each):
   prune_sw_restore_sa  pruned, but the super activation written back: in the down-projection
                        output of each super weight's layer, at the token where |original output| of
                        channel ``row`` peaks, the original value (pruned output + X[t, col] * W[row, col])
-                       is restored (the official code does this for LLaMA-7B only; here any model)
+                       is restored (the official code does this for LLaMA-7B only; here any model,
+                       mixture-of-experts included)
   prune_non_sw         the largest-magnitude weights of every attention/MLP matrix except the super
                        weights (paper B: top 1e-6 of each matrix, about 7,000 weights on LLaMA-7B)
 Each with perplexity and the paper-B zero-shot suite (Table 1), and per layer the max |decoder
@@ -22,10 +23,11 @@ from typing import Any
 
 import torch
 
-from ..arch import decoder_layers, layer_module
+from ..arch import decoder_layers, get_arch, layer, layer_module
 from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
 from ..errors import PipelineError
 from ..hooks import as_tensor, capture, with_tensor
+from ..moe import expert_down_io, routing_weight
 from ..paper import paper_numbers
 from ..weights import WeightSite, down_proj_matrix, largest_weights, scale_weights, zero_weights
 from .sw_detect import DEFAULT_PROMPT, super_weights
@@ -38,28 +40,55 @@ CONDITIONS = ("original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw")
 def restore_super_activation(model: torch.nn.Module, sites: Sequence[WeightSite]) -> Iterator[None]:
     """Under pruned super weights: put the super activation back in each layer's down-projection
     output (per sequence, at the token where the original |output| of channel ``row`` peaks).
-    Enter it BEFORE pruning: it records the original weights."""
-    by_layer: dict[int, list[tuple[int, int, float]]] = defaultdict(list)
+    Enter it BEFORE pruning: it records the original weights. On a mixture-of-experts layer the
+    output is the routed sum, and the pruned weight's share is ``routing weight x X_e[t, col] x W``
+    with the expert's input recomputed (:mod:`pipeline.moe`)."""
+    spec = get_arch(model)
+    by_layer: dict[int, list[tuple[int, int, float, int | None]]] = defaultdict(list)
     for s in sites:
-        by_layer[s.layer].append((s.row, s.col, float(down_proj_matrix(model, s.layer)[s.row, s.col])))
+        by_layer[s.layer].append((s.row, s.col, float(down_proj_matrix(model, s.layer, s.expert)[s.row, s.col]), s.expert))
+    shapes: dict[int, tuple[int, int]] = {}
     handles = []
 
-    def make_hook(entries):
-        def hook(_m, args, out):
-            x, y = args[0], as_tensor(out)
-            x3, y3 = (x, y) if y.ndim == 3 else (x[None], y[None])  # OPT-style flattened outputs
-            y3 = y3.clone()
-            for row in dict.fromkeys(r for r, _, _ in entries):
-                original = y3[..., row] + sum(x3[..., c] * w for r, c, w in entries if r == row)  # (B, T)
-                t = original.abs().argmax(dim=1)
-                b = torch.arange(y3.shape[0], device=y3.device)
-                y3[b, t, row] = original[b, t]
-            return with_tensor(out, y3 if y.ndim == 3 else y3[0])
+    def record_shape(lay):
+        def pre(_m, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            shapes[lay] = tuple(h.shape[:2])
+        return pre
+
+    def make_hook(lay, entries):
+        def hook(m, args, kwargs, out):
+            y = as_tensor(out)
+            flat = y.reshape(-1, y.shape[-1]).clone()  # (B * T, d) whatever the layout
+            if any(e is not None for *_, e in entries):
+                hidden, top_index, top_weights = (list(args) + [kwargs.get(k) for k in
+                                                  ("hidden_states", "top_k_index", "top_k_weights")[len(args):]])[:3]
+                hidden, top_index = hidden.reshape(-1, hidden.shape[-1]), top_index.reshape(-1, top_index.shape[-1])
+                top_weights = top_weights.reshape(-1, top_weights.shape[-1])
+            else:
+                x = args[0].reshape(-1, args[0].shape[-1])
+            b_size, n_tok = shapes[lay]
+            for row in dict.fromkeys(r for r, *_ in entries):
+                original = flat[:, row].clone()
+                for r, c, w, e in entries:
+                    if r != row:
+                        continue
+                    if e is None:
+                        original += x[:, c] * w
+                    else:
+                        _, xe, _ = expert_down_io(m, spec.expert_down_param, hidden, top_index, e)
+                        original += routing_weight(top_index, top_weights, e).to(xe.dtype) * xe[:, c] * w
+                per_seq = original.view(b_size, n_tok)
+                t = per_seq.abs().argmax(dim=1)
+                b = torch.arange(b_size, device=y.device)
+                flat.view(b_size, n_tok, -1)[b, t, row] = per_seq[b, t]
+            return with_tensor(out, flat.view(y.shape))
         return hook
 
     try:
         for lay, entries in by_layer.items():
-            handles.append(layer_module(model, lay, "down_proj").register_forward_hook(make_hook(entries)))
+            handles.append(layer(model, lay).register_forward_pre_hook(record_shape(lay), with_kwargs=True))
+            handles.append(layer_module(model, lay, "down_proj").register_forward_hook(make_hook(lay, entries), with_kwargs=True))
         yield
     finally:
         for h in handles:
@@ -99,7 +128,7 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, prompt: str = DEFAULT_PR
               "prune_sw_restore_sa": lambda: prune_restore(ctx.model, sites),
               "prune_non_sw": lambda: zero_weights(non_sw)}
     chosen = {c: makers[c] for c in conditions}
-    sw_text = ";".join(f"{s.layer}:{s.row}:{s.col}" for s in sites)
+    sw_text = ";".join(s.key for s in sites)
     describe = {c: {"super_weights": sw_text, "n_weights_edited": {"original": 0, "prune_non_sw": len(non_sw)}.get(c, len(sites))}
                 for c in conditions}
 
@@ -137,7 +166,7 @@ def compare_with_paper(paper: dict | None, table: list[dict]) -> list[dict]:
 
 
 def format_summary(out: dict[str, Any]) -> str:
-    sw = ", ".join(f"layer {s.layer} [{s.row}, {s.col}]" for s in out["sites"])
+    sw = ", ".join(map(str, out["sites"]))
     lines = [f"super-weight ablations ({sw}; prune_non_sw zeroes {out['n_non_sw']} other weights)",
              f"  perplexity on {out['ppl_setting']}; zero-shot {out['eval_suite']} limit {out['zero_shot_limit']} per task",
              *format_table(out["table"])]

@@ -6,8 +6,9 @@ W[row, col] explains: the input spikes at ``col`` too. Such a W[row, col] is a s
 is zeroed (reversibly) and the prompt re-run, until no output spike above ``threshold`` is
 explained by a single weight, so that super weights hidden behind a larger one are found too
 (paper B: "zero it and repeat"). Works on every architecture with an ArchSpec: gated
-``down_proj``, GPT-2 ``c_proj`` (Conv1D), OPT ``fc2``, Phi ``fc2``; mixture-of-experts layers are
-not scanned (their experts' inputs are not visible to module hooks) and are reported as such.
+``down_proj``, GPT-2 ``c_proj`` (Conv1D), OPT ``fc2``, Phi ``fc2``; mixture-of-experts layers per expert
+(each expert's down-projection input and output recomputed from the routing, :mod:`pipeline.moe`;
+a row's ``expert`` column says which, as paper B's Mixtral entries do).
 
 Each weight found gets a ``role``: ``creates`` (it writes a super activation into a residual
 stream that did not hold it: paper B's super weights) or ``cancels`` (a late layer writing the
@@ -28,6 +29,7 @@ import torch
 from ..arch import decoder_layers, get_arch, layer_module, num_layers
 from ..errors import PipelineError
 from ..hooks import as_tensor
+from ..moe import expert_down_io, routed_calls
 from ..paper import paper_numbers
 from ..weights import WeightSite, down_proj_matrix, scale_weights
 
@@ -37,20 +39,31 @@ DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # paper B's analyze.
 
 @torch.inference_mode()
 def down_proj_io(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict, dict, dict]:
-    """One forward: per layer the down projection's input (T, in) and output (T, out) for row 0
-    of ``ids``, and each decoder layer's output (T, d) (for the massive-activation cross-check)."""
+    """One forward: per down projection the input (T, in) and output (T, out) for row 0 of
+    ``ids``, keyed by ``(layer, expert)`` (expert None on dense layers; on a mixture-of-experts
+    layer one key per expert that any token is routed to, recomputed by :mod:`pipeline.moe`), and
+    each decoder layer's output (T, d) (for the massive-activation cross-check)."""
     xs, ys, hs, handles = {}, {}, {}, []
+    calls: dict[int, list] = {}
+    spec = get_arch(model)
     n_tok = ids.shape[1]
+
+    def first(t):  # batch row 0 of a (B, T, .) or token-flattened (B * T, .) tensor
+        return t.reshape(-1, n_tok, t.shape[-1])[0]
+
     try:
         for i in range(num_layers(model)):
             mod = layer_module(model, i, "down_proj")
+            if spec.moe and hasattr(mod, spec.expert_down_param):
+                calls[i] = []
+                handles.append(routed_calls(mod, calls[i]))
+                continue
 
             def pre(_m, args, _i=i):
-                xs[_i] = args[0].reshape(-1, n_tok, args[0].shape[-1])[0].float().cpu()
+                xs[(_i, None)] = first(args[0]).float().cpu()
 
             def post(_m, _a, out, _i=i):
-                y = as_tensor(out)
-                ys[_i] = y.reshape(-1, n_tok, y.shape[-1])[0].float().cpu()
+                ys[(_i, None)] = first(as_tensor(out)).float().cpu()
 
             handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
         for i, lay in enumerate(decoder_layers(model)):
@@ -60,19 +73,35 @@ def down_proj_io(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict, dict,
     finally:
         for h in handles:
             h.remove()
+    for i, seen in calls.items():
+        experts = layer_module(model, i, "down_proj")
+        n_experts = getattr(experts, spec.expert_down_param).shape[0]
+        hidden, top_index = first(seen[0][0]), first(seen[0][1])
+        for e in sorted(int(v) for v in top_index.unique() if 0 <= v < n_experts):
+            _routed, x, y = expert_down_io(experts, spec.expert_down_param, hidden, top_index, e)
+            xs[(i, e)], ys[(i, e)] = x.float().cpu(), y.float().cpu()
     return xs, ys, hs
 
 
 def layer_maxima(xs: dict, ys: dict) -> list[dict]:
-    """Fig. 3: the signed value at the max-|.| of each layer's down-projection input and output."""
-    rows = []
-    for i in sorted(xs):
-        x, y = xs[i], ys[i]
+    """Fig. 3: the signed value at the max-|.| of each layer's down-projection input and output
+    (on a mixture-of-experts layer: over its experts, with the expert of each maximum)."""
+    rows: dict[int, dict] = {}
+    for (i, e) in sorted(xs, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+        x, y = xs[(i, e)], ys[(i, e)]
         xt, xc = divmod(int(x.abs().argmax()), x.shape[1])
         yt, yc = divmod(int(y.abs().argmax()), y.shape[1])
-        rows.append({"layer": i, "in_max": float(x[xt, xc]), "in_token": xt, "in_channel": xc,
-                     "out_max": float(y[yt, yc]), "out_token": yt, "out_channel": yc})
-    return rows
+        row = {"layer": i, "in_max": float(x[xt, xc]), "in_token": xt, "in_channel": xc,
+               "out_max": float(y[yt, yc]), "out_token": yt, "out_channel": yc}
+        if e is None:
+            rows[i] = row
+            continue
+        prev = rows.setdefault(i, {**row, "in_expert": e, "out_expert": e})
+        if abs(row["in_max"]) > abs(prev["in_max"]):
+            prev.update({k: row[k] for k in ("in_max", "in_token", "in_channel")}, in_expert=e)
+        if abs(row["out_max"]) > abs(prev["out_max"]):
+            prev.update({k: row[k] for k in ("out_max", "out_token", "out_channel")}, out_expert=e)
+    return [rows[i] for i in sorted(rows)]
 
 
 def explain_spike(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> dict:
@@ -94,6 +123,11 @@ def massive_dims(hs: dict, abs_threshold: float, rel_threshold: float) -> set[in
     return dims
 
 
+def site(found: dict) -> WeightSite:
+    """The WeightSite of a directory row."""
+    return WeightSite(found["layer"], found["row"], found["col"], found.get("expert"))
+
+
 def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str = "auto",
            rel_spike: float = 0.05, min_abs: float = 50.0, min_share: float = 0.5,
            max_iter: int = 10) -> tuple[list[dict], list[dict], dict, float]:
@@ -106,17 +140,14 @@ def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str 
     keeps finding moderate spikes of a few hundred and never ends). Input and output must both
     exceed it, and one product X[t, col] * W[row, col] must explain ``min_share`` of the output.
     """
-    if get_arch(model).moe:
-        raise PipelineError("super-weight detection on mixture-of-experts layers is not supported yet: "
-                            "experts' down-projection inputs are not visible to module hooks")
     found: list[dict] = []
     maxima, hs0 = None, None
     for it in range(max_iter + 1):
-        sites = [WeightSite(f["layer"], f["row"], f["col"]) for f in found]
-        with scale_weights(model, sites, 0.0):  # the weights found so far, zeroed
+        with scale_weights(model, [site(f) for f in found], 0.0):  # the weights found so far, zeroed
             xs, ys, hs = down_proj_io(model, ids)
-            cands = [{"layer": i, **explain_spike(xs[i], ys[i], down_proj_matrix(model, i)), "iteration": it}
-                     for i in sorted(xs)]
+            cands = [{"layer": i, **({} if e is None else {"expert": e}),
+                      **explain_spike(xs[(i, e)], ys[(i, e)], down_proj_matrix(model, i, e)), "iteration": it}
+                     for (i, e) in xs]
         if maxima is None:
             maxima, hs0 = layer_maxima(xs, ys), hs
             if threshold == "auto":
@@ -173,7 +204,7 @@ def super_weights(ctx, *, prompt: str = DEFAULT_PROMPT, roles: tuple[str, ...] =
     """The super weights other stages act on (detected here, never hard-coded)."""
     ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
     found = detect(ctx.model, ids, **detect_kw)[0]
-    sites = [WeightSite(f["layer"], f["row"], f["col"]) for f in found if f["role"] in roles]
+    sites = [site(f) for f in found if f["role"] in roles]
     if not sites:
         raise PipelineError(f"no super weight ({'/'.join(roles)}) detected with prompt {prompt!r}; "
                             "lower the threshold (stage.sw_detect.threshold)")
@@ -185,7 +216,8 @@ def format_summary(out: dict[str, Any]) -> str:
     if not out["directory"]:
         lines.append("  none found")
     for d in out["directory"]:
-        lines.append(f"  layer {d['layer']:>3} W[{d['row']}, {d['col']}] = {d['weight']:+.4f}   input {d['in_value']:+.1f}"
+        expert = "" if d.get("expert") is None else f" expert {d['expert']}"
+        lines.append(f"  layer {d['layer']:>3}{expert} W[{d['row']}, {d['col']}] = {d['weight']:+.4f}   input {d['in_value']:+.1f}"
                      f"  output {d['out_value']:+.1f} at token {d['token']} {d['token_text']!r}  ({d['share']:.0%} of it)"
                      f"  {d['role']}"
                      f"{'  row = a massive-activation dim' if d['row_is_massive_dim'] else ''}")

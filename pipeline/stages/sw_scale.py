@@ -64,7 +64,7 @@ def run(ctx, *, scales: Sequence[float] = SCALES, eval_suite: str | None = "pape
         raise PipelineError(f"scales must be distinct finite numbers (got {scales})")
     sites = super_weights(ctx, prompt=detect_prompt, roles=tuple(roles), threshold=threshold,
                           rel_spike=rel_spike, min_abs=min_abs, min_share=min_share, max_iter=max_iter)
-    sw_text = ";".join(f"{s.layer}:{s.row}:{s.col}" for s in sites)
+    sw_text = ";".join(s.key for s in sites)
     ppl_sets = ppl_windows_for(ctx, ppl_data, ppl_seq_len, ppl_windows)
     suite = load_suite(eval_suite) if eval_suite else None
     reference = probe_logits(ctx)
@@ -115,7 +115,7 @@ def _fmt(v: Any) -> str:
 
 
 def format_summary(out: dict[str, Any]) -> str:
-    sw = ", ".join(f"layer {s.layer} W[{s.row}, {s.col}]" for s in out["sites"])
+    sw = ", ".join(map(str, out["sites"]))
     first = out["table"][0]
     cols = [k for k in first if k.startswith("ppl_")] + (["acc_mean"] if "acc_mean" in first else [])
     lines = [f"super-weight scaling of {sw}",

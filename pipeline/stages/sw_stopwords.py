@@ -138,7 +138,7 @@ def run(ctx, *, n_prompts: int = 500, top_k: int = 20, case_prompt: str = "Summe
     """Average next-token distributions on LAMBADA with and without the super weights."""
     sites = super_weights(ctx, prompt=detect_prompt, roles=tuple(roles), threshold=threshold,
                           rel_spike=rel_spike, min_abs=min_abs, min_share=min_share, max_iter=max_iter)
-    sw_text = ";".join(f"{s.layer}:{s.row}:{s.col}" for s in sites)
+    sw_text = ";".join(s.key for s in sites)
     prompts = lambada_prompts(n_prompts)
     seqs = [ctx.tokenizer(p, add_special_tokens=add_special_tokens).input_ids for p in prompts]
     pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
@@ -163,7 +163,7 @@ def run(ctx, *, n_prompts: int = 500, top_k: int = 20, case_prompt: str = "Summe
 
 
 def format_summary(out: dict[str, Any], n_show: int = 10) -> str:
-    sw = ", ".join(f"layer {s.layer} W[{s.row}, {s.col}]" for s in out["sites"])
+    sw = ", ".join(map(str, out["sites"]))
     rows = out["rows"]
     lines = [f"stopword shift on {out['n_prompts']} LAMBADA prompts, super weights pruned: {sw}",
              f"  {'token':<14}{'kind':<13}{'p original':>11}{'p no SW':>11}{'ratio':>9}"]
