@@ -47,7 +47,7 @@ test-fast: setup ## tests without the real model
 	$(PYTEST) -m "not gpu and not real and not slow"
 
 test-gpu: setup ## Triton kernels and GPU checks (needs CUDA)
-	$(PY) -m pytest -q -m gpu
+	TRITON_INTERPRET=0 $(PY) -m pytest -q -m gpu
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check .
