@@ -2,13 +2,16 @@
 super-outlier option (§5.1, Tables 3/4/7).
 
 Plain: per row, ``scale = max|x| / 127``, ``y = clamp(round(x / scale), -127, 127) * scale``.
-With ``outliers`` (a list of channel indices): the listed entries are replaced by the row median
-before the scale is computed, the row is quantized and dequantized, and the listed entries are
-restored in full precision (paper B's REPLACE -> quantize -> RESTORE of the super activation).
-The reference does exactly that; the kernel computes the scale as the max |x| over the other
-entries, which is the same number whenever at most half of a row is listed (the median then lies
-within the other entries' range), and writes the listed entries back unchanged. A row whose scale
-is 0 (all zeros, or all listed) is left unchanged. Rounding is half-to-even; math in fp32.
+
+With ``outliers`` (channel indices, e.g. the super activation's channel): in each row, a listed
+entry larger in magnitude than every unlisted entry of that row is an outlier of that row (the
+super activation sits at one token; elsewhere the channel is ordinary). Outliers are replaced by
+the row median before the scale is computed, the row is quantized and dequantized, and the
+outliers are restored in full precision (paper B's REPLACE -> quantize -> RESTORE). The reference
+does exactly that. The kernel uses that the scale then equals max |unlisted entries| / 127 (the
+median lies within the other entries' range when at most half a row is an outlier, always the
+case here), so it needs no median: one pass for the scale, one to quantize, outliers written back
+unchanged. A row whose scale is 0 is left unchanged. Rounding is half-to-even; math in fp32.
 """
 
 from __future__ import annotations
@@ -46,14 +49,16 @@ def token_fake_quant_ref(x: torch.Tensor, outliers: Sequence[int] | None = None,
     if rows.numel() == 0:
         return (x.clone(), torch.zeros(rows.shape[0])) if return_scale else x.clone()
     mask = _outlier_mask(rows.shape[1], outliers, x.device)
-    work = rows
+    work, keep = rows, torch.zeros_like(rows, dtype=torch.bool)
     if mask is not None:
+        largest_other = torch.where(mask, 0.0, rows.abs()).amax(dim=1, keepdim=True)
+        keep = mask & (rows.abs() > largest_other)
         median = rows.median(dim=1, keepdim=True).values
-        work = torch.where(mask, median, rows)
+        work = torch.where(keep, median, rows)
     scale = work.abs().amax(dim=1, keepdim=True) / QMAX
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     y = torch.clamp(torch.round(work / safe), -QMAX, QMAX) * safe
-    keep = scale == 0 if mask is None else (scale == 0) | mask
+    keep = keep | (scale == 0)
     y = torch.where(keep, rows, y).to(x.dtype).view(x.shape)
     return (y, scale[:, 0]) if return_scale else y
 
@@ -69,10 +74,11 @@ if HAVE_TRITON:
             c = tl.arange(0, CHUNK_)
             m = c < n_cols
             x = tl.load(x_ptr + base + c, mask=m, other=0.0).to(tl.float32)
-            keep = c < 0
+            listed = c < 0
             if HAS_MASK:
-                keep = tl.load(mask_ptr + c, mask=m, other=0) != 0
-            amax = tl.max(tl.where(keep, 0.0, tl.abs(x)), axis=0)
+                listed = tl.load(mask_ptr + c, mask=m, other=0) != 0
+            amax = tl.max(tl.where(listed, 0.0, tl.abs(x)), axis=0)
+            keep = listed & (tl.abs(x) > amax)
             scale = amax / 127.0
             safe = tl.where(scale > 0, scale, 1.0)
             q = tl.minimum(tl.maximum(rne(x / safe), -127.0), 127.0)
@@ -95,7 +101,7 @@ if HAVE_TRITON:
                 x = tl.load(x_ptr + base + c, mask=m, other=0.0).to(tl.float32)
                 keep = c < 0
                 if HAS_MASK:
-                    keep = tl.load(mask_ptr + c, mask=m, other=0) != 0
+                    keep = (tl.load(mask_ptr + c, mask=m, other=0) != 0) & (tl.abs(x) > tl.max(acc, axis=0))
                 q = tl.minimum(tl.maximum(rne(x / safe), -127.0), 127.0)
                 y = tl.where(keep, x, tl.where(scale > 0, q * safe, x))
                 tl.store(y_ptr + base + c, y.to(y_ptr.dtype.element_ty), mask=m)
