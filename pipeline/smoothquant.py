@@ -1,0 +1,163 @@
+"""SmoothQuant (Xiao et al. 2023) as a reversible edit: the baseline of paper B's Tables 3/4/7.
+
+Per group of linears that read the same input, per input channel j,
+``s_j = max|X_j|^alpha / max|W_:,j|^(1 - alpha)`` (alpha 0.85 in paper B); the input is divided
+by s (folded into the preceding norm's weight and bias, or, for a gated MLP's down projection,
+into the rows of ``up_proj``) and the consumers' input columns multiplied by s. The fp function is
+unchanged (tested); only the ranges that per-token activation and per-tensor weight quantization
+see are. Groups found by module names in each decoder layer:
+
+  input norm  (input_layernorm | ln_1)            -> q/k/v (q_proj, k_proj, v_proj | qkv_proj | c_attn)
+  post norm   (post_attention_layernorm | ln_2)   -> MLP in (gate_proj, up_proj | gate_up_proj | c_fc)
+  up_proj rows                                    -> down_proj   (gated, unfused MLPs only)
+
+Not applicable (a clear reason, no failure) when a norm has no weight (OLMo's LayerNorm), when a
+norm is not a plain elementwise scale of its weight (checked numerically: e.g. Gemma's 1 + w), or
+when the layer layout is none of the above.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .arch import decoder_layers
+from .quant import linear_modules
+
+NORMS = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"))
+CONSUMERS = (
+    (("self_attn", "attn"), (("q_proj", "k_proj", "v_proj"), ("qkv_proj",), ("c_attn",))),
+    (("mlp",), (("gate_proj", "up_proj"), ("gate_up_proj",), ("c_fc",))),
+)
+
+
+class NotApplicable(Exception):
+    """SmoothQuant cannot be folded into this model (the message says why)."""
+
+
+def _first(obj: nn.Module, names) -> tuple[str, nn.Module] | None:
+    for n in names:
+        if isinstance(getattr(obj, n, None), nn.Module):
+            return n, getattr(obj, n)
+    return None
+
+
+def _in_dim_first(mod: nn.Module) -> bool:
+    """Conv1D (GPT-2) stores (in, out); Linear stores (out, in)."""
+    return type(mod).__name__ == "Conv1D"
+
+
+def groups(model: nn.Module) -> list[dict]:
+    """Per layer, the smoothing groups: {"kind": "norm"|"up", "source", "consumers", "names"}."""
+    out = []
+    for i, lay in enumerate(decoder_layers(model)):
+        for norm_names, (parents, options) in zip(NORMS, CONSUMERS, strict=True):
+            norm = _first(lay, norm_names)
+            parent = _first(lay, parents)
+            cons = None
+            if parent is not None:
+                for names in options:
+                    if all(isinstance(getattr(parent[1], n, None), nn.Module) for n in names):
+                        cons = [(f"layers.{i}.{parent[0]}.{n}", getattr(parent[1], n)) for n in names]
+                        break
+            if norm is None or cons is None:
+                raise NotApplicable(f"layer {i}: no '{'/'.join(norm_names)}' feeding known projections")
+            if not isinstance(getattr(norm[1], "weight", None), nn.Parameter):
+                raise NotApplicable(f"layer {i}: {norm[0]} has no weight to fold the smoothing into "
+                                    "(as OLMo's non-parametric LayerNorm)")
+            out.append({"kind": "norm", "source": norm[1], "consumers": cons, "layer": i})
+        mlp = getattr(lay, "mlp", None)
+        up, down = getattr(mlp, "up_proj", None), getattr(mlp, "down_proj", None)
+        if isinstance(up, nn.Linear) and isinstance(down, nn.Linear):
+            out.append({"kind": "up", "source": up, "consumers": [(f"layers.{i}.mlp.down_proj", down)], "layer": i})
+    return out
+
+
+def check_norm_is_a_scale(norm: nn.Module) -> None:
+    """Numerically: dividing the weight (and bias) by s divides the output by s."""
+    x = torch.randn(3, norm.weight.shape[0], dtype=norm.weight.dtype, device=norm.weight.device)
+    s = torch.rand(norm.weight.shape[0], dtype=norm.weight.dtype, device=norm.weight.device) + 0.5
+    with torch.no_grad():
+        ref = norm(x) / s
+        saved = [(p, p.detach().clone()) for p in (norm.weight, getattr(norm, "bias", None)) if p is not None]
+        try:
+            for p, _ in saved:
+                p.div_(s)
+            ok = torch.allclose(norm(x), ref, rtol=1e-3, atol=1e-5)
+        finally:
+            for p, old in saved:
+                p.copy_(old)
+    if not ok:
+        raise NotApplicable(f"{type(norm).__name__} is not a plain scale of its weight (e.g. Gemma's 1 + w)")
+
+
+@torch.inference_mode()
+def input_absmax(model: nn.Module, windows: torch.Tensor, device) -> dict[str, torch.Tensor]:
+    """Per decoder linear, the max |input| per channel over the calibration windows."""
+    got: dict[str, torch.Tensor] = {}
+
+    def make(name):
+        def pre(_m, args):
+            a = args[0].reshape(-1, args[0].shape[-1]).abs().amax(0).float()
+            got[name] = a if name not in got else torch.maximum(got[name], a)
+        return pre
+
+    handles = [m.register_forward_pre_hook(make(n)) for n, m in linear_modules(model)]
+    try:
+        for w in windows:
+            model(input_ids=w[None].to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return got
+
+
+@torch.no_grad()
+def smoothing_factors(model: nn.Module, act_max: dict[str, torch.Tensor], alpha: float) -> list[tuple[dict, torch.Tensor]]:
+    """(group, s) for every group; raises NotApplicable with the reason."""
+    out = []
+    for g in groups(model):
+        if g["kind"] == "norm":
+            check_norm_is_a_scale(g["source"])
+        first = g["consumers"][0][0]
+        if first not in act_max:
+            raise NotApplicable(f"no calibration input reached {first}")
+        w_max = torch.stack([(m.weight.abs().amax(1) if _in_dim_first(m) else m.weight.abs().amax(0)).float()
+                             for _, m in g["consumers"]]).amax(0)
+        x_max = act_max[first].to(w_max.device)
+        s = (x_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
+        out.append((g, s))
+    return out
+
+
+@contextmanager
+def smoothed(model: nn.Module, factors: list[tuple[dict, torch.Tensor]]) -> Iterator[None]:
+    """Apply the smoothing (norm weight/bias or up rows divided by s, consumers' input columns
+    multiplied by s); every touched parameter gets back its exact bits on exit."""
+    backups: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def touch(p: torch.Tensor) -> torch.Tensor:
+        backups.setdefault(id(p), (p, p.detach().clone()))
+        return p.data
+
+    try:
+        with torch.no_grad():
+            for g, s in factors:
+                src = g["source"]
+                if g["kind"] == "norm":
+                    touch(src.weight).div_(s.to(src.weight.dtype))
+                    if getattr(src, "bias", None) is not None:
+                        touch(src.bias).div_(s.to(src.bias.dtype))
+                else:  # up_proj rows feed down_proj's input channels one to one
+                    touch(src.weight).div_(s.to(src.weight.dtype)[:, None])
+                for _, m in g["consumers"]:
+                    w = touch(m.weight)
+                    w.mul_(s.to(w.dtype)[:, None] if _in_dim_first(m) else s.to(w.dtype)[None, :])
+        yield
+    finally:
+        with torch.no_grad():
+            for p, old in backups.values():
+                p.data.copy_(old)

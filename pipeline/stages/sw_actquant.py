@@ -1,0 +1,164 @@
+"""Stage ``sw_actquant``: simulated W8A8 with and without super-outlier handling (paper B §5.1,
+Tables 3, 4 and 7).
+
+Quantized (paper B: "q/k/v/gate/up/down projections plus the attention BMMs"; here every linear in
+the decoder layers except the attention output projection, so fused qkv / gate_up and GPT-2's
+``c_attn``/``c_fc``/``c_proj`` are covered too): weights INT8 per tensor
+(``kernels.tensor_quant``), their inputs INT8 per token (``kernels.token_quant``), and the inputs
+of both attention products, Q, K, V and the probabilities, INT8 per row (``quant.quantized_attention``).
+Fake quantization in the model's dtype; the model is restored bit-identically after each condition.
+
+Conditions:
+  fp                      no quantization
+  naive                   W8A8 as above
+  super_activation_aware  W8A8, but in each quantized input the super activation is replaced by
+                          the row median for the scale and restored in full precision afterwards
+                          (paper B's "Ours"): in the super weight's layer the down projection's
+                          input channel ``col``, in later layers the residual-stream channel
+                          ``row`` of every other quantized input, wherever (at that token) it
+                          exceeds the rest of its row; super weights detected by ``sw_detect``
+  smoothquant             SmoothQuant smoothing (alpha 0.85, per-channel input maxima from
+                          calibration text), then W8A8; reported as not applicable, with the
+                          reason, where it cannot be folded (e.g. OLMo's weightless LayerNorm)
+
+Metric: perplexity (paper B: WikiText-2 and C4; offline stand-ins). Tables: ``sw_actquant`` (long),
+``sw_actquant_table`` (one row per condition, with paper B's recovery shares computed from our
+numbers: ``recovered_vs_smoothquant_<data>`` = (naive - ours) / (naive - smoothquant) and
+``recovered_vs_fp_<data>`` = (naive - ours) / (naive - fp), in percent).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+
+from kernels.tensor_quant import tensor_fake_quant
+
+from ..arch import get_arch, layer_module
+from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
+from ..data import build_source, data_config, token_windows
+from ..errors import PipelineError
+from ..paper import paper_numbers
+from ..quant import linear_modules, quantized_attention, quantized_inputs, quantized_weights
+from ..smoothquant import NotApplicable, input_absmax, smoothed, smoothing_factors
+from ..weights import WeightSite
+from .sw_detect import DEFAULT_PROMPT, super_weights
+
+STAGE = "sw_actquant"
+CONDITIONS = ("fp", "naive", "super_activation_aware", "smoothquant")
+OUTPUT_PROJ = ("o_proj", "attn.c_proj", "self_attn.dense", "attention.dense", "self_attn.out_proj")
+
+
+def quantized_modules(model) -> dict[str, torch.nn.Module]:
+    """Every decoder linear except the attention output projection."""
+    spec = get_arch(model)
+    skip = tuple(x for x in (spec.o_proj, *OUTPUT_PROJ) if x)
+    return {n: m for n, m in linear_modules(model) if not n.split(".", 2)[2].endswith(skip)}
+
+
+def outlier_channels(model, sites: Sequence[WeightSite], modules: dict[str, torch.nn.Module]) -> dict[str, list[int]]:
+    """Which input channels carry the super activation, per quantized module."""
+    out: dict[str, set[int]] = {}
+    by_id = {id(m): n for n, m in modules.items()}
+    for s in sites:
+        down = by_id.get(id(layer_module(model, s.layer, "down_proj")))
+        if down:
+            out.setdefault(down, set()).add(s.col)
+        for name in modules:
+            lay = int(name.split(".")[1])
+            if lay > s.layer and name != down and not name.endswith(("down_proj", "mlp.c_proj", "fc2")):
+                out.setdefault(name, set()).add(s.row)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+@contextmanager
+def w8a8(model, modules: dict[str, torch.nn.Module], outliers: dict[str, list[int]] | None = None,
+         attention: bool = True) -> Iterator[None]:
+    """Weights INT8 per tensor, inputs INT8 per token (super-outlier aware where listed), attention
+    products on INT8 inputs; exact restore on exit."""
+    mats = [(n, m.weight.data) for n, m in modules.items()]
+    with quantized_weights(mats, lambda _n, w: tensor_fake_quant(w)), quantized_inputs(modules, outliers), \
+            (quantized_attention(model) if attention else nullcontext()):
+        yield
+
+
+def recovery(table: list[dict], data: Sequence[str]) -> None:
+    """Paper B's percentages, computed from our perplexities, added to the super-activation-aware row."""
+    by = {r["condition"]: r for r in table}
+    ours = by.get("super_activation_aware")
+    if not ours or "naive" not in by:
+        return
+    for d in data:
+        key = f"ppl_{d}"
+        naive = by["naive"].get(key, math.nan)
+        for ref, col in (("smoothquant", "recovered_vs_smoothquant"), ("fp", "recovered_vs_fp")):
+            gap = naive - by.get(ref, {}).get(key, math.nan)
+            ours[f"{col}_{d}"] = 100 * (naive - ours[key]) / gap if gap and math.isfinite(gap) else math.nan
+
+
+def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, attention: bool = True,
+        calib_data: str = "wiki_summaries", calib_split: str = "train", calib_seq_len: int = 256,
+        calib_windows: int = 4, ppl_data: Sequence[str] = ("wiki_summaries", "austen"),
+        ppl_seq_len: int = 512, ppl_windows: int = 4, batch_size: int = 1, eval_suite: str | None = None,
+        zero_shot_limit: int | None = 20, eval_batch_size: int = 8, detect_prompt: str = DEFAULT_PROMPT,
+        roles: Sequence[str] = ("creates",), threshold: float | str = "auto") -> dict[str, Any]:
+    """Perplexity of the model under each W8A8 condition."""
+    bad = [c for c in conditions if c not in CONDITIONS]
+    if bad:
+        raise PipelineError(f"unknown condition(s) {bad}; choose from {', '.join(CONDITIONS)}")
+    modules = quantized_modules(ctx.model)
+    sites: list[WeightSite] = []
+    if "super_activation_aware" in conditions:
+        sites = super_weights(ctx, prompt=detect_prompt, roles=tuple(roles), threshold=threshold)
+    outliers = outlier_channels(ctx.model, sites, modules)
+    makers = {"fp": nullcontext, "naive": lambda: w8a8(ctx.model, modules, None, attention),
+              "super_activation_aware": lambda: w8a8(ctx.model, modules, outliers, attention)}
+    not_applicable = ""
+    if "smoothquant" in conditions:
+        cfg = data_config(calib_data, split=calib_split)
+        calib = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len, n_windows=calib_windows,
+                              bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
+        try:
+            factors = smoothing_factors(ctx.model, input_absmax(ctx.model, calib, ctx.device), alpha)
+        except NotApplicable as e:
+            not_applicable = str(e)
+            print(f"[{STAGE}] smoothquant not applicable: {e}", flush=True)
+        else:
+            @contextmanager
+            def smooth_then_quantize():
+                with smoothed(ctx.model, factors), w8a8(ctx.model, modules, None, attention):
+                    yield
+            makers["smoothquant"] = smooth_then_quantize
+    chosen = {c: makers[c] for c in conditions if c in makers}
+    sw_text = ";".join(s.key for s in sites)
+    describe = {c: {"super_weights": sw_text if c == "super_activation_aware" else "",
+                    "alpha": alpha if c == "smoothquant" else math.nan, "attention_quantized": attention and c != "fp",
+                    "note": ""} for c in chosen}
+    ppl_sets = eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows)
+    rows, table = evaluate_conditions(ctx, STAGE, chosen, ppl_sets=ppl_sets, eval_suite=eval_suite,
+                                      zero_shot_limit=zero_shot_limit, batch_size=batch_size,
+                                      eval_batch_size=eval_batch_size, describe=describe)
+    if not_applicable:
+        table.append({"condition": "smoothquant", **{f"ppl_{d}": math.nan for d in ppl_data},
+                      "super_weights": "", "alpha": alpha, "attention_quantized": attention,
+                      "note": f"not applicable: {not_applicable}"})
+    recovery(table, ppl_data)
+    paths = write_by_condition(ctx, STAGE, {"sw_actquant": rows, "sw_actquant_table": table})
+    return {"table": table, "sites": sites, "outliers": outliers, "paths": paths, "not_applicable": not_applicable,
+            "ppl_data": list(ppl_data), "paper": paper_numbers("super_weight", ctx.paper_key)}
+
+
+def format_summary(out: dict[str, Any]) -> str:
+    lines = [f"W8A8 perplexity (super weights: {', '.join(map(str, out['sites'])) or 'not used'}):"]
+    lines += format_table(out["table"])
+    for r in out["table"]:
+        for k, v in r.items():
+            if k.startswith("recovered_"):
+                lines.append(f"  {r['condition']}: {k} = {fmt(v)}%")
+    if out["not_applicable"]:
+        lines.append(f"  smoothquant not applicable: {out['not_applicable']}")
+    return "\n".join(lines)

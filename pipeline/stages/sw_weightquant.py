@@ -1,0 +1,220 @@
+"""Stage ``sw_weightquant``: INT4 round-to-nearest weight quantization over block sizes, with and
+without super-weight handling (paper B §5.2, Fig. 7, Table 6).
+
+Every matrix inside the decoder layers (attention and MLP linears, MoE experts; not embeddings,
+norms or the LM head, as paper B's code) is fake-quantized with asymmetric min-max RTN to
+``bits`` bits per block (``kernels.block_quant``: blocks are contiguous chunks of the flattened
+stored weight, paper B's "128x128" = 16,384 elements; ``tile`` = 2-D tiles instead). Methods:
+
+  rtn               plain blockwise RTN
+  rtn_clip_restore  paper B's "Ours": W_hat = RESTORE(Q^-1(Q(CLIP_z(W)))): each matrix clamped to
+                    mean +- z std before its block ranges are taken, quantized, and the super
+                    weights (detected by ``sw_detect``, never hard-coded) written back in full
+                    precision. z is chosen per block size from ``z_grid`` by the minimum
+                    reconstruction error on calibration data: sum over the linear layers of
+                    ||X (W - W_hat)^T||^2 / ||X W^T||^2, X = each layer's inputs on held-in text
+                    (paper B: 500 WikiText-2 train examples; offline: the train split of the wiki
+                    corpus). ``inf`` in the grid means no clipping.
+
+``sw_scales`` (Table 6): the super weights multiplied by each factor before quantization (rtn)
+or when restored (rtn_clip_restore); 1 = the plain methods.
+
+Each condition gets perplexity and the paper-B zero-shot average (``conditions.evaluate_conditions``,
+which checks the model bit-identical after each). Tables: ``sw_weightquant`` (long),
+``sw_weightquant_table`` (one row per condition), ``sw_weightquant_z`` (the z search:
+block size x z -> reconstruction error, the chosen one flagged).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from kernels.block_quant import block_fake_quant
+
+from ..arch import get_arch, layer_module
+from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
+from ..data import build_source, data_config, token_windows
+from ..errors import PipelineError
+from ..paper import paper_numbers
+from ..quant import linear_modules, quantized_weights
+from ..weights import WeightSite, down_proj_matrix, layer_matrices, scale_weights
+from .sw_detect import DEFAULT_PROMPT, super_weights
+
+STAGE = "sw_weightquant"
+METHODS = ("rtn", "rtn_clip_restore")
+BLOCK_SIZES = (128 ** 2, 256 ** 2, 512 ** 2, 1024 ** 2)  # paper B Fig. 7
+Z_GRID = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, math.inf)
+
+
+def condition_name(method: str, block: int, sw_scale: float = 1.0) -> str:
+    return f"{method}_b{block}" + ("" if sw_scale == 1 else f"_sw{sw_scale:g}")
+
+
+def z_clip(w: torch.Tensor, z: float | None) -> tuple[float, float] | None:
+    """(mean - z std, mean + z std) of the tensor; None for no clipping (z None or inf)."""
+    if z is None or math.isinf(z):
+        return None
+    x = w.float()
+    mean, std = float(x.mean()), float(x.std())
+    return mean - z * std, mean + z * std
+
+
+def _kept(model, sites: Sequence[WeightSite], sw_scale: float) -> list[tuple[torch.Tensor, tuple[int, int], float]]:
+    return [(m, (s.row, s.col), float(m[s.row, s.col]) * sw_scale)
+            for s in sites for m in [down_proj_matrix(model, s.layer, s.expert)]]
+
+
+@contextmanager
+def quantized_model(model, *, method: str, bits: int, block_size: int, z: float | None = None,
+                    sites: Sequence[WeightSite] = (), sw_scale: float = 1.0,
+                    tile: tuple[int, int] | None = None) -> Iterator[None]:
+    """The model with every decoder-layer matrix fake-quantized by ``method``; exact restore on
+    exit. ``sw_scale``: rtn quantizes the super weights scaled by it; rtn_clip_restore restores
+    them scaled by it."""
+    if method not in METHODS:
+        raise PipelineError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
+    restore = method == "rtn_clip_restore"
+    kept = _kept(model, sites, sw_scale) if restore else []  # read before any edit
+
+    def fn(_name, w):
+        return block_fake_quant(w, bits, block_size, z_clip(w, z) if restore else None, tile)
+
+    with (nullcontext() if restore else scale_weights(model, sites, sw_scale)), \
+            quantized_weights(layer_matrices(model), fn):
+        with torch.no_grad():
+            for m, idx, v in kept:
+                m[idx] = v
+        yield
+
+
+@torch.inference_mode()
+def calibration_inputs(model, windows: torch.Tensor, device) -> dict[str, torch.Tensor]:
+    """Each decoder linear's input rows (all tokens of ``windows``), float32."""
+    mods = linear_modules(model)
+    got: dict[str, list] = {n: [] for n, _ in mods}
+    handles = [m.register_forward_pre_hook(lambda _m, a, _n=n: got[_n].append(a[0].reshape(-1, a[0].shape[-1]).float()))
+               for n, m in mods]
+    try:
+        for w in windows:
+            model(input_ids=w[None].to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: torch.cat(v) for n, v in got.items() if v}
+
+
+@torch.inference_mode()
+def reconstruction_error(model, inputs: dict[str, torch.Tensor], *, method: str, bits: int, block_size: int,
+                         z: float | None, sites: Sequence[WeightSite], tile=None) -> float:
+    """sum ||X (W - W_hat)^T||^2 / sum ||X W^T||^2 over the decoder linears."""
+    spec = get_arch(model)
+    kept = {}
+    for s in sites:
+        mod = layer_module(model, s.layer, "down_proj")
+        idx = (s.col, s.row) if spec.down_proj_transposed else (s.row, s.col)
+        kept.setdefault(id(mod), []).append(idx)
+    num = den = 0.0
+    for name, mod in linear_modules(model):
+        if name not in inputs:
+            continue
+        w = mod.weight
+        w_hat = block_fake_quant(w, bits, block_size, z_clip(w, z) if method == "rtn_clip_restore" else None, tile)
+        if method == "rtn_clip_restore":
+            for idx in kept.get(id(mod), []):
+                w_hat[idx] = w[idx]
+        x = inputs[name].to(w.device)
+        diff, full = (w - w_hat).float(), w.float()
+        transposed = x.shape[1] != w.shape[1]  # Conv1D stores (in, out)
+        err = x @ diff if transposed else x @ diff.T
+        ref = x @ full if transposed else x @ full.T
+        num += float(err.pow(2).sum())
+        den += float(ref.pow(2).sum())
+    return num / den
+
+
+def choose_z(model, inputs, *, bits, block_size, z_grid, sites, tile=None) -> tuple[float, list[dict]]:
+    rows = [{"block_size": block_size, "method": "rtn_clip_restore", "z": float(z),
+             "rel_error": reconstruction_error(model, inputs, method="rtn_clip_restore", bits=bits,
+                                               block_size=block_size, z=z, sites=sites, tile=tile)}
+            for z in tqdm(z_grid, desc=f"z search, block {block_size}", leave=False)]
+    rows.append({"block_size": block_size, "method": "rtn", "z": math.nan,
+                 "rel_error": reconstruction_error(model, inputs, method="rtn", bits=bits, block_size=block_size,
+                                                   z=None, sites=sites, tile=tile)})
+    best = min((r for r in rows if r["method"] == "rtn_clip_restore"), key=lambda r: r["rel_error"])
+    for r in rows:
+        r["chosen"] = r is best
+    return best["z"], rows
+
+
+def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str] = METHODS, bits: int = 4,
+        tile: Sequence[int] | None = None, z: float | None = None, z_grid: Sequence[float] = Z_GRID,
+        calib_data: str = "wiki_summaries", calib_split: str = "train", calib_seq_len: int = 256, calib_windows: int = 4,
+        sw_scales: Sequence[float] = (1.0,), include_original: bool = True,
+        eval_suite: str | None = "paper_b", zero_shot_limit: int | None = 20,
+        ppl_data: Sequence[str] = ("wiki_summaries",), ppl_seq_len: int = 512, ppl_windows: int = 4,
+        batch_size: int = 1, eval_batch_size: int = 8, detect_prompt: str = DEFAULT_PROMPT,
+        roles: Sequence[str] = ("creates",), threshold: float | str = "auto") -> dict[str, Any]:
+    """Evaluate the model quantized at each block size by each method."""
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise PipelineError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    if not block_sizes or any(int(b) < 1 for b in block_sizes):
+        raise PipelineError(f"block_sizes must be positive integers (got {list(block_sizes)})")
+    tile = tuple(tile) if tile else None
+    sites = super_weights(ctx, prompt=detect_prompt, roles=tuple(roles), threshold=threshold)
+    zs: dict[int, float | None] = {}
+    z_rows: list[dict] = []
+    if "rtn_clip_restore" in methods:
+        if z is not None:
+            zs = {int(b): float(z) for b in block_sizes}
+        else:
+            cfg = data_config(calib_data, split=calib_split)
+            calib = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len, n_windows=calib_windows,
+                                  bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
+            inputs = calibration_inputs(ctx.model, calib, ctx.device)
+            for b in block_sizes:
+                zs[int(b)], rows = choose_z(ctx.model, inputs, bits=bits, block_size=int(b), z_grid=z_grid,
+                                            sites=sites, tile=tile)
+                z_rows += rows
+            del inputs
+    conditions, describe = {}, {}
+    if include_original:
+        conditions["original"] = nullcontext
+        describe["original"] = {"method": "none", "block_size": 0, "z": math.nan, "sw_scale": 1.0}
+    for b in (int(b) for b in block_sizes):
+        for m in methods:
+            for s in (float(s) for s in sw_scales):
+                name = condition_name(m, b, s)
+                zb = zs.get(b) if m == "rtn_clip_restore" else None
+                conditions[name] = (lambda m=m, b=b, zb=zb, s=s: quantized_model(
+                    ctx.model, method=m, bits=bits, block_size=b, z=zb, sites=sites, sw_scale=s, tile=tile))
+                describe[name] = {"method": m, "block_size": b, "z": math.nan if zb is None else zb, "sw_scale": s}
+    sw_text = ";".join(s.key for s in sites)
+    for d in describe.values():
+        d.update(bits=bits, tile="x".join(map(str, tile)) if tile else "", super_weights=sw_text)
+    rows, table = evaluate_conditions(
+        ctx, STAGE, conditions, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows),
+        eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
+        eval_batch_size=eval_batch_size, describe=describe)
+    paths = write_by_condition(ctx, STAGE, {"sw_weightquant": rows, "sw_weightquant_table": table})
+    if z_rows:
+        paths["sw_weightquant_z"] = ctx.results.write("sw_weightquant_z", z_rows, stage=STAGE)
+    return {"table": table, "z_rows": z_rows, "z": zs, "sites": sites, "paths": paths,
+            "paper": paper_numbers("super_weight", ctx.paper_key)}
+
+
+def format_summary(out: dict[str, Any]) -> str:
+    lines = [f"INT-N blockwise RTN (super weights: {', '.join(map(str, out['sites']))}):"]
+    for b, zb in out["z"].items():
+        errs = {r["method"] if r["method"] == "rtn" else f"z={r['z']:g}": r["rel_error"]
+                for r in out["z_rows"] if r["block_size"] == b}
+        lines.append(f"  block {b}: z chosen {zb:g} (output error {fmt(min(v for k, v in errs.items() if k != 'rtn'))}"
+                     f" vs rtn {fmt(errs.get('rtn', math.nan))})")
+    lines += format_table(out["table"])
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""Stage sw_weightquant on tiny models with a planted super weight."""
+
+import math
+
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.stages import sw_weightquant as wq
+from pipeline.weights import WeightSite, down_proj_matrix, layer_matrices
+from tests.helpers import make_ctx, plant_super_weight, tiny
+
+SITE = WeightSite(0, 5, 9)
+KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=32, ppl_windows=2, eval_suite=None, calib_seq_len=32,
+          calib_windows=2, z_grid=[3, 6, math.inf])
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(model, state):
+    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_quantized_model_restores_exactly_and_keeps_the_super_weight(arch):
+    model, _ = tiny(arch)
+    plant_super_weight(model, layer_idx=0, row=5, col=9, weight=8.0)
+    state = _state(model)
+    sw = float(down_proj_matrix(model, 0)[5, 9])
+    with wq.quantized_model(model, method="rtn_clip_restore", bits=4, block_size=4096, z=3.0, sites=[SITE]):
+        assert float(down_proj_matrix(model, 0)[5, 9]) == sw
+        mats = dict(layer_matrices(model))
+        changed = sum(not torch.equal(w, state_w) for (n, w), state_w in
+                      zip(mats.items(), [dict(layer_matrices(tiny(arch)[0])).get(n) for n in mats], strict=True)
+                      if state_w is not None)
+        assert changed > 0
+    assert _same(model, state)
+    with wq.quantized_model(model, method="rtn", bits=4, block_size=4096, sites=[SITE]):
+        assert float(down_proj_matrix(model, 0)[5, 9]) != sw  # plain RTN rounds (and clips nothing)
+    assert _same(model, state)
+    with pytest.raises(RuntimeError), wq.quantized_model(model, method="rtn", bits=4, block_size=64):
+        raise RuntimeError("boom")
+    assert _same(model, state)
+
+
+def test_amplified_super_weight():
+    model, _ = tiny()
+    plant_super_weight(model, layer_idx=0, row=5, col=9, weight=8.0)
+    state = _state(model)
+    with wq.quantized_model(model, method="rtn_clip_restore", bits=4, block_size=64, z=3.0, sites=[SITE], sw_scale=1.5):
+        assert float(down_proj_matrix(model, 0)[5, 9]) == pytest.approx(12.0)
+    assert _same(model, state)
+
+
+def test_clip_restore_beats_rtn_at_large_blocks_and_error_falls_with_block_size(tmp_path):
+    model, tok = tiny()
+    plant_super_weight(model, layer_idx=0, row=5, col=9, weight=8.0)
+    ids = tok("Apple Inc. is a worldwide tech company. " * 4, return_tensors="pt").input_ids
+    inputs = wq.calibration_inputs(model, ids, "cpu")
+    err = {(m, b): wq.reconstruction_error(model, inputs, method=m, bits=4, block_size=b, z=4.0, sites=[SITE])
+           for m in wq.METHODS for b in (64, 1024, 1 << 20)}
+    assert err[("rtn", 64)] < err[("rtn", 1024)] < err[("rtn", 1 << 20)]
+    assert err[("rtn_clip_restore", 1 << 20)] < 0.75 * err[("rtn", 1 << 20)]
+    z, rows = wq.choose_z(model, inputs, bits=4, block_size=1 << 20, z_grid=[2, 4, math.inf], sites=[SITE])
+    best = min((r for r in rows if r["method"] == "rtn_clip_restore"), key=lambda r: r["rel_error"])
+    assert z == best["z"] and sum(r["chosen"] for r in rows) == 1
+
+
+def test_stage_end_to_end(tmp_path):
+    ctx = make_ctx(tmp_path)
+    plant_super_weight(ctx.model, layer_idx=0, row=5, col=9, weight=8.0)
+    state = _state(ctx.model)
+    out = wq.run(ctx, block_sizes=[64, 1 << 20], **KW)
+    assert out["sites"] == [SITE]
+    names = [r["condition"] for r in out["table"]]
+    assert names == ["original", "rtn_b64", "rtn_clip_restore_b64", "rtn_b1048576", "rtn_clip_restore_b1048576"]
+    ppl = {r["condition"]: r["ppl_wiki_summaries"] for r in out["table"]}
+    assert ppl["rtn_b64"] != ppl["original"]
+    assert set(out["z"]) == {64, 1 << 20} and all(z in (3, 6, math.inf) for z in out["z"].values())
+    assert (tmp_path / "results" / "test_exp" / "sw_weightquant_table.csv").exists()
+    assert (tmp_path / "results" / "test_exp" / "sw_weightquant_z.csv").exists()
+    assert _same(ctx.model, state)
+    assert "z chosen" in wq.format_summary(out)
+
+
+def test_bad_method_fails_clearly(tmp_path):
+    ctx = make_ctx(tmp_path)
+    with pytest.raises(PipelineError, match="unknown method"):
+        wq.run(ctx, methods=["gptq"], **KW)
