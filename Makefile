@@ -55,9 +55,10 @@ lint: setup ## ruff
 figures: setup ## redraw every figure from the committed CSVs
 	$(PY) scripts/figures.py
 
-bench: setup ## benchmarks -> results/bench/*.csv (profile overhead, perplexity throughput)
+bench: setup ## benchmarks -> results/bench/*.csv (profile overhead, perplexity throughput, kernels)
 	$(PY) scripts/bench_profile.py $(ARGS)
 	$(PY) scripts/bench_eval.py $(ARGS)
+	$(PY) scripts/bench_kernels.py
 
 assets: setup ## (re)prepare the offline Austen corpus from Debian's r-cran-janeaustenr
 	$(PY) scripts/prepare_austen.py

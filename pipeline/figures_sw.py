@@ -1,5 +1,5 @@
-"""Paper B figures drawn from CSVs: Fig. 3 (down-projection maxima) and Fig. 4 (max |layer output|
-under ablations)."""
+"""Paper B figures drawn from CSVs: Fig. 3 (down-projection maxima), Fig. 4 (max |layer output|
+under ablations) and Fig. 7 (INT4 accuracy vs block size)."""
 
 from __future__ import annotations
 
@@ -48,8 +48,42 @@ def fig4_layer_max(df: pd.DataFrame, model: str, out: Path) -> Path:
     return save(fig, out)
 
 
+def fig7_block_sizes(df: pd.DataFrame, model: str, out: Path) -> Path:
+    """Paper B Fig. 7: average zero-shot accuracy (and perplexity) vs block size, one line per
+    method, the unquantized model as a dashed line."""
+    cols = [c for c in ("acc_mean",) if c in df and df[c].notna().any()]
+    cols += [c for c in df.columns if c.startswith("ppl_")][:1]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.6 * len(cols), 3.5), squeeze=False)
+    styles = {"rtn": ("#d62728", "RTN"), "rtn_clip_restore": ("#1f77b4", "clip + restore SW (Ours)")}
+    base = df[df["method"] == "none"]
+    for ax, col in zip(axes[0], cols, strict=True):
+        for method, g in df[(df["method"] != "none") & (df["sw_scale"] == 1)].groupby("method"):
+            g = g.sort_values("block_size")
+            color, label = styles.get(method, (None, method))
+            ax.plot(g["block_size"], g[col], marker="o", ms=4, lw=1.6, color=color, label=label)
+        if len(base):
+            ax.axhline(float(base[col].iloc[0]), color="k", ls="--", lw=1, label="unquantized")
+        ax.set_xscale("log", base=2)
+        ticks = sorted(df.loc[df["method"] != "none", "block_size"].unique())
+        ax.set_xticks(ticks, [f"{int(t ** 0.5)}²" if int(t ** 0.5) ** 2 == t else str(t) for t in ticks], fontsize=7)
+        ax.set_xlabel("block size (elements)")
+        ax.set_ylabel("avg zero-shot accuracy" if col == "acc_mean" else col.replace("ppl_", "perplexity, "))
+        if col.startswith("ppl_"):
+            ax.set_yscale("log")
+        ax.set_title(f"{model}: INT4 round-to-nearest", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=7)
+    return save(fig, out)
+
+
 def draw_super_weight(out_dir: Path, fig_dir: Path) -> list[Path]:
     written = []
+    wq = out_dir / "sw_weightquant_table.csv"
+    if wq.exists():
+        df = pd.read_csv(wq)
+        for model, g in df.groupby("model"):
+            if (g["method"] != "none").any():
+                written.append(fig7_block_sizes(g, model, fig_dir / f"sw_fig7_block_sizes_{model}.png"))
     maxima = out_dir / "sw_down_proj_max.csv"
     if maxima.exists():
         df = pd.read_csv(maxima)

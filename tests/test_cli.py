@@ -46,3 +46,19 @@ def test_benchmark_scripts_run_on_a_tiny_model(tmp_path, script):
     table = pd.read_csv(next((tmp_path / "bench").glob("*.csv")))
     assert table.loc[table.method == "bare", "ratio_to_bare"].item() == 1.0
     assert (table["ratio_to_bare"] > 0).all() and (table["device"] == "cpu").all()
+
+
+def test_kernel_benchmark_runs_small(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_config import ROOT
+
+    r = subprocess.run([sys.executable, "scripts/bench_kernels.py", "--shrink", "64", "--repeats", "1",
+                        "--blocks", "64", "--results", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "bench" / "kernels.csv")
+    assert set(table["impl"]) == {"copy", "reference"} and (table["device"] == "cpu").all()
+    assert set(table["op"]) == {"block_quant_int4", "tensor_quant_int8", "token_quant_int8", "token_quant_int8_outlier"}
+    assert (table.loc[table.impl == "copy", "fraction_of_copy"] == 1.0).all() and (table["gbytes_per_s"] > 0).all()

@@ -83,6 +83,10 @@ def test_stage_end_to_end(tmp_path):
     assert (tmp_path / "results" / "test_exp" / "sw_weightquant_z.csv").exists()
     assert _same(ctx.model, state)
     assert "z chosen" in wq.format_summary(out)
+    from pipeline.figures import draw_experiment
+
+    drawn = draw_experiment(tmp_path / "results" / "test_exp")
+    assert any(p.name == "sw_fig7_block_sizes_tiny_llama.png" and p.stat().st_size > 0 for p in drawn)
 
 
 def test_bad_method_fails_clearly(tmp_path):
