@@ -9,7 +9,14 @@ see are. Groups found by module names in each decoder layer:
 
   input norm  (input_layernorm | ln_1)            -> q/k/v (q_proj, k_proj, v_proj | qkv_proj | c_attn)
   post norm   (post_attention_layernorm | ln_2)   -> MLP in (gate_proj, up_proj | gate_up_proj | c_fc)
-  up_proj rows                                    -> down_proj   (gated, unfused MLPs only)
+  up_proj rows                                    -> down_proj   (only with ``smooth_down_proj``; gated,
+                                                                  unfused MLPs)
+
+The reference implementation (mit-han-lab/smoothquant, ``smooth_lm``) smooths only the two
+norm groups of LLaMA-like models; the down projection's input (where the super activation's
+input spike sits) is left alone, so that is the default here too. Smoothing it as well moves
+that spike into ``down_proj``'s weight column and wrecks per-tensor INT8 weights (SmolLM2:
+perplexity 16.8 -> 933, measured).
 
 Not applicable (a clear reason, no failure) when a norm has no weight (OLMo's LayerNorm), when a
 norm is not a plain elementwise scale of its weight (checked numerically: e.g. Gemma's 1 + w), or
@@ -50,8 +57,8 @@ def _in_dim_first(mod: nn.Module) -> bool:
     return type(mod).__name__ == "Conv1D"
 
 
-def groups(model: nn.Module) -> list[dict]:
-    """Per layer, the smoothing groups: {"kind": "norm"|"up", "source", "consumers", "names"}."""
+def groups(model: nn.Module, smooth_down_proj: bool = False) -> list[dict]:
+    """Per layer, the smoothing groups: {"kind": "norm"|"up", "source", "consumers", "layer"}."""
     out = []
     for i, lay in enumerate(decoder_layers(model)):
         for norm_names, (parents, options) in zip(NORMS, CONSUMERS, strict=True):
@@ -71,7 +78,7 @@ def groups(model: nn.Module) -> list[dict]:
             out.append({"kind": "norm", "source": norm[1], "consumers": cons, "layer": i})
         mlp = getattr(lay, "mlp", None)
         up, down = getattr(mlp, "up_proj", None), getattr(mlp, "down_proj", None)
-        if isinstance(up, nn.Linear) and isinstance(down, nn.Linear):
+        if smooth_down_proj and isinstance(up, nn.Linear) and isinstance(down, nn.Linear):
             out.append({"kind": "up", "source": up, "consumers": [(f"layers.{i}.mlp.down_proj", down)], "layer": i})
     return out
 
@@ -116,10 +123,11 @@ def input_absmax(model: nn.Module, windows: torch.Tensor, device) -> dict[str, t
 
 
 @torch.no_grad()
-def smoothing_factors(model: nn.Module, act_max: dict[str, torch.Tensor], alpha: float) -> list[tuple[dict, torch.Tensor]]:
+def smoothing_factors(model: nn.Module, act_max: dict[str, torch.Tensor], alpha: float,
+                      smooth_down_proj: bool = False) -> list[tuple[dict, torch.Tensor]]:
     """(group, s) for every group; raises NotApplicable with the reason."""
     out = []
-    for g in groups(model):
+    for g in groups(model, smooth_down_proj):
         if g["kind"] == "norm":
             check_norm_is_a_scale(g["source"])
         first = g["consumers"][0][0]

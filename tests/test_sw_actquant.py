@@ -30,8 +30,9 @@ def test_smoothing_leaves_the_fp_function_unchanged(arch):
     ids = tok("Apple Inc. is a worldwide tech company. " * 3, return_tensors="pt").input_ids
     state = _state(model)
     act = sq.input_absmax(model, ids, "cpu")
-    factors = sq.smoothing_factors(model, act, 0.85)
+    factors = sq.smoothing_factors(model, act, 0.85, smooth_down_proj=True)
     assert len(factors) == (3 if arch == "llama" else 2) * 4  # norm->attn, norm->mlp (+ up->down) per layer
+    assert len(sq.smoothing_factors(model, act, 0.85)) == 2 * 4
     with torch.no_grad():
         ref = model(ids).logits
         with sq.smoothed(model, factors):
@@ -125,8 +126,22 @@ def test_super_activation_aware_beats_naive_on_the_planted_layer(tmp_path):
     assert err["aware"] < err["naive"] / 2, err
 
 
-def test_unknown_condition_fails_clearly(tmp_path):
+def test_unknown_condition_or_part_fails_clearly(tmp_path):
     ctx = make_ctx(tmp_path)
     with pytest.raises(PipelineError, match="unknown condition"):
         aq.run(ctx, conditions=["fp", "gptq"], **KW)
-    assert math.isfinite(0.85)
+    with pytest.raises(PipelineError, match="parts"):
+        aq.run(ctx, parts=["activations"], **KW)
+
+
+def test_partial_w8a8_rows_are_labelled_by_part(tmp_path):
+    ctx = make_ctx(tmp_path)
+    plant_super_weight(ctx.model, layer_idx=0, row=5, col=9, weight=8.0, boost=200.0)
+    out = aq.run(ctx, parts=["inputs"], conditions=["fp", "naive", "super_activation_aware"], **KW)
+    names = [r["condition"] for r in out["table"]]
+    assert names == ["fp", "naive[inputs]", "super_activation_aware[inputs]"]
+    aware = out["table"][2]
+    gap = out["table"][1]["ppl_wiki_summaries"] - out["table"][0]["ppl_wiki_summaries"]
+    want = 100 * (out["table"][1]["ppl_wiki_summaries"] - aware["ppl_wiki_summaries"]) / gap
+    assert aware["recovered_vs_fp_wiki_summaries"] == pytest.approx(want)
+    assert math.isnan(aware["recovered_vs_smoothquant_wiki_summaries"])

@@ -18,7 +18,8 @@ Conditions:
                           ``row`` of every other quantized input, wherever (at that token) it
                           exceeds the rest of its row; super weights detected by ``sw_detect``
   smoothquant             SmoothQuant smoothing (alpha 0.85, per-channel input maxima from
-                          calibration text), then W8A8; reported as not applicable, with the
+                          calibration text; the norm -> q/k/v and norm -> gate/up groups as the
+                          reference code, ``smooth_down_proj`` adds up_proj -> down_proj), then W8A8; reported as not applicable, with the
                           reason, where it cannot be folded (e.g. OLMo's weightless LayerNorm)
 
 Metric: perplexity (paper B: WikiText-2 and C4; offline stand-ins). Tables: ``sw_actquant`` (long),
@@ -75,32 +76,43 @@ def outlier_channels(model, sites: Sequence[WeightSite], modules: dict[str, torc
     return {k: sorted(v) for k, v in out.items()}
 
 
+PARTS = ("weights", "inputs", "attention")
+
+
 @contextmanager
 def w8a8(model, modules: dict[str, torch.nn.Module], outliers: dict[str, list[int]] | None = None,
-         attention: bool = True) -> Iterator[None]:
+         parts: Sequence[str] = PARTS) -> Iterator[None]:
     """Weights INT8 per tensor, inputs INT8 per token (super-outlier aware where listed), attention
-    products on INT8 inputs; exact restore on exit."""
-    mats = [(n, m.weight.data) for n, m in modules.items()]
-    with quantized_weights(mats, lambda _n, w: tensor_fake_quant(w)), quantized_inputs(modules, outliers), \
-            (quantized_attention(model) if attention else nullcontext()):
+    products on INT8 inputs (``parts`` picks which); exact restore on exit."""
+    mats = [(n, m.weight.data) for n, m in modules.items()] if "weights" in parts else []
+    with quantized_weights(mats, lambda _n, w: tensor_fake_quant(w)), \
+            (quantized_inputs(modules, outliers) if "inputs" in parts else nullcontext()), \
+            (quantized_attention(model) if "attention" in parts else nullcontext()):
         yield
 
 
-def recovery(table: list[dict], data: Sequence[str]) -> None:
+def label(condition: str, parts: Sequence[str]) -> str:
+    """Row label: the condition, with the quantized parts appended when not all of them."""
+    return condition if condition == "fp" or tuple(parts) == PARTS else f"{condition}[{'+'.join(parts)}]"
+
+
+def recovery(table: list[dict], data: Sequence[str], parts: Sequence[str] = PARTS) -> None:
     """Paper B's percentages, computed from our perplexities, added to the super-activation-aware row."""
     by = {r["condition"]: r for r in table}
-    ours = by.get("super_activation_aware")
-    if not ours or "naive" not in by:
+    ours = by.get(label("super_activation_aware", parts))
+    naive_row = by.get(label("naive", parts))
+    if not ours or not naive_row:
         return
     for d in data:
         key = f"ppl_{d}"
-        naive = by["naive"].get(key, math.nan)
+        naive = naive_row.get(key, math.nan)
         for ref, col in (("smoothquant", "recovered_vs_smoothquant"), ("fp", "recovered_vs_fp")):
-            gap = naive - by.get(ref, {}).get(key, math.nan)
+            gap = naive - by.get(label(ref, parts), {}).get(key, math.nan)
             ours[f"{col}_{d}"] = 100 * (naive - ours[key]) / gap if gap and math.isfinite(gap) else math.nan
 
 
-def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, attention: bool = True,
+def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smooth_down_proj: bool = False,
+        parts: Sequence[str] = PARTS,
         calib_data: str = "wiki_summaries", calib_split: str = "train", calib_seq_len: int = 256,
         calib_windows: int = 4, ppl_data: Sequence[str] = ("wiki_summaries", "austen"),
         ppl_seq_len: int = 512, ppl_windows: int = 4, batch_size: int = 1, eval_suite: str | None = None,
@@ -110,43 +122,49 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, att
     bad = [c for c in conditions if c not in CONDITIONS]
     if bad:
         raise PipelineError(f"unknown condition(s) {bad}; choose from {', '.join(CONDITIONS)}")
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts:
+        raise PipelineError(f"parts must be a non-empty subset of {', '.join(PARTS)} (got {list(parts)})")
+    parts = tuple(parts)
     modules = quantized_modules(ctx.model)
     sites: list[WeightSite] = []
     if "super_activation_aware" in conditions:
         sites = super_weights(ctx, prompt=detect_prompt, roles=tuple(roles), threshold=threshold)
     outliers = outlier_channels(ctx.model, sites, modules)
-    makers = {"fp": nullcontext, "naive": lambda: w8a8(ctx.model, modules, None, attention),
-              "super_activation_aware": lambda: w8a8(ctx.model, modules, outliers, attention)}
+    makers = {"fp": nullcontext, "naive": lambda: w8a8(ctx.model, modules, None, parts),
+              "super_activation_aware": lambda: w8a8(ctx.model, modules, outliers, parts)}
     not_applicable = ""
     if "smoothquant" in conditions:
         cfg = data_config(calib_data, split=calib_split)
         calib = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len, n_windows=calib_windows,
                               bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
         try:
-            factors = smoothing_factors(ctx.model, input_absmax(ctx.model, calib, ctx.device), alpha)
+            factors = smoothing_factors(ctx.model, input_absmax(ctx.model, calib, ctx.device), alpha,
+                                        smooth_down_proj)
         except NotApplicable as e:
             not_applicable = str(e)
             print(f"[{STAGE}] smoothquant not applicable: {e}", flush=True)
         else:
             @contextmanager
             def smooth_then_quantize():
-                with smoothed(ctx.model, factors), w8a8(ctx.model, modules, None, attention):
+                with smoothed(ctx.model, factors), w8a8(ctx.model, modules, None, parts):
                     yield
             makers["smoothquant"] = smooth_then_quantize
-    chosen = {c: makers[c] for c in conditions if c in makers}
+    chosen = {label(c, parts): makers[c] for c in conditions if c in makers}
     sw_text = ";".join(s.key for s in sites)
-    describe = {c: {"super_weights": sw_text if c == "super_activation_aware" else "",
-                    "alpha": alpha if c == "smoothquant" else math.nan, "attention_quantized": attention and c != "fp",
-                    "note": ""} for c in chosen}
+    describe = {label(c, parts): {"super_weights": sw_text if c == "super_activation_aware" else "",
+                                  "alpha": alpha if c == "smoothquant" else math.nan,
+                                  "quantized": "" if c == "fp" else "+".join(parts), "note": ""}
+                for c in conditions if c in makers}
     ppl_sets = eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows)
     rows, table = evaluate_conditions(ctx, STAGE, chosen, ppl_sets=ppl_sets, eval_suite=eval_suite,
                                       zero_shot_limit=zero_shot_limit, batch_size=batch_size,
                                       eval_batch_size=eval_batch_size, describe=describe)
     if not_applicable:
-        table.append({"condition": "smoothquant", **{f"ppl_{d}": math.nan for d in ppl_data},
-                      "super_weights": "", "alpha": alpha, "attention_quantized": attention,
+        table.append({"condition": label("smoothquant", parts), **{f"ppl_{d}": math.nan for d in ppl_data},
+                      "super_weights": "", "alpha": alpha, "quantized": "+".join(parts),
                       "note": f"not applicable: {not_applicable}"})
-    recovery(table, ppl_data)
+    recovery(table, ppl_data, parts)
     paths = write_by_condition(ctx, STAGE, {"sw_actquant": rows, "sw_actquant_table": table})
     return {"table": table, "sites": sites, "outliers": outliers, "paths": paths, "not_applicable": not_applicable,
             "ppl_data": list(ppl_data), "paper": paper_numbers("super_weight", ctx.paper_key)}
