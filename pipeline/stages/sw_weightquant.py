@@ -49,7 +49,7 @@ from .sw_detect import DEFAULT_PROMPT, super_weights
 STAGE = "sw_weightquant"
 METHODS = ("rtn", "rtn_clip_restore")
 BLOCK_SIZES = (128 ** 2, 256 ** 2, 512 ** 2, 1024 ** 2)  # paper B Fig. 7
-Z_GRID = (2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, math.inf)
+Z_GRID = (3.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, math.inf)
 
 
 def condition_name(method: str, block: int, sw_scale: float = 1.0) -> str:
