@@ -124,10 +124,10 @@ if HAVE_TRITON:
         mx = tl.max(tl.where(mask, x, float("-inf")), axis=1)
         mn = tl.where(b < n_blocks, mn, 0.0)  # rows past the last block: no inf - inf
         mx = tl.where(b < n_blocks, mx, 0.0)
-        scale = (mx - mn) / levels
+        scale = tl.math.div_rn(mx - mn, levels)
         safe = tl.where(scale > 0, scale, 1.0)
-        zero = rne(-mn / safe)
-        q = tl.minimum(tl.maximum(rne(x / safe[:, None]) + zero[:, None], 0.0), levels)
+        zero = rne(tl.math.div_rn(-mn, safe))
+        q = tl.minimum(tl.maximum(rne(tl.math.div_rn(x, safe[:, None])) + zero[:, None], 0.0), levels)
         y = tl.where(scale[:, None] > 0, (q - zero[:, None]) * safe[:, None], x)
         tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
         tl.store(scale_ptr + b, scale, mask=b < n_blocks)
@@ -172,7 +172,7 @@ if HAVE_TRITON:
             x = tl.load(x_ptr + o, mask=m, other=0.0).to(tl.float32)
             if HAS_CLIP:
                 x = tl.minimum(tl.maximum(x, clip_lo), clip_hi)
-            q = tl.minimum(tl.maximum(rne(x / safe) + zero, 0.0), levels)
+            q = tl.minimum(tl.maximum(rne(tl.math.div_rn(x, safe)) + zero, 0.0), levels)
             y = tl.where(scale > 0, (q - zero) * safe, x)
             tl.store(y_ptr + o, y.to(y_ptr.dtype.element_ty), mask=m)
 

@@ -56,7 +56,7 @@ if HAVE_TRITON:
             o = off + tl.arange(0, CHUNK_)
             m = o < end
             x = tl.load(x_ptr + o, mask=m, other=0.0).to(tl.float32)
-            q = tl.minimum(tl.maximum(rne(x / safe), -127.0), 127.0)
+            q = tl.minimum(tl.maximum(rne(tl.math.div_rn(x, safe)), -127.0), 127.0)
             y = tl.where(scale > 0, q * safe, x)
             tl.store(y_ptr + o, y.to(y_ptr.dtype.element_ty), mask=m)
 

@@ -79,9 +79,9 @@ if HAVE_TRITON:
                 listed = tl.load(mask_ptr + c, mask=m, other=0) != 0
             amax = tl.max(tl.where(listed, 0.0, tl.abs(x)), axis=0)
             keep = listed & (tl.abs(x) > amax)
-            scale = amax / 127.0
+            scale = tl.math.div_rn(amax, 127.0)
             safe = tl.where(scale > 0, scale, 1.0)
-            q = tl.minimum(tl.maximum(rne(x / safe), -127.0), 127.0)
+            q = tl.minimum(tl.maximum(rne(tl.math.div_rn(x, safe)), -127.0), 127.0)
             y = tl.where(keep, x, tl.where(scale > 0, q * safe, x))
             tl.store(y_ptr + base + c, y.to(y_ptr.dtype.element_ty), mask=m)
         else:
@@ -93,7 +93,7 @@ if HAVE_TRITON:
                 if HAS_MASK:
                     x = tl.where(tl.load(mask_ptr + c, mask=m, other=0) != 0, 0.0, x)
                 acc = tl.maximum(acc, tl.abs(x))
-            scale = tl.max(acc, axis=0) / 127.0
+            scale = tl.math.div_rn(tl.max(acc, axis=0), 127.0)
             safe = tl.where(scale > 0, scale, 1.0)
             for off in range(0, n_cols, CHUNK_):
                 c = off + tl.arange(0, CHUNK_)
@@ -102,7 +102,7 @@ if HAVE_TRITON:
                 keep = c < 0
                 if HAS_MASK:
                     keep = (tl.load(mask_ptr + c, mask=m, other=0) != 0) & (tl.abs(x) > tl.max(acc, axis=0))
-                q = tl.minimum(tl.maximum(rne(x / safe), -127.0), 127.0)
+                q = tl.minimum(tl.maximum(rne(tl.math.div_rn(x, safe)), -127.0), 127.0)
                 y = tl.where(keep, x, tl.where(scale > 0, q * safe, x))
                 tl.store(y_ptr + base + c, y.to(y_ptr.dtype.element_ty), mask=m)
         tl.store(scale_ptr + row, scale)
