@@ -68,6 +68,13 @@ def _untile(runs: torch.Tensor, meta: tuple) -> torch.Tensor:
     return runs.reshape(gr, gc, tr, tc).permute(0, 2, 1, 3).reshape(gr * tr, gc * tc)[:r, :c].contiguous()
 
 
+def _on_tiles(fn, w, bits, clip, tile, return_params):
+    """``fn`` (reference or Triton) on the tiles made contiguous, the result put back in place."""
+    runs, meta = _tiles(w, tile)
+    out = fn(runs, bits, tile[0] * tile[1], clip, None, return_params)
+    return (_untile(out[0], meta), *out[1:]) if return_params else _untile(out, meta)
+
+
 def _check(w: torch.Tensor, bits: int, block_size: int) -> None:
     if not 1 <= bits <= 16:
         raise ValueError(f"bits must be in 1..16, got {bits}")
@@ -83,9 +90,7 @@ def block_fake_quant_ref(w: torch.Tensor, bits: int = 4, block_size: int = 16384
     """Pure-torch reference (the test oracle and the CPU path). Returns the fake-quantized tensor
     (same shape and dtype), and with ``return_params`` also per-block (scale, zero) in fp32."""
     if tile is not None:
-        runs, meta = _tiles(w, tile)
-        out = block_fake_quant_ref(runs, bits, tile[0] * tile[1], clip, None, return_params)
-        return (_untile(out[0], meta), *out[1:]) if return_params else _untile(out, meta)
+        return _on_tiles(block_fake_quant_ref, w, bits, clip, tile, return_params)
     _check(w, bits, block_size)
     if w.numel() == 0:
         empty = torch.zeros(0, device=w.device)
@@ -110,6 +115,14 @@ def block_fake_quant_ref(w: torch.Tensor, bits: int = 4, block_size: int = 16384
 if HAVE_TRITON:
 
     @triton.jit
+    def _load_clipped(ptrs, mask, clip_lo, clip_hi, HAS_CLIP: tl.constexpr):
+        """Masked load as fp32, clamped to [clip_lo, clip_hi] when HAS_CLIP."""
+        x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        if HAS_CLIP:
+            x = tl.minimum(tl.maximum(x, clip_lo), clip_hi)
+        return x
+
+    @triton.jit
     def _block_fq_fused_kernel(x_ptr, y_ptr, scale_ptr, zero_ptr, numel, block, n_blocks,
                                clip_lo, clip_hi, levels,
                                HAS_CLIP: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
@@ -117,9 +130,7 @@ if HAVE_TRITON:
         c = tl.arange(0, COLS)
         offs = b.to(tl.int64)[:, None] * block + c[None, :]
         mask = (b[:, None] < n_blocks) & (c[None, :] < block) & (offs < numel)
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_CLIP:
-            x = tl.minimum(tl.maximum(x, clip_lo), clip_hi)
+        x = _load_clipped(x_ptr + offs, mask, clip_lo, clip_hi, HAS_CLIP)
         mn = tl.min(tl.where(mask, x, float("inf")), axis=1)
         mx = tl.max(tl.where(mask, x, float("-inf")), axis=1)
         mn = tl.where(b < n_blocks, mn, 0.0)  # rows past the last block: no inf - inf
@@ -150,9 +161,7 @@ if HAVE_TRITON:
         for off in range(start, end, CHUNK_):
             o = off + tl.arange(0, CHUNK_)
             m = o < end
-            x = tl.load(x_ptr + o, mask=m, other=0.0).to(tl.float32)
-            if HAS_CLIP:
-                x = tl.minimum(tl.maximum(x, clip_lo), clip_hi)
+            x = _load_clipped(x_ptr + o, m, clip_lo, clip_hi, HAS_CLIP)
             acc_mn = tl.minimum(acc_mn, tl.where(m, x, float("inf")))
             acc_mx = tl.maximum(acc_mx, tl.where(m, x, float("-inf")))
         tl.store(mn_ptr + pid, tl.min(acc_mn, axis=0))
@@ -169,9 +178,7 @@ if HAVE_TRITON:
         for off in range(start, end, CHUNK_):
             o = off + tl.arange(0, CHUNK_)
             m = o < end
-            x = tl.load(x_ptr + o, mask=m, other=0.0).to(tl.float32)
-            if HAS_CLIP:
-                x = tl.minimum(tl.maximum(x, clip_lo), clip_hi)
+            x = _load_clipped(x_ptr + o, m, clip_lo, clip_hi, HAS_CLIP)
             q = tl.minimum(tl.maximum(rne(tl.math.div_rn(x, safe)) + zero, 0.0), levels)
             y = tl.where(scale > 0, (q - zero) * safe, x)
             tl.store(y_ptr + o, y.to(y_ptr.dtype.element_ty), mask=m)
@@ -184,9 +191,7 @@ def block_fake_quant_triton(w: torch.Tensor, bits: int = 4, block_size: int = 16
     if not HAVE_TRITON:
         raise RuntimeError("triton is not installed")
     if tile is not None:
-        runs, meta = _tiles(w, tile)
-        out = block_fake_quant_triton(runs, bits, tile[0] * tile[1], clip, None, return_params)
-        return (_untile(out[0], meta), *out[1:]) if return_params else _untile(out, meta)
+        return _on_tiles(block_fake_quant_triton, w, bits, clip, tile, return_params)
     _check(w, bits, block_size)
     if w.numel() == 0:
         return block_fake_quant_ref(w, bits, block_size, clip, None, return_params)

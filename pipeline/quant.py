@@ -41,6 +41,21 @@ def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
+@torch.inference_mode()
+def observe_inputs(model: nn.Module, windows: torch.Tensor, device,
+                   observe: Callable[[str, torch.Tensor], None]) -> None:
+    """Run each window through the model and call ``observe(name, rows)`` with every decoder
+    linear's input as (tokens, in_features) (calibration for SmoothQuant and the z search)."""
+    handles = [m.register_forward_pre_hook(
+        lambda _m, a, _n=n: observe(_n, a[0].reshape(-1, a[0].shape[-1]))) for n, m in linear_modules(model)]
+    try:
+        for w in windows:
+            model(input_ids=w[None].to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @contextmanager
 def quantized_weights(matrices: Sequence[tuple[str, torch.Tensor]],
                       fn: Callable[[str, torch.Tensor], torch.Tensor]) -> Iterator[None]:

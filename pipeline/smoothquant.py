@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .arch import decoder_layers
-from .quant import linear_modules
+from .quant import observe_inputs
 
 NORMS = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"))
 CONSUMERS = (
@@ -101,24 +101,15 @@ def check_norm_is_a_scale(norm: nn.Module) -> None:
         raise NotApplicable(f"{type(norm).__name__} is not a plain scale of its weight (e.g. Gemma's 1 + w)")
 
 
-@torch.inference_mode()
 def input_absmax(model: nn.Module, windows: torch.Tensor, device) -> dict[str, torch.Tensor]:
     """Per decoder linear, the max |input| per channel over the calibration windows."""
     got: dict[str, torch.Tensor] = {}
 
-    def make(name):
-        def pre(_m, args):
-            a = args[0].reshape(-1, args[0].shape[-1]).abs().amax(0).float()
-            got[name] = a if name not in got else torch.maximum(got[name], a)
-        return pre
+    def fold(name: str, rows: torch.Tensor) -> None:
+        a = rows.abs().amax(0).float()
+        got[name] = a if name not in got else torch.maximum(got[name], a)
 
-    handles = [m.register_forward_pre_hook(make(n)) for n, m in linear_modules(model)]
-    try:
-        for w in windows:
-            model(input_ids=w[None].to(device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    observe_inputs(model, windows, device, fold)
     return got
 
 

@@ -80,3 +80,13 @@ def plant_super_weight(model, layer_idx: int = 0, row: int = 5, col: int = 9, we
             mlp.c_fc.bias[col] = boost
         down_proj_matrix(model, layer_idx)[row, col] = weight
     return layer_idx, row, col
+
+
+def snapshot(model) -> dict:
+    """A copy of every tensor of the state dict (for bit-identity checks after an edit)."""
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def unchanged(model, state: dict) -> bool:
+    """True when every tensor equals its snapshot bit for bit."""
+    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

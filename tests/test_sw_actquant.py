@@ -10,17 +10,9 @@ from pipeline import smoothquant as sq
 from pipeline.errors import PipelineError
 from pipeline.quant import quantized_attention, quantized_inputs, w8a8_attention
 from pipeline.stages import sw_actquant as aq
-from tests.helpers import make_ctx, plant_super_weight, tiny
+from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
 
 KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=32, ppl_windows=2, calib_seq_len=32, calib_windows=2)
-
-
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(model, state):
-    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -28,7 +20,7 @@ def test_smoothing_leaves_the_fp_function_unchanged(arch):
     model, tok = tiny(arch)
     model = model.double()
     ids = tok("Apple Inc. is a worldwide tech company. " * 3, return_tensors="pt").input_ids
-    state = _state(model)
+    state = snapshot(model)
     act = sq.input_absmax(model, ids, "cpu")
     factors = sq.smoothing_factors(model, act, 0.85, smooth_down_proj=True)
     assert len(factors) == (3 if arch == "llama" else 2) * 4  # norm->attn, norm->mlp (+ up->down) per layer
@@ -36,10 +28,10 @@ def test_smoothing_leaves_the_fp_function_unchanged(arch):
     with torch.no_grad():
         ref = model(ids).logits
         with sq.smoothed(model, factors):
-            assert not _same(model, state)
+            assert not unchanged(model, state)
             got = model(ids).logits
     torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
-    assert _same(model, state)
+    assert unchanged(model, state)
 
 
 def test_smoothing_flattens_the_activation_outlier():
@@ -93,14 +85,14 @@ def test_outlier_channels_follow_the_super_weight(tmp_path):
 def test_stage_end_to_end_with_planted_super_weight(tmp_path):
     ctx = make_ctx(tmp_path)
     plant_super_weight(ctx.model, layer_idx=0, row=5, col=9, weight=8.0, boost=200.0)
-    state = _state(ctx.model)
+    state = snapshot(ctx.model)
     out = aq.run(ctx, **KW)
     ppl = {r["condition"]: r["ppl_wiki_summaries"] for r in out["table"]}
     assert list(ppl) == list(aq.CONDITIONS)
     assert ppl["naive"] != ppl["fp"]
     aware = next(r for r in out["table"] if r["condition"] == "super_activation_aware")
     assert "recovered_vs_fp_wiki_summaries" in aware and "recovered_vs_smoothquant_wiki_summaries" in aware
-    assert _same(ctx.model, state)
+    assert unchanged(ctx.model, state)
     assert (tmp_path / "results" / "test_exp" / "sw_actquant_table.csv").exists()
     assert "W8A8" in aq.format_summary(out)
 

@@ -1,7 +1,6 @@
 """Super-weight detection and reversible weight edits on tiny models with planted super weights."""
 
 import pytest
-import torch
 
 from pipeline.stages import sw_detect
 from pipeline.weights import (
@@ -11,7 +10,7 @@ from pipeline.weights import (
     scale_weights,
     zero_weights,
 )
-from tests.helpers import make_ctx, plant_super_weight, tiny
+from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
 
 PROMPT = "Apple Inc. is a worldwide tech company."
 
@@ -20,25 +19,17 @@ def _ids(tok):
     return tok(PROMPT, return_tensors="pt").input_ids
 
 
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(model, state):
-    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-
-
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_detects_exactly_the_planted_super_weight(arch):
     model, tok = tiny(arch)
     plant_super_weight(model, layer_idx=1, row=5, col=9)
-    state = _state(model)
+    state = snapshot(model)
     found, maxima, _hs, threshold = sw_detect.detect(model, _ids(tok))
     assert [(f["layer"], f["row"], f["col"]) for f in found] == [(1, 5, 9)]
     assert found[0]["role"] == "creates" and found[0]["share"] > 0.9
     assert maxima[1]["out_channel"] == 5 and maxima[1]["in_channel"] == 9
     assert abs(maxima[1]["out_max"]) > threshold > abs(maxima[0]["out_max"])
-    assert _same(model, state)  # detection zeroes weights only temporarily
+    assert unchanged(model, state)  # detection zeroes weights only temporarily
 
 
 def test_iteration_finds_a_second_weight_behind_the_first():
@@ -58,17 +49,17 @@ def test_no_super_weight_in_a_random_model():
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_scale_weights_restores_exactly_also_on_error(arch):
     model, _ = tiny(arch)
-    state = _state(model)
+    state = snapshot(model)
     site = WeightSite(1, 3, 7)
     original = float(down_proj_matrix(model, 1)[3, 7])
     with scale_weights(model, [site], 2.5):
         assert float(down_proj_matrix(model, 1)[3, 7]) == pytest.approx(original * 2.5)
-    assert _same(model, state)
+    assert unchanged(model, state)
     with pytest.raises(RuntimeError), scale_weights(model, [site], 0.0):
         raise RuntimeError("boom")
-    assert _same(model, state)
+    assert unchanged(model, state)
     with scale_weights(model, [site], 1.0):
-        assert _same(model, state)
+        assert unchanged(model, state)
 
 
 def test_gpt2_view_addresses_the_stored_conv1d_weight():
@@ -81,7 +72,7 @@ def test_gpt2_view_addresses_the_stored_conv1d_weight():
 def test_largest_weights_skip_super_weights_and_restore():
     model, _ = tiny()
     plant_super_weight(model, layer_idx=0, row=5, col=9)
-    state = _state(model)
+    state = snapshot(model)
     sw = [WeightSite(0, 5, 9)]
     with_sw = largest_weights(model, fraction=0.0, min_per_matrix=2)
     without = largest_weights(model, fraction=0.0, min_per_matrix=2, exclude=sw)
@@ -90,7 +81,7 @@ def test_largest_weights_skip_super_weights_and_restore():
     assert len(without) == len(with_sw) - 1
     with zero_weights(without):
         assert down[5, 9] == 8.0 and all(w[idx] == 0 for w, idx in without)
-    assert _same(model, state)
+    assert unchanged(model, state)
 
 
 def test_stage_writes_directory_and_figure_table(tmp_path):

@@ -8,26 +8,18 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.stages import sw_weightquant as wq
 from pipeline.weights import WeightSite, down_proj_matrix, layer_matrices
-from tests.helpers import make_ctx, plant_super_weight, tiny
+from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
 
 SITE = WeightSite(0, 5, 9)
 KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=32, ppl_windows=2, eval_suite=None, calib_seq_len=32,
           calib_windows=2, z_grid=[3, 6, math.inf])
 
 
-def _state(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def _same(model, state):
-    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-
-
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_quantized_model_restores_exactly_and_keeps_the_super_weight(arch):
     model, _ = tiny(arch)
     plant_super_weight(model, layer_idx=0, row=5, col=9, weight=8.0)
-    state = _state(model)
+    state = snapshot(model)
     sw = float(down_proj_matrix(model, 0)[5, 9])
     with wq.quantized_model(model, method="rtn_clip_restore", bits=4, block_size=4096, z=3.0, sites=[SITE]):
         assert float(down_proj_matrix(model, 0)[5, 9]) == sw
@@ -36,22 +28,22 @@ def test_quantized_model_restores_exactly_and_keeps_the_super_weight(arch):
                       zip(mats.items(), [dict(layer_matrices(tiny(arch)[0])).get(n) for n in mats], strict=True)
                       if state_w is not None)
         assert changed > 0
-    assert _same(model, state)
+    assert unchanged(model, state)
     with wq.quantized_model(model, method="rtn", bits=4, block_size=4096, sites=[SITE]):
         assert float(down_proj_matrix(model, 0)[5, 9]) != sw  # plain RTN rounds (and clips nothing)
-    assert _same(model, state)
+    assert unchanged(model, state)
     with pytest.raises(RuntimeError), wq.quantized_model(model, method="rtn", bits=4, block_size=64):
         raise RuntimeError("boom")
-    assert _same(model, state)
+    assert unchanged(model, state)
 
 
 def test_amplified_super_weight():
     model, _ = tiny()
     plant_super_weight(model, layer_idx=0, row=5, col=9, weight=8.0)
-    state = _state(model)
+    state = snapshot(model)
     with wq.quantized_model(model, method="rtn_clip_restore", bits=4, block_size=64, z=3.0, sites=[SITE], sw_scale=1.5):
         assert float(down_proj_matrix(model, 0)[5, 9]) == pytest.approx(12.0)
-    assert _same(model, state)
+    assert unchanged(model, state)
 
 
 def test_clip_restore_beats_rtn_at_large_blocks_and_error_falls_with_block_size(tmp_path):
@@ -71,7 +63,7 @@ def test_clip_restore_beats_rtn_at_large_blocks_and_error_falls_with_block_size(
 def test_stage_end_to_end(tmp_path):
     ctx = make_ctx(tmp_path)
     plant_super_weight(ctx.model, layer_idx=0, row=5, col=9, weight=8.0)
-    state = _state(ctx.model)
+    state = snapshot(ctx.model)
     out = wq.run(ctx, block_sizes=[64, 1 << 20], **KW)
     assert out["sites"] == [SITE]
     names = [r["condition"] for r in out["table"]]
@@ -81,7 +73,7 @@ def test_stage_end_to_end(tmp_path):
     assert set(out["z"]) == {64, 1 << 20} and all(z in (3, 6, math.inf) for z in out["z"].values())
     assert (tmp_path / "results" / "test_exp" / "sw_weightquant_table.csv").exists()
     assert (tmp_path / "results" / "test_exp" / "sw_weightquant_z.csv").exists()
-    assert _same(ctx.model, state)
+    assert unchanged(ctx.model, state)
     assert "z chosen" in wq.format_summary(out)
     from pipeline.figures import draw_experiment
 

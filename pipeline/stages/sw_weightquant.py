@@ -42,7 +42,7 @@ from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, w
 from ..data import build_source, data_config, token_windows
 from ..errors import PipelineError
 from ..paper import paper_numbers
-from ..quant import linear_modules, quantized_weights
+from ..quant import linear_modules, observe_inputs, quantized_weights
 from ..weights import WeightSite, down_proj_matrix, layer_matrices, scale_weights
 from .sw_detect import DEFAULT_PROMPT, super_weights
 
@@ -93,20 +93,11 @@ def quantized_model(model, *, method: str, bits: int, block_size: int, z: float 
         yield
 
 
-@torch.inference_mode()
 def calibration_inputs(model, windows: torch.Tensor, device) -> dict[str, torch.Tensor]:
     """Each decoder linear's input rows (all tokens of ``windows``), float32."""
-    mods = linear_modules(model)
-    got: dict[str, list] = {n: [] for n, _ in mods}
-    handles = [m.register_forward_pre_hook(lambda _m, a, _n=n: got[_n].append(a[0].reshape(-1, a[0].shape[-1]).float()))
-               for n, m in mods]
-    try:
-        for w in windows:
-            model(input_ids=w[None].to(device), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: torch.cat(v) for n, v in got.items() if v}
+    got: dict[str, list] = {}
+    observe_inputs(model, windows, device, lambda n, rows: got.setdefault(n, []).append(rows.float()))
+    return {n: torch.cat(v) for n, v in got.items()}
 
 
 @torch.inference_mode()
