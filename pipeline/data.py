@@ -227,7 +227,8 @@ KINDS = (*_OFFLINE, "hub", "text")
 
 def data_config(name: str, **overrides: Any) -> dict[str, Any]:
     """``conf/data/<name>.yaml`` as a dict (plus overrides), for stages that read several datasets
-    (e.g. perplexity on WikiText-2, C4 and PG-19); unknown names fail with the known list."""
+    (e.g. perplexity on WikiText-2, C4 and PG-19); unknown names fail with the known list.
+    ``split="train"`` on a Hub dataset selects its ``hub_train_split`` (calibration data)."""
     from omegaconf import OmegaConf
 
     conf = REPO_ROOT / "conf" / "data"
@@ -235,7 +236,14 @@ def data_config(name: str, **overrides: Any) -> dict[str, Any]:
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in conf.glob("*.yaml")))
         raise PipelineError(f"unknown data '{name}'; known: {known}")
-    return {**OmegaConf.to_container(OmegaConf.load(path), resolve=True), **overrides}
+    cfg = {**OmegaConf.to_container(OmegaConf.load(path), resolve=True), **overrides}
+    if cfg.get("kind") == "hub" and overrides.get("split") == "train":
+        # calibration must not read the evaluation split: Hub sets name their training split
+        if not cfg.get("hub_train_split"):
+            raise PipelineError(f"data '{name}' has no training split configured (hub_train_split in "
+                                f"conf/data/{name}.yaml): calibrate on another dataset, e.g. wikitext2")
+        cfg["hub_split"] = cfg["hub_train_split"]
+    return cfg
 
 
 def build_source(cfg: Mapping[str, Any]) -> TextSource:

@@ -193,3 +193,13 @@ def test_hub_doc_selection_follows_official_protocol(monkeypatch):
     np.random.seed(rp["shuffle_seed"])
     expected = [f"row {i}" for i in np.random.choice(2000, 500, replace=False)]
     assert list(build_source(rp).documents()) == expected
+
+
+def test_train_split_of_a_hub_dataset_is_its_training_split():
+    from pipeline.data import data_config
+    from pipeline.errors import PipelineError
+
+    assert data_config("wikitext2")["hub_split"] == "test"
+    assert data_config("wikitext2", split="train")["hub_split"] == "train"
+    with pytest.raises(PipelineError, match="no training split"):
+        data_config("c4", split="train")  # 10k documents, the first 5000 are the evaluation set
