@@ -41,6 +41,11 @@ def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
+def stores_in_out(mod: nn.Module) -> bool:
+    """GPT-2's Conv1D stores its weight as (in, out); nn.Linear as (out, in)."""
+    return type(mod).__name__ == "Conv1D"
+
+
 @torch.inference_mode()
 def observe_inputs(model: nn.Module, windows: torch.Tensor, device,
                    observe: Callable[[str, torch.Tensor], None]) -> None:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .arch import decoder_layers
-from .quant import observe_inputs
+from .quant import observe_inputs, stores_in_out
 
 NORMS = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"))
 CONSUMERS = (
@@ -50,11 +50,6 @@ def _first(obj: nn.Module, names) -> tuple[str, nn.Module] | None:
         if isinstance(getattr(obj, n, None), nn.Module):
             return n, getattr(obj, n)
     return None
-
-
-def _in_dim_first(mod: nn.Module) -> bool:
-    """Conv1D (GPT-2) stores (in, out); Linear stores (out, in)."""
-    return type(mod).__name__ == "Conv1D"
 
 
 def groups(model: nn.Module, smooth_down_proj: bool = False) -> list[dict]:
@@ -124,7 +119,7 @@ def smoothing_factors(model: nn.Module, act_max: dict[str, torch.Tensor], alpha:
         first = g["consumers"][0][0]
         if first not in act_max:
             raise NotApplicable(f"no calibration input reached {first}")
-        w_max = torch.stack([(m.weight.abs().amax(1) if _in_dim_first(m) else m.weight.abs().amax(0)).float()
+        w_max = torch.stack([(m.weight.abs().amax(1) if stores_in_out(m) else m.weight.abs().amax(0)).float()
                              for _, m in g["consumers"]]).amax(0)
         x_max = act_max[first].to(w_max.device)
         s = (x_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
@@ -154,7 +149,7 @@ def smoothed(model: nn.Module, factors: list[tuple[dict, torch.Tensor]]) -> Iter
                     touch(src.weight).div_(s.to(src.weight.dtype)[:, None])
                 for _, m in g["consumers"]:
                     w = touch(m.weight)
-                    w.mul_(s.to(w.dtype)[:, None] if _in_dim_first(m) else s.to(w.dtype)[None, :])
+                    w.mul_(s.to(w.dtype)[:, None] if stores_in_out(m) else s.to(w.dtype)[None, :])
         yield
     finally:
         with torch.no_grad():

@@ -85,3 +85,45 @@ def test_bad_method_fails_clearly(tmp_path):
     ctx = make_ctx(tmp_path)
     with pytest.raises(PipelineError, match="unknown method"):
         wq.run(ctx, methods=["gptq"], **KW)
+
+
+def test_tiles_replace_block_sizes(tmp_path):
+    ctx = make_ctx(tmp_path)
+    plant_super_weight(ctx.model, layer_idx=0, row=5, col=9, weight=8.0)
+    out = wq.run(ctx, tile=[8, 8], methods=["rtn"], include_original=False, **KW)
+    assert [r["condition"] for r in out["table"]] == ["rtn_t8x8"] and out["table"][0]["tile"] == "8x8"
+    with pytest.raises(PipelineError, match="tile"):
+        wq.run(ctx, tile=[8], **KW)
+
+
+def test_calibration_inputs_cap_keeps_first_tokens():
+    model, tok = tiny()
+    ids = torch.randint(3, 100, (3, 20))
+    full = wq.calibration_inputs(model, ids, "cpu")
+    capped = wq.calibration_inputs(model, ids, "cpu", max_tokens=15)
+    name = "layers.1.mlp.down_proj"
+    assert full[name].shape[0] == 60 and capped[name].shape[0] == 15
+    assert torch.equal(capped[name][0], full[name][0]) and torch.equal(capped[name][5], full[name][20])
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_reconstruction_error_matches_the_modules_own_outputs(arch):
+    """Orientation check, incl. GPT-2's square Conv1D (attn.c_proj): error from module forwards."""
+    from kernels.block_quant import block_fake_quant
+
+    model, _ = tiny(arch)
+    ids = torch.randint(3, 100, (2, 12))
+    inputs = wq.calibration_inputs(model, ids, "cpu")
+    name = "layers.1.attn.c_proj" if arch == "gpt2" else "layers.1.self_attn.o_proj"
+    mod = dict(wq.linear_modules(model))[name]
+    x = inputs[name]
+    with torch.no_grad():
+        ref = mod(x)
+        saved = mod.weight.detach().clone()
+        mod.weight.copy_(block_fake_quant(saved, 4, 64))
+        got = mod(x)
+        mod.weight.copy_(saved)
+    bias = mod.bias.detach() if mod.bias is not None else 0
+    want = float((ref - got).pow(2).sum() / (ref - bias).pow(2).sum())
+    err = wq.reconstruction_error(model, {name: x}, method="rtn", bits=4, block_size=64, z=None, sites=[])
+    assert err == pytest.approx(want, rel=1e-4)

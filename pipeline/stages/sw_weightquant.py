@@ -4,7 +4,7 @@ without super-weight handling (paper B §5.2, Fig. 7, Table 6).
 Every matrix inside the decoder layers (attention and MLP linears, MoE experts; not embeddings,
 norms or the LM head, as paper B's code) is fake-quantized with asymmetric min-max RTN to
 ``bits`` bits per block (``kernels.block_quant``: blocks are contiguous chunks of the flattened
-stored weight, paper B's "128x128" = 16,384 elements; ``tile`` = 2-D tiles instead). Methods:
+stored weight, paper B's "128x128" = 16,384 elements; ``tile=[rows, cols]`` = one 2-D tile shape instead of the list of block sizes). Methods:
 
   rtn               plain blockwise RTN
   rtn_clip_restore  paper B's "Ours": W_hat = RESTORE(Q^-1(Q(CLIP_z(W)))): each matrix clamped to
@@ -42,7 +42,7 @@ from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, w
 from ..data import build_source, data_config, token_windows
 from ..errors import PipelineError
 from ..paper import paper_numbers
-from ..quant import linear_modules, observe_inputs, quantized_weights
+from ..quant import linear_modules, observe_inputs, quantized_weights, stores_in_out
 from ..weights import WeightSite, down_proj_matrix, layer_matrices, scale_weights
 from .sw_detect import DEFAULT_PROMPT, super_weights
 
@@ -52,8 +52,9 @@ BLOCK_SIZES = (128 ** 2, 256 ** 2, 512 ** 2, 1024 ** 2)  # paper B Fig. 7
 Z_GRID = (3.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, math.inf)
 
 
-def condition_name(method: str, block: int, sw_scale: float = 1.0) -> str:
-    return f"{method}_b{block}" + ("" if sw_scale == 1 else f"_sw{sw_scale:g}")
+def condition_name(method: str, block: int, sw_scale: float = 1.0, tile: tuple[int, int] | None = None) -> str:
+    size = f"t{tile[0]}x{tile[1]}" if tile else f"b{block}"
+    return f"{method}_{size}" + ("" if sw_scale == 1 else f"_sw{sw_scale:g}")
 
 
 def z_clip(w: torch.Tensor, z: float | None) -> tuple[float, float] | None:
@@ -93,10 +94,27 @@ def quantized_model(model, *, method: str, bits: int, block_size: int, z: float 
         yield
 
 
-def calibration_inputs(model, windows: torch.Tensor, device) -> dict[str, torch.Tensor]:
-    """Each decoder linear's input rows (all tokens of ``windows``), float32."""
+def calibration_inputs(model, windows: torch.Tensor, device, max_tokens: int | None = None,
+                       seed: int = 0) -> dict[str, torch.Tensor]:
+    """Each decoder linear's input rows, float32 on the CPU. With ``max_tokens``, each window keeps
+    its first token (where massive and super activations sit) and a seeded random share of the
+    others, so that paper-size calibration sets (500 x 2048 tokens) fit in memory."""
+    n_tok = windows.shape[1]
+    keep = None
+    if max_tokens is not None and windows.numel() > max_tokens:
+        per = max(1, max_tokens // len(windows))
+        gen = torch.Generator().manual_seed(seed)
+        keep = [torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(n_tok - 1, generator=gen)[: per - 1]])
+                for _ in range(len(windows))]
     got: dict[str, list] = {}
-    observe_inputs(model, windows, device, lambda n, rows: got.setdefault(n, []).append(rows.float()))
+    seen: dict[str, int] = {}
+
+    def take(name: str, rows: torch.Tensor) -> None:
+        i = seen.get(name, 0)
+        seen[name] = i + 1
+        got.setdefault(name, []).append((rows if keep is None else rows[keep[i].to(rows.device)]).float().cpu())
+
+    observe_inputs(model, windows, device, take)
     return {n: torch.cat(v) for n, v in got.items()}
 
 
@@ -121,7 +139,7 @@ def reconstruction_error(model, inputs: dict[str, torch.Tensor], *, method: str,
                 w_hat[idx] = w[idx]
         x = inputs[name].to(w.device)
         diff, full = (w - w_hat).float(), w.float()
-        transposed = x.shape[1] != w.shape[1]  # Conv1D stores (in, out)
+        transposed = stores_in_out(mod)
         err = x @ diff if transposed else x @ diff.T
         ref = x @ full if transposed else x @ full.T
         num += float(err.pow(2).sum())
@@ -146,6 +164,7 @@ def choose_z(model, inputs, *, bits, block_size, z_grid, sites, tile=None) -> tu
 def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str] = METHODS, bits: int = 4,
         tile: Sequence[int] | None = None, z: float | None = None, z_grid: Sequence[float] = Z_GRID,
         calib_data: str = "wiki_summaries", calib_split: str = "train", calib_seq_len: int = 256, calib_windows: int = 4,
+        calib_max_tokens: int | None = 2048,
         sw_scales: Sequence[float] = (1.0,), include_original: bool = True,
         eval_suite: str | None = "paper_b", zero_shot_limit: int | None = 20,
         ppl_data: Sequence[str] = ("wiki_summaries",), ppl_seq_len: int = 512, ppl_windows: int = 4,
@@ -157,7 +176,11 @@ def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str]
         raise PipelineError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
     if not block_sizes or any(int(b) < 1 for b in block_sizes):
         raise PipelineError(f"block_sizes must be positive integers (got {list(block_sizes)})")
-    tile = tuple(tile) if tile else None
+    tile = tuple(int(t) for t in tile) if tile else None
+    if tile:  # one tile shape replaces the list of block sizes
+        if len(tile) != 2 or min(tile) < 1:
+            raise PipelineError(f"tile must be [rows, cols] of positive integers (got {list(tile)})")
+        block_sizes = [tile[0] * tile[1]]
     sites = super_weights(ctx, prompt=detect_prompt, roles=tuple(roles), threshold=threshold)
     zs: dict[int, float | None] = {}
     z_rows: list[dict] = []
@@ -168,7 +191,7 @@ def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str]
             cfg = data_config(calib_data, split=calib_split)
             calib = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len, n_windows=calib_windows,
                                   bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
-            inputs = calibration_inputs(ctx.model, calib, ctx.device)
+            inputs = calibration_inputs(ctx.model, calib, ctx.device, calib_max_tokens, ctx.seed)
             for b in block_sizes:
                 zs[int(b)], rows = choose_z(ctx.model, inputs, bits=bits, block_size=int(b), z_grid=z_grid,
                                             sites=sites, tile=tile)
@@ -181,7 +204,7 @@ def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str]
     for b in (int(b) for b in block_sizes):
         for m in methods:
             for s in (float(s) for s in sw_scales):
-                name = condition_name(m, b, s)
+                name = condition_name(m, b, s, tile)
                 zb = zs.get(b) if m == "rtn_clip_restore" else None
                 conditions[name] = (lambda m=m, b=b, zb=zb, s=s: quantized_model(
                     ctx.model, method=m, bits=bits, block_size=b, z=zb, sites=sites, sw_scale=s, tile=tile))
