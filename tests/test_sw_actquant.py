@@ -95,6 +95,10 @@ def test_stage_end_to_end_with_planted_super_weight(tmp_path):
     assert unchanged(ctx.model, state)
     assert (tmp_path / "results" / "test_exp" / "sw_actquant_table.csv").exists()
     assert "W8A8" in aq.format_summary(out)
+    from pipeline.paper import paper_numbers
+
+    text = aq.format_summary({**out, "paper": paper_numbers("super_weight", "llama_7b")})
+    assert "Table 3" in text and "wikitext2 5.83" in text
 
 
 def test_super_activation_aware_beats_naive_on_the_planted_layer(tmp_path):

@@ -75,6 +75,10 @@ def test_stage_end_to_end(tmp_path):
     assert (tmp_path / "results" / "test_exp" / "sw_weightquant_z.csv").exists()
     assert unchanged(ctx.model, state)
     assert "z chosen" in wq.format_summary(out)
+    from pipeline.paper import paper_numbers
+
+    text = wq.format_summary({**out, "paper": paper_numbers("super_weight", "mistral_7b")})
+    assert "Fig. 7" in text and "1048576: 33.82" in text
     from pipeline.figures import draw_experiment
 
     drawn = draw_experiment(tmp_path / "results" / "test_exp")

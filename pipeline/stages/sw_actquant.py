@@ -179,4 +179,9 @@ def format_summary(out: dict[str, Any]) -> str:
                 lines.append(f"  {r['condition']}: {k} = {fmt(v)}%")
     if out["not_applicable"]:
         lines.append(f"  smoothquant not applicable: {out['not_applicable']}")
+    w8a8 = (out.get("paper") or {}).get("w8a8")
+    if w8a8:
+        lines.append(f"  paper B ({w8a8['source']}), perplexity:")
+        for cond, ppl in w8a8["value"].items():
+            lines.append(f"    {cond:<24}" + "  ".join(f"{d} {v}" for d, v in ppl.items()))
     return "\n".join(lines)

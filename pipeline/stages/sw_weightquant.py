@@ -231,4 +231,9 @@ def format_summary(out: dict[str, Any]) -> str:
         lines.append(f"  block {b}: z chosen {zb:g} (output error {fmt(min(v for k, v in errs.items() if k != 'rtn'))}"
                      f" vs rtn {fmt(errs.get('rtn', math.nan))})")
     lines += format_table(out["table"])
+    fig7 = (out.get("paper") or {}).get("fig7")
+    if fig7:
+        lines.append(f"  paper B ({fig7['source']}), avg accuracy %:")
+        for method, by_block in fig7["value"].items():
+            lines.append(f"    {method:<18}" + "  ".join(f"{b}: {v}" for b, v in by_block.items()))
     return "\n".join(lines)
