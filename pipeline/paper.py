@@ -20,3 +20,14 @@ def paper_numbers(paper: str, model_key: str | None) -> dict[str, Any] | None:
     path = CONF_DIR / "paper" / f"{paper}.yaml"
     data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     return data.get("models", {}).get(model_key)
+
+
+def paper_table_lines(paper: dict | None, key: str, what: str, sep: str = " ") -> list[str]:
+    """Summary lines for a two-level published table ``paper[key]["value"][row][col]``, or none."""
+    entry = (paper or {}).get(key)
+    if not entry:
+        return []
+    lines = [f"  paper B ({entry['source']}), {what}:"]
+    for row, cols in entry["value"].items():
+        lines.append(f"    {row:<24}" + "  ".join(f"{c}{sep}{v}" for c, v in cols.items()))
+    return lines

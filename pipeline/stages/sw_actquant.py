@@ -43,7 +43,7 @@ from ..arch import get_arch, layer_module
 from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
 from ..data import build_source, data_config, token_windows
 from ..errors import PipelineError
-from ..paper import paper_numbers
+from ..paper import paper_numbers, paper_table_lines
 from ..quant import linear_modules, quantized_attention, quantized_inputs, quantized_weights
 from ..smoothquant import NotApplicable, input_absmax, smoothed, smoothing_factors
 from ..weights import WeightSite
@@ -179,9 +179,5 @@ def format_summary(out: dict[str, Any]) -> str:
                 lines.append(f"  {r['condition']}: {k} = {fmt(v)}%")
     if out["not_applicable"]:
         lines.append(f"  smoothquant not applicable: {out['not_applicable']}")
-    w8a8 = (out.get("paper") or {}).get("w8a8")
-    if w8a8:
-        lines.append(f"  paper B ({w8a8['source']}), perplexity:")
-        for cond, ppl in w8a8["value"].items():
-            lines.append(f"    {cond:<24}" + "  ".join(f"{d} {v}" for d, v in ppl.items()))
+    lines += paper_table_lines(out.get("paper"), "w8a8", "perplexity")
     return "\n".join(lines)

@@ -41,7 +41,7 @@ from ..arch import get_arch, layer_module
 from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
 from ..data import build_source, data_config, token_windows
 from ..errors import PipelineError
-from ..paper import paper_numbers
+from ..paper import paper_numbers, paper_table_lines
 from ..quant import linear_modules, observe_inputs, quantized_weights, stores_in_out
 from ..weights import WeightSite, down_proj_matrix, layer_matrices, scale_weights
 from .sw_detect import DEFAULT_PROMPT, super_weights
@@ -231,9 +231,5 @@ def format_summary(out: dict[str, Any]) -> str:
         lines.append(f"  block {b}: z chosen {zb:g} (output error {fmt(min(v for k, v in errs.items() if k != 'rtn'))}"
                      f" vs rtn {fmt(errs.get('rtn', math.nan))})")
     lines += format_table(out["table"])
-    fig7 = (out.get("paper") or {}).get("fig7")
-    if fig7:
-        lines.append(f"  paper B ({fig7['source']}), avg accuracy %:")
-        for method, by_block in fig7["value"].items():
-            lines.append(f"    {method:<18}" + "  ".join(f"{b}: {v}" for b, v in by_block.items()))
+    lines += paper_table_lines(out.get("paper"), "fig7", "avg accuracy % by block size", sep=": ")
     return "\n".join(lines)
