@@ -191,11 +191,7 @@ def draw_experiment(out_dir: Path) -> list[Path]:
     if stats is not None:
         for (model, dataset), g in stats.groupby(["model", "dataset"]):
             written.append(fig3_layers(g.sort_values("layer"), model, dataset, fig_dir / f"fig3_layers_{model}_{dataset}.png"))
-    land = _read(out_dir / "ma_fig1.csv")
-    if land is not None:
-        for model, g in land.groupby("model"):
-            g = g[g["dataset"] == g["dataset"].iloc[0]]
-            written.append(fig1_landscape(g, model, fig_dir / f"fig1_3d_{model}.png"))
+    written += _per_model(_read(out_dir / "ma_fig1.csv"), fig1_landscape, fig_dir, "fig1_3d")
     maps = _read_tokens(out_dir / "ma_attention_maps.csv")
     if maps is not None:
         share = _read(out_dir / "ma_attention_share.csv")
@@ -208,17 +204,19 @@ def draw_experiment(out_dir: Path) -> list[Path]:
     from .figures_sw import draw_super_weight
 
     written += draw_super_weight(out_dir, fig_dir)
-    sw_probs = _read_token_table(out_dir / "sw_stopword_probs.csv")
-    if sw_probs is not None:
-        for model, g in sw_probs.groupby("model"):
-            g = g[g["dataset"] == g["dataset"].iloc[0]]
-            written.append(fig5_stopwords(g, model, fig_dir / f"fig5_stopwords_{model}.png"))
-    sw_scale = _read(out_dir / "sw_scale_table.csv")
-    if sw_scale is not None:
-        for model, g in sw_scale.groupby("model"):
-            g = g[g["dataset"] == g["dataset"].iloc[0]]
-            written.append(fig6_scaling(g, model, fig_dir / f"fig6_scaling_{model}.png"))
+    written += _per_model(_read_token_table(out_dir / "sw_stopword_probs.csv"), fig5_stopwords, fig_dir, "fig5_stopwords")
+    written += _per_model(_read(out_dir / "sw_scale_table.csv"), fig6_scaling, fig_dir, "fig6_scaling")
     return written
+
+
+def _per_model(df: pd.DataFrame | None, draw, fig_dir: Path, stem: str) -> list[Path]:
+    """``draw(rows, model, path)`` once per model, on that model's first dataset."""
+    if df is None:
+        return []
+    out = []
+    for model, g in df.groupby("model"):
+        out.append(draw(g[g["dataset"] == g["dataset"].iloc[0]], model, fig_dir / f"{stem}_{model}.png"))
+    return out
 
 
 def draw_all(results_dir: Path) -> list[Path]:

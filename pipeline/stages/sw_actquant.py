@@ -39,7 +39,7 @@ import torch
 
 from kernels.tensor_quant import tensor_fake_quant
 
-from ..arch import get_arch, layer_module
+from ..arch import get_arch, layer_module, num_layers
 from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
 from ..data import build_source, data_config, token_windows
 from ..errors import PipelineError
@@ -64,14 +64,14 @@ def quantized_modules(model) -> dict[str, torch.nn.Module]:
 def outlier_channels(model, sites: Sequence[WeightSite], modules: dict[str, torch.nn.Module]) -> dict[str, list[int]]:
     """Which input channels carry the super activation, per quantized module."""
     out: dict[str, set[int]] = {}
+    downs = {id(layer_module(model, i, "down_proj")) for i in range(num_layers(model))}  # from the arch spec
     by_id = {id(m): n for n, m in modules.items()}
     for s in sites:
         down = by_id.get(id(layer_module(model, s.layer, "down_proj")))
         if down:
             out.setdefault(down, set()).add(s.col)
-        for name in modules:
-            lay = int(name.split(".")[1])
-            if lay > s.layer and name != down and not name.endswith(("down_proj", "mlp.c_proj", "fc2")):
+        for name, mod in modules.items():  # inputs read from the residual stream after the super weight
+            if int(name.split(".")[1]) > s.layer and id(mod) not in downs:
                 out.setdefault(name, set()).add(s.row)
     return {k: sorted(v) for k, v in out.items()}
 
