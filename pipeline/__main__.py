@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.core.paths import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 CHECKED_GROUPS = ("model", "data", "experiment", "logger", "debug", "stage")
 
 
@@ -40,8 +40,8 @@ def run(cfg) -> dict:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from .context import build_context
-    from .figures import draw_experiment
+    from pipeline.core.context import build_context
+    from pipeline.figures.massive import draw_experiment
 
     t0 = time.perf_counter()
     ctx = build_context(cfg)

@@ -13,10 +13,16 @@ from pathlib import Path
 
 import torch
 
-from pipeline.bench import bench_parser, device_name, load_bench_model, ratio_rows, time_interleaved
-from pipeline.data import build_source, data_config, token_windows
-from pipeline.evaluate import perplexity
-from pipeline.results import ResultsWriter
+from pipeline.core.bench import (
+    bench_parser,
+    device_name,
+    load_bench_model,
+    ratio_rows,
+    time_interleaved,
+)
+from pipeline.core.results import ResultsWriter
+from pipeline.data.text import build_source, data_config, token_windows
+from pipeline.evaluation.perplexity import perplexity
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -15,13 +15,19 @@ from pathlib import Path
 
 import torch
 
-from pipeline.arch import decoder_layers, num_layers
-from pipeline.bench import bench_parser, device_name, load_bench_model, ratio_rows, time_interleaved
-from pipeline.data import build_source, data_config, token_windows
-from pipeline.hooks import capture
-from pipeline.models import forward_without_logits
-from pipeline.profile_stats import LayerProfile, token_types
-from pipeline.results import ResultsWriter
+from pipeline.analysis.massive import LayerProfile, token_types
+from pipeline.core.bench import (
+    bench_parser,
+    device_name,
+    load_bench_model,
+    ratio_rows,
+    time_interleaved,
+)
+from pipeline.core.results import ResultsWriter
+from pipeline.data.text import build_source, data_config, token_windows
+from pipeline.hooks.forward import capture
+from pipeline.models.arch import decoder_layers, num_layers
+from pipeline.models.load import forward_without_logits
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

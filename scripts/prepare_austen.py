@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from pipeline.data import AUSTEN_NOVELS, prepare_austen  # noqa: E402
-from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.core.errors import PipelineError  # noqa: E402
+from pipeline.data.text import AUSTEN_NOVELS, prepare_austen  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.arch import get_arch, layer
-from pipeline.data import build_source
-from pipeline.hooks import patch
-from pipeline.loggers import Logger
-from pipeline.results import ResultsWriter
-from pipeline.tiny import tiny_model
+from pipeline.core.loggers import Logger
+from pipeline.core.results import ResultsWriter
+from pipeline.data.text import build_source
+from pipeline.hooks.forward import patch
+from pipeline.models.arch import get_arch, layer
+from pipeline.models.tiny import tiny_model
 
 TEXT = ("Summer is warm. Winter is cold. The cat sat on the mat. " * 40 + "\n") * 20
 
@@ -22,7 +22,7 @@ def tiny(arch: str = "llama"):
 
 
 def make_ctx(tmp_path: Path, arch: str = "llama", text: str = TEXT):
-    from pipeline.context import Context
+    from pipeline.core.context import Context
 
     model, tok = tiny(arch)
     data_cfg = {"name": "tiny_text", "kind": "text", "text": text, "bos": "never", "joiner": "\n\n"}
@@ -68,7 +68,7 @@ def plant_super_weight(model, layer_idx: int = 0, row: int = 5, col: int = 9, we
     """Edit a tiny model's weights so that it has a super weight W[row, col] in the down projection
     of ``layer_idx``: the weight is large and the down-projection input at ``col`` spikes.
     Works for Llama-style (gate/up) and GPT-2-style (c_fc) MLPs. Returns (layer, row, col)."""
-    from pipeline.weights import down_proj_matrix
+    from pipeline.hooks.weights import down_proj_matrix
 
     mlp = layer(model, layer_idx).mlp
     with torch.no_grad():

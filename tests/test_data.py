@@ -1,4 +1,4 @@
-"""pipeline.data: offline text sources, split rules, token windows (fast, no network)."""
+"""pipeline.data.text: offline text sources, split rules, token windows (fast, no network)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from pipeline import data
-from pipeline.data import build_source, token_windows
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.data import text as data
+from pipeline.data.text import build_source, token_windows
 
 CONF = Path(__file__).resolve().parent.parent / "conf" / "data"
 SAMPLE = "The quick brown fox jumps over the lazy dog. Summer is warm. Winter is cold. " * 40
@@ -196,8 +196,8 @@ def test_hub_doc_selection_follows_official_protocol(monkeypatch):
 
 
 def test_train_split_of_a_hub_dataset_is_its_training_split():
-    from pipeline.data import data_config
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
+    from pipeline.data.text import data_config
 
     assert data_config("wikitext2")["hub_split"] == "test"
     assert data_config("wikitext2", split="train")["hub_split"] == "train"

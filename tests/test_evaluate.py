@@ -9,13 +9,14 @@ import math
 import pytest
 import torch
 
-from pipeline import eval_tasks
-from pipeline.arch import layer
-from pipeline.assets import package_dir
-from pipeline.data import build_source, token_windows
-from pipeline.errors import PipelineError
-from pipeline.evaluate import load_suite, mean_accuracy, perplexity, run_lm_eval, zero_shot
-from pipeline.hooks import patch
+from pipeline.core.assets import package_dir
+from pipeline.core.errors import PipelineError
+from pipeline.data.text import build_source, token_windows
+from pipeline.evaluation import tasks as eval_tasks
+from pipeline.evaluation.perplexity import perplexity
+from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, run_lm_eval, zero_shot
+from pipeline.hooks.forward import patch
+from pipeline.models.arch import layer
 from tests.helpers import TEXT, tiny
 
 
@@ -256,7 +257,7 @@ def test_online_uses_lm_evals_task_names_from_their_folders(monkeypatch):
     evaluation itself needs the Hub, so a stand-in returns results in lm-eval's format."""
     from lm_eval.tasks import TaskManager
 
-    import pipeline.evaluate as evaluate
+    import pipeline.evaluation.zero_shot as evaluate
 
     seen = {}
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.arch import decoder_layers, layer
-from pipeline.hooks import as_tensor, capture, patch, with_tensor
+from pipeline.hooks.forward import as_tensor, capture, patch, with_tensor
+from pipeline.models.arch import decoder_layers, layer
 from tests.helpers import tiny
 
 

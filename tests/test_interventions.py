@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from pipeline.arch import layer
-from pipeline.errors import PipelineError
-from pipeline.hooks import capture
-from pipeline.interventions import Site, first_positions, random_control, set_sites
+from pipeline.core.errors import PipelineError
+from pipeline.hooks.forward import capture
+from pipeline.hooks.sites import Site, first_positions, random_control, set_sites
+from pipeline.models.arch import layer
 from tests.helpers import tiny
 
 DELIM = 5  # a token id that plays the delimiter in these tests

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline.errors import PipelineError
-from pipeline.loggers import (
+from pipeline.core.errors import PipelineError
+from pipeline.core.loggers import (
     OFFLINE_NOTICE,
     Logger,
     WandbLogger,

@@ -5,8 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.arch import layer_module
-from pipeline.attention import (
+from pipeline.analysis.attention import (
     attention_share,
     capture_attention_weights,
     constancy,
@@ -16,8 +15,9 @@ from pipeline.attention import (
     expand_kv_heads,
     uniform_share,
 )
-from pipeline.errors import PipelineError
-from pipeline.figures import draw_experiment
+from pipeline.core.errors import PipelineError
+from pipeline.figures.massive import draw_experiment
+from pipeline.models.arch import layer_module
 from pipeline.stages import ma_attention
 from tests.helpers import make_ctx, planted
 
@@ -185,12 +185,12 @@ def test_smollm2_attention_sink_and_implicit_bias(tmp_path):
     massive-activation token, and its value update is nearly constant across queries."""
     from omegaconf import OmegaConf
 
-    from pipeline.arch import get_arch, num_layers
-    from pipeline.context import Context
-    from pipeline.data import build_source
-    from pipeline.loggers import Logger
-    from pipeline.models import load_model
-    from pipeline.results import ResultsWriter
+    from pipeline.core.context import Context
+    from pipeline.core.loggers import Logger
+    from pipeline.core.results import ResultsWriter
+    from pipeline.data.text import build_source
+    from pipeline.models.arch import get_arch, num_layers
+    from pipeline.models.load import load_model
     from tests.test_config import CONF
 
     model, tok, device = load_model(OmegaConf.to_container(OmegaConf.load(CONF / "model" / "smollm2_135m.yaml")))

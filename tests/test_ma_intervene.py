@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.stages import ma_intervene
 from tests.helpers import make_ctx, planted_in_mlp
 
@@ -62,7 +62,7 @@ def test_unknown_condition(tmp_path):
 
 
 def test_paper_comparison_rows():
-    from pipeline.paper import paper_numbers
+    from pipeline.core.paper import paper_numbers
 
     paper = paper_numbers("massive_activations", "llama2_7b")
     table = [{"condition": "original", "ppl_wikitext2": 5.5, "ppl_austen": 9.0, "acc_mean": 0.69},

@@ -2,8 +2,8 @@
 
 import pytest
 
-from pipeline.errors import PipelineError
-from pipeline.figures import draw_experiment
+from pipeline.core.errors import PipelineError
+from pipeline.figures.massive import draw_experiment
 from pipeline.stages import ma_profile
 from tests.helpers import make_ctx, planted
 
@@ -60,7 +60,7 @@ def test_fig1_layer_out_of_range_is_a_clear_error(tmp_path):
 
 
 def test_paper_comparison_for_a_paper_model():
-    from pipeline.paper import paper_numbers
+    from pipeline.core.paper import paper_numbers
 
     paper = paper_numbers("massive_activations", "llama2_7b")
     assert paper["massive_dims"]["value"] == [1415, 2533] and paper["massive_dims"]["verified"]

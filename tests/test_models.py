@@ -3,8 +3,8 @@ import time
 import pytest
 import torch
 
-from pipeline.errors import PipelineError
-from pipeline.models import load_model, resolve_device, resolve_dtype
+from pipeline.core.errors import PipelineError
+from pipeline.models.load import load_model, resolve_device, resolve_dtype
 
 
 def test_auto_dtype_and_device_on_cpu():

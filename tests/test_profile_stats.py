@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from pipeline.profile_stats import LayerProfile, token_types
+from pipeline.analysis.massive import LayerProfile, token_types
 
 
 def _brute(hs, abs_t, rel_t):
@@ -92,7 +92,7 @@ def test_token_types_first_and_first_delimiter():
 
 
 def test_lower_median_equals_torch_median():
-    from pipeline.profile_stats import lower_median
+    from pipeline.analysis.massive import lower_median
 
     g = torch.Generator().manual_seed(3)
     for shape in [(1, 1), (1, 2), (3, 7), (2, 1000), (2, 4097)]:

@@ -4,13 +4,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.arch import get_arch, num_layers
-from pipeline.context import Context
-from pipeline.data import build_source
-from pipeline.loggers import Logger
-from pipeline.models import load_model
-from pipeline.profile_stats import delimiter_test, token_types
-from pipeline.results import ResultsWriter
+from pipeline.analysis.massive import delimiter_test, token_types
+from pipeline.core.context import Context
+from pipeline.core.loggers import Logger
+from pipeline.core.results import ResultsWriter
+from pipeline.data.text import build_source
+from pipeline.models.arch import get_arch, num_layers
+from pipeline.models.load import load_model
 from pipeline.stages import ma_profile
 from tests.test_config import CONF
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipeline.results as results
-from pipeline.errors import PipelineError
-from pipeline.results import (
+import pipeline.core.results as results
+from pipeline.core.errors import PipelineError
+from pipeline.core.results import (
     IDENTITY_COLUMNS,
     PROVENANCE_COLUMNS,
     ResultsWriter,

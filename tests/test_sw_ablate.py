@@ -2,9 +2,9 @@
 
 import torch
 
-from pipeline.hooks import capture
+from pipeline.hooks.forward import capture
+from pipeline.hooks.weights import WeightSite, scale_weights
 from pipeline.stages import sw_ablate
-from pipeline.weights import WeightSite, scale_weights
 from tests.helpers import make_ctx, plant_super_weight, tiny
 
 KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=48, ppl_windows=4, eval_suite=None, batch_size=2,
@@ -69,7 +69,7 @@ def test_conditions_on_a_planted_super_weight(tmp_path):
 
 
 def test_paper_comparison():
-    from pipeline.paper import paper_numbers
+    from pipeline.core.paper import paper_numbers
 
     table = [{"condition": "prune_sw", "ppl_wikitext2": 1000.0, "ppl_c4": 700.0, "acc_mean": 0.35}]
     rows = sw_ablate.compare_with_paper(paper_numbers("super_weight", "llama_7b"), table)

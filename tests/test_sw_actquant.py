@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pipeline import smoothquant as sq
-from pipeline.errors import PipelineError
-from pipeline.quant import quantized_attention, quantized_inputs, w8a8_attention
+from pipeline.analysis import smoothquant as sq
+from pipeline.analysis.quant import quantized_attention, quantized_inputs, w8a8_attention
+from pipeline.core.errors import PipelineError
 from pipeline.stages import sw_actquant as aq
 from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
 
@@ -72,7 +72,7 @@ def test_quantized_attention_is_eager_attention_when_nothing_rounds():
 
 def test_outlier_channels_follow_the_super_weight(tmp_path):
     model, _ = tiny()
-    from pipeline.weights import WeightSite
+    from pipeline.hooks.weights import WeightSite
 
     mods = aq.quantized_modules(model)
     assert not any(n.endswith("o_proj") for n in mods) and any(n.endswith("q_proj") for n in mods)
@@ -95,7 +95,7 @@ def test_stage_end_to_end_with_planted_super_weight(tmp_path):
     assert unchanged(ctx.model, state)
     assert (tmp_path / "results" / "test_exp" / "sw_actquant_table.csv").exists()
     assert "W8A8" in aq.format_summary(out)
-    from pipeline.paper import paper_numbers
+    from pipeline.core.paper import paper_numbers
 
     text = aq.format_summary({**out, "paper": paper_numbers("super_weight", "llama_7b")})
     assert "Table 3" in text and "wikitext2 5.83" in text
@@ -106,8 +106,8 @@ def test_super_activation_aware_beats_naive_on_the_planted_layer(tmp_path):
     per-tensor W8 on top, the planted 8.0 weight's scale would round the rest of that matrix)."""
     model, tok = tiny()
     plant_super_weight(model, layer_idx=0, row=5, col=9, weight=8.0, boost=200.0)
-    from pipeline.hooks import capture
-    from pipeline.weights import WeightSite
+    from pipeline.hooks.forward import capture
+    from pipeline.hooks.weights import WeightSite
 
     ids = tok("Apple Inc. is a worldwide tech company.", return_tensors="pt").input_ids
     outl = aq.outlier_channels(model, [WeightSite(0, 5, 9)], aq.quantized_modules(model))

@@ -2,14 +2,14 @@
 
 import pytest
 
-from pipeline.stages import sw_detect
-from pipeline.weights import (
+from pipeline.hooks.weights import (
     WeightSite,
     down_proj_matrix,
     largest_weights,
     scale_weights,
     zero_weights,
 )
+from pipeline.stages import sw_detect
 from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
 
 PROMPT = "Apple Inc. is a worldwide tech company."
@@ -96,7 +96,7 @@ def test_stage_writes_directory_and_figure_table(tmp_path):
 
 
 def test_paper_comparison():
-    from pipeline.paper import paper_numbers
+    from pipeline.core.paper import paper_numbers
 
     paper = paper_numbers("super_weight", "llama_7b")
     rows = sw_detect.compare_with_paper(paper, [{"layer": 2, "row": 3968, "col": 7003}])

@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pipeline.arch import layer_module
-from pipeline.hooks import capture
-from pipeline.moe import expert_down_io, routed_calls
+from pipeline.hooks.forward import capture
+from pipeline.hooks.moe import expert_down_io, routed_calls
+from pipeline.hooks.weights import WeightSite, down_proj_matrix, scale_weights
+from pipeline.models.arch import layer_module
 from pipeline.stages import sw_ablate, sw_detect
-from pipeline.weights import WeightSite, down_proj_matrix, scale_weights
 
 LAYER, ROW, COL = 0, 5, 9
 
@@ -109,7 +109,7 @@ def test_restore_super_activation_in_an_expert():
 
 
 def test_non_super_weight_selection_covers_experts_and_excludes_the_super_weight():
-    from pipeline.weights import largest_weights
+    from pipeline.hooks.weights import largest_weights
 
     model = _model()
     expert = _routed_expert(model)

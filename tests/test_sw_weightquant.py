@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.hooks.weights import WeightSite, down_proj_matrix, layer_matrices
 from pipeline.stages import sw_weightquant as wq
-from pipeline.weights import WeightSite, down_proj_matrix, layer_matrices
 from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
 
 SITE = WeightSite(0, 5, 9)
@@ -75,11 +75,11 @@ def test_stage_end_to_end(tmp_path):
     assert (tmp_path / "results" / "test_exp" / "sw_weightquant_z.csv").exists()
     assert unchanged(ctx.model, state)
     assert "z chosen" in wq.format_summary(out)
-    from pipeline.paper import paper_numbers
+    from pipeline.core.paper import paper_numbers
 
     text = wq.format_summary({**out, "paper": paper_numbers("super_weight", "mistral_7b")})
     assert "Fig. 7" in text and "1048576: 33.82" in text
-    from pipeline.figures import draw_experiment
+    from pipeline.figures.massive import draw_experiment
 
     drawn = draw_experiment(tmp_path / "results" / "test_exp")
     assert any(p.name == "sw_fig7_block_sizes_tiny_llama.png" and p.stat().st_size > 0 for p in drawn)

@@ -23,8 +23,7 @@ from typing import Any
 
 import torch
 
-from ..arch import decoder_layers, layer, layer_module, num_layers
-from ..attention import (
+from pipeline.analysis.attention import (
     attention_share,
     attention_site,
     capture_attention_weights,
@@ -37,9 +36,10 @@ from ..attention import (
     massive_positions,
     uniform_share,
 )
-from ..hooks import capture
-from ..models import forward_without_logits
-from ..profile_stats import delimiter_test, token_types
+from pipeline.analysis.massive import delimiter_test, token_types
+from pipeline.hooks.forward import capture
+from pipeline.models.arch import decoder_layers, layer, layer_module, num_layers
+from pipeline.models.load import forward_without_logits
 
 STAGE = "ma_attention"
 log = logging.getLogger(__name__)

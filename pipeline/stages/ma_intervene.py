@@ -18,13 +18,19 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
-from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
-from ..data import build_source, data_config, token_windows
-from ..errors import PipelineError
-from ..interventions import EDITABLE_TYPES, Site, random_control, set_sites
-from ..paper import paper_numbers
-from ..profile_stats import delimiter_test
-from .ma_profile import profile_layers, summarize
+from pipeline.analysis.massive import delimiter_test
+from pipeline.core.errors import PipelineError
+from pipeline.core.paper import paper_numbers
+from pipeline.data.text import build_source, data_config, token_windows
+from pipeline.evaluation.conditions import (
+    eval_windows,
+    evaluate_conditions,
+    fmt,
+    format_table,
+    write_by_condition,
+)
+from pipeline.hooks.sites import EDITABLE_TYPES, Site, random_control, set_sites
+from pipeline.stages.ma_profile import profile_layers, summarize
 
 STAGE = "ma_intervene"
 CONDITIONS = ("original", "set_zero", "set_mean", "random_zero")

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..arch import decoder_layers, layer, num_layers
-from ..hooks import capture
-from ..models import forward_without_logits
-from ..paper import paper_numbers
-from ..profile_stats import LayerProfile, delimiter_test, token_types
+from pipeline.analysis.massive import LayerProfile, delimiter_test, token_types
+from pipeline.core.paper import paper_numbers
+from pipeline.hooks.forward import capture
+from pipeline.models.arch import decoder_layers, layer, num_layers
+from pipeline.models.load import forward_without_logits
 
 STAGE = "ma_profile"
 

@@ -23,14 +23,26 @@ from typing import Any
 
 import torch
 
-from ..arch import decoder_layers, get_arch, layer, layer_module
-from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
-from ..errors import PipelineError
-from ..hooks import as_tensor, capture, with_tensor
-from ..moe import expert_down_io, routing_weight
-from ..paper import paper_numbers
-from ..weights import WeightSite, down_proj_matrix, largest_weights, scale_weights, zero_weights
-from .sw_detect import DEFAULT_PROMPT, super_weights
+from pipeline.core.errors import PipelineError
+from pipeline.core.paper import paper_numbers
+from pipeline.evaluation.conditions import (
+    eval_windows,
+    evaluate_conditions,
+    fmt,
+    format_table,
+    write_by_condition,
+)
+from pipeline.hooks.forward import as_tensor, capture, with_tensor
+from pipeline.hooks.moe import expert_down_io, routing_weight
+from pipeline.hooks.weights import (
+    WeightSite,
+    down_proj_matrix,
+    largest_weights,
+    scale_weights,
+    zero_weights,
+)
+from pipeline.models.arch import decoder_layers, get_arch, layer, layer_module
+from pipeline.stages.sw_detect import DEFAULT_PROMPT, super_weights
 
 STAGE = "sw_ablate"
 CONDITIONS = ("original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw")

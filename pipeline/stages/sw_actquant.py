@@ -38,16 +38,26 @@ from typing import Any
 import torch
 
 from kernels.tensor_quant import tensor_fake_quant
-
-from ..arch import get_arch, layer_module, num_layers
-from ..conditions import eval_windows, evaluate_conditions, fmt, format_table, write_by_condition
-from ..data import build_source, data_config, token_windows
-from ..errors import PipelineError
-from ..paper import paper_numbers, paper_table_lines
-from ..quant import linear_modules, quantized_attention, quantized_inputs, quantized_weights
-from ..smoothquant import NotApplicable, input_absmax, smoothed, smoothing_factors
-from ..weights import WeightSite
-from .sw_detect import DEFAULT_PROMPT, super_weights
+from pipeline.analysis.quant import (
+    linear_modules,
+    quantized_attention,
+    quantized_inputs,
+    quantized_weights,
+)
+from pipeline.analysis.smoothquant import NotApplicable, input_absmax, smoothed, smoothing_factors
+from pipeline.core.errors import PipelineError
+from pipeline.core.paper import paper_numbers, paper_table_lines
+from pipeline.data.text import build_source, data_config, token_windows
+from pipeline.evaluation.conditions import (
+    eval_windows,
+    evaluate_conditions,
+    fmt,
+    format_table,
+    write_by_condition,
+)
+from pipeline.hooks.weights import WeightSite
+from pipeline.models.arch import get_arch, layer_module, num_layers
+from pipeline.stages.sw_detect import DEFAULT_PROMPT, super_weights
 
 STAGE = "sw_actquant"
 CONDITIONS = ("fp", "naive", "super_activation_aware", "smoothquant")

@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from ..arch import decoder_layers, get_arch, layer_module, num_layers
-from ..errors import PipelineError
-from ..hooks import as_tensor
-from ..moe import expert_down_io, routed_calls
-from ..paper import paper_numbers
-from ..weights import WeightSite, down_proj_matrix, scale_weights
+from pipeline.core.errors import PipelineError
+from pipeline.core.paper import paper_numbers
+from pipeline.hooks.forward import as_tensor
+from pipeline.hooks.moe import expert_down_io, routed_calls
+from pipeline.hooks.weights import WeightSite, down_proj_matrix, scale_weights
+from pipeline.models.arch import decoder_layers, get_arch, layer_module, num_layers
 
 STAGE = "sw_detect"
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # paper B's analyze.py

@@ -12,7 +12,7 @@ import socket
 import threading
 from urllib.parse import urlparse
 
-from .errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 _TRUE = {"1", "true", "yes", "on"}
 

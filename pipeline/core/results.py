@@ -26,8 +26,9 @@ from typing import IO, Any
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from pipeline.errors import PipelineError
-from pipeline.loggers import strip_secrets
+from pipeline.core.errors import PipelineError
+from pipeline.core.loggers import strip_secrets
+from pipeline.core.paths import REPO_ROOT
 
 PROVENANCE_COLUMNS: tuple[str, ...] = (
     "experiment", "stage", "model", "revision", "dataset", "condition", "seed",
@@ -38,7 +39,7 @@ IDENTITY_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 _VERSIONED = ("torch", "transformers", "lm_eval")
 _LOCK_TIMEOUT_S = 600.0
-_REPO_ROOT = Path(__file__).resolve().parents[1]
+_REPO_ROOT = REPO_ROOT
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
 

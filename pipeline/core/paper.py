@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from pipeline.core.paths import CONF_DIR
 
 
 def paper_numbers(paper: str, model_key: str | None) -> dict[str, Any] | None:

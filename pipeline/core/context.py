@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .arch import ArchSpec, get_arch
-from .data import TextSource, build_source, token_windows
-from .loggers import Logger, build_logger
-from .models import load_model
-from .results import ResultsWriter
+from pipeline.core.loggers import Logger, build_logger
+from pipeline.core.results import ResultsWriter
+from pipeline.data.text import TextSource, build_source, token_windows
+from pipeline.models.arch import ArchSpec, get_arch
+from pipeline.models.load import load_model
 
 
 @dataclass(frozen=True)

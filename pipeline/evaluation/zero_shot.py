@@ -1,11 +1,4 @@
-"""Evaluation core: perplexity on token windows and zero-shot accuracy through lm-eval.
-
-Perplexity follows the official massive-activations code (``lib/eval_utils.eval_ppl``):
-non-overlapping windows, each scored on its own, cross-entropy of every next token. It differs
-in one detail: the official code computes ``exp(sum(mean_CE * seqlen) / (n * seqlen))``, i.e.
-weights each window's mean over its ``seqlen - 1`` predictions by ``seqlen``; with equal window
-lengths that is the same number. Here the total NLL over exactly the predicted tokens is summed
-in float64 (from float32 log-softmax) and divided by their count.
+"""Zero-shot accuracy through lm-eval (paper A Table 3, paper B Tables 1 and 6, Figs. 6-7).
 
 Zero-shot evaluation runs lm-eval 0.4.13 on the LIVE model object (``HFLM(pretrained=model)``),
 so hooks and in-place weight edits active at call time are evaluated. Offline (no Hub), the
@@ -25,47 +18,17 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
-from tqdm.auto import tqdm
 
-from .assets import package_dir
-from .data import REPO_ROOT
-from .errors import PipelineError
-from .eval_tasks import OFFLINE_TASKS, build_offline_tasks, offline_task_name
-from .hub import hub_reachable
+from pipeline.core.assets import package_dir
+from pipeline.core.errors import PipelineError
+from pipeline.core.hub import hub_reachable
+from pipeline.core.paths import CONF_DIR
+from pipeline.evaluation.tasks import OFFLINE_TASKS, build_offline_tasks, offline_task_name
 
-SUITES_DIR: Path = REPO_ROOT / "conf" / "eval"
+SUITES_DIR: Path = CONF_DIR / "eval"
 SEED = 1234  # lm-eval's default seeds, fixed explicitly (python random: 0)
 BOOTSTRAP_ITERS = 1000  # only lambada's perplexity stderr is bootstrapped (acc is closed-form)
-
-
-@torch.inference_mode()
-def perplexity(model: torch.nn.Module, windows: torch.Tensor, *, batch_size: int = 1,
-               device: torch.device | str | None = None, desc: str = "perplexity") -> dict:
-    """Perplexity of ``model`` over ``(N, L)`` token windows (from ``data.token_windows``, which
-    already applied the dataset's BOS rule). Each window predicts its ``L - 1`` next tokens.
-
-    Returns ``{"ppl", "nll" (mean per predicted token), "n_tokens", "n_windows"}``; inf and NaN
-    are valid results (e.g. after zeroing massive activations) and are returned, never raised.
-    """
-    if windows.ndim != 2 or windows.shape[1] < 2 or windows.is_floating_point():
-        raise PipelineError(f"perplexity needs (N, L>=2) integer token windows, got "
-                            f"{tuple(windows.shape)} {windows.dtype}")
-    if batch_size < 1:
-        raise PipelineError(f"batch_size must be >= 1 (got {batch_size})")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    total, n_windows = 0.0, windows.shape[0]
-    for start in tqdm(range(0, n_windows, batch_size), desc=desc, unit="batch"):
-        batch = windows[start:start + batch_size].to(device)
-        logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
-                              reduction="none")  # float32 per token
-        total += nll.double().sum().item()  # python float = float64 accumulation
-    n_tokens = n_windows * (windows.shape[1] - 1)
-    mean_nll = total / n_tokens
-    ppl = torch.tensor(mean_nll, dtype=torch.float64).exp().item()  # inf on overflow, no raise
-    return {"ppl": ppl, "nll": mean_nll, "n_tokens": n_tokens, "n_windows": n_windows}
 
 
 def known_suites() -> list[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .arch import get_arch, layer, layer_module, num_layers
+from pipeline.models.arch import get_arch, layer, layer_module, num_layers
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .arch import decoder_layers
-from .quant import observe_inputs, stores_in_out
+from pipeline.analysis.quant import observe_inputs, stores_in_out
+from pipeline.models.arch import decoder_layers
 
 NORMS = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"))
 CONSUMERS = (

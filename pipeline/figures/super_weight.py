@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .figures import save  # noqa: E402
+from pipeline.figures.massive import save  # noqa: E402
 
 
 def fig3_down_proj(df: pd.DataFrame, directory: pd.DataFrame | None, model: str, out: Path) -> Path:

@@ -201,7 +201,7 @@ def draw_experiment(out_dir: Path) -> list[Path]:
             if share is not None and (share["model"] == model).any():
                 s = share[(share["model"] == model) & (share["dataset"] == dataset)]
                 written.append(fig_attention_share(s, model, fig_dir / f"attention_share_{model}.png"))
-    from .figures_sw import draw_super_weight
+    from pipeline.figures.super_weight import draw_super_weight
 
     written += draw_super_weight(out_dir, fig_dir)
     written += _per_model(_read_token_table(out_dir / "sw_stopword_probs.csv"), fig5_stopwords, fig_dir, "fig5_stopwords")

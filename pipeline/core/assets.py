@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
 def package_dir(module: str, pip_name: str) -> Path:

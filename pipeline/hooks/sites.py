@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .arch import layer
-from .errors import PipelineError
-from .hooks import patch
+from pipeline.core.errors import PipelineError
+from pipeline.hooks.forward import patch
+from pipeline.models.arch import layer
 
 EDITABLE_TYPES = ("first_token", "first_delimiter")
 

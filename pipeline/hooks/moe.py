@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
 def routed_calls(experts: nn.Module, sink: list) -> torch.utils.hooks.RemovableHandle:

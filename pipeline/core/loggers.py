@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import pandas as pd
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 KINDS = ("csv", "wandb")
 WANDB_MODES = ("online", "offline", "disabled", "shared")

@@ -27,12 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .assets import package_dir
-from .errors import PipelineError
-from .hub import offline_requested, require_hub
+from pipeline.core.assets import package_dir
+from pipeline.core.errors import PipelineError
+from pipeline.core.hub import offline_requested, require_hub
+from pipeline.core.paths import CACHE_DIR, CONF_DIR, REPO_ROOT  # noqa: F401  (REPO_ROOT: tests)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CACHE_DIR: Path = Path(os.environ.get("PIPELINE_CACHE") or REPO_ROOT / ".cache")
 AUSTEN_DIR: Path = CACHE_DIR / "assets" / "austen"
 # R object name in janeaustenr -> title; the .txt files keep the R names.
 AUSTEN_NOVELS = {"emma": "Emma", "mansfieldpark": "Mansfield Park",
@@ -231,7 +230,7 @@ def data_config(name: str, **overrides: Any) -> dict[str, Any]:
     ``split="train"`` on a Hub dataset selects its ``hub_train_split`` (calibration data)."""
     from omegaconf import OmegaConf
 
-    conf = REPO_ROOT / "conf" / "data"
+    conf = CONF_DIR / "data"
     path = conf / f"{name}.yaml"
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in conf.glob("*.yaml")))
