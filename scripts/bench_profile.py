@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.analysis.massive import LayerProfile, token_types
+from pipeline.analysis.massive import LayerProfile
 from pipeline.core.bench import (
     bench_parser,
     device_name,
@@ -26,6 +26,7 @@ from pipeline.core.bench import (
 from pipeline.core.results import ResultsWriter
 from pipeline.data.text import build_source, data_config, token_windows
 from pipeline.hooks.forward import capture
+from pipeline.hooks.positions import token_types
 from pipeline.models.arch import decoder_layers, num_layers
 from pipeline.models.load import forward_without_logits
 

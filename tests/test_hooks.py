@@ -74,3 +74,33 @@ def test_observer_sees_the_patched_output_whatever_the_registration_order():
             hs = model(input_ids=ids, output_hidden_states=True).hidden_states
     assert seen["a"].min() > 500  # observer registered last still sees the edit
     assert torch.equal(hs[2], seen["a"])  # and so does output_hidden_states
+
+
+def test_forward_without_logits_does_not_rerun_on_a_hook_type_error():
+    """Defect: any TypeError (one raised inside a hook included) made it run the forward again
+    without logits_to_keep, masking the error behind a second pass."""
+    from pipeline.models.load import forward_without_logits
+
+    model, _ = tiny()
+    calls = []
+
+    def bad(_n, _h):
+        calls.append(1)
+        raise TypeError("raised inside a hook")
+
+    with pytest.raises(TypeError, match="inside a hook"), capture({"x": layer(model, 0)}, bad):
+        forward_without_logits(model, torch.randint(0, 300, (1, 8)))
+    assert len(calls) == 1
+
+
+def test_capture_inputs_takes_hidden_states_not_the_first_keyword():
+    """Defect: capture(inputs=True) took the first keyword argument as the input."""
+    model, _ = tiny()
+    block = layer(model, 0)
+    got = {}
+    h = torch.randn(1, 5, 64)
+    with capture({"x": block}, lambda n, t: got.__setitem__("x", t), inputs=True), torch.no_grad():
+        pos = torch.arange(5)[None]
+        emb = model.model.rotary_emb(h, pos)
+        block(attention_mask=None, position_embeddings=emb, hidden_states=h)
+    assert got["x"] is h

@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from pipeline.analysis.massive import LayerProfile, token_types
+from pipeline.analysis.massive import LayerProfile
+from pipeline.hooks.positions import token_types
 
 
 def _brute(hs, abs_t, rel_t):

@@ -4,11 +4,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.analysis.massive import delimiter_test, token_types
 from pipeline.core.context import Context
 from pipeline.core.loggers import Logger
 from pipeline.core.results import ResultsWriter
 from pipeline.data.text import build_source
+from pipeline.hooks.positions import delimiter_test, token_types
 from pipeline.models.arch import get_arch, num_layers
 from pipeline.models.load import load_model
 from pipeline.stages import ma_profile

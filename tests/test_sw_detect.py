@@ -2,6 +2,7 @@
 
 import pytest
 
+from pipeline.analysis import super_weight
 from pipeline.hooks.weights import (
     WeightSite,
     down_proj_matrix,
@@ -24,7 +25,7 @@ def test_detects_exactly_the_planted_super_weight(arch):
     model, tok = tiny(arch)
     plant_super_weight(model, layer_idx=1, row=5, col=9)
     state = snapshot(model)
-    found, maxima, _hs, threshold = sw_detect.detect(model, _ids(tok))
+    found, maxima, _hs, threshold = super_weight.detect(model, _ids(tok))
     assert [(f["layer"], f["row"], f["col"]) for f in found] == [(1, 5, 9)]
     assert found[0]["role"] == "creates" and found[0]["share"] > 0.9
     assert maxima[1]["out_channel"] == 5 and maxima[1]["in_channel"] == 9
@@ -36,14 +37,14 @@ def test_iteration_finds_a_second_weight_behind_the_first():
     model, tok = tiny()
     plant_super_weight(model, layer_idx=0, row=5, col=9, weight=8.0)
     plant_super_weight(model, layer_idx=0, row=5, col=13, weight=4.0)
-    found = sw_detect.detect(model, _ids(tok))[0]
+    found = super_weight.detect(model, _ids(tok))[0]
     assert [(f["layer"], f["row"], f["col"]) for f in found] == [(0, 5, 9), (0, 5, 13)]
     assert [f["iteration"] for f in found] == [0, 1]
 
 
 def test_no_super_weight_in_a_random_model():
     model, tok = tiny()
-    assert sw_detect.detect(model, _ids(tok))[0] == []
+    assert super_weight.detect(model, _ids(tok))[0] == []
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -92,7 +93,7 @@ def test_stage_writes_directory_and_figure_table(tmp_path):
     assert list(zip(d["layer"], d["row"], d["col"], strict=True)) == [(1, 5, 9)]
     assert len(ctx.results.read("sw_down_proj_max")) == 4
     assert "W[5, 9]" in sw_detect.format_summary(out)
-    assert sw_detect.super_weights(ctx, prompt=PROMPT) == [WeightSite(1, 5, 9)]
+    assert super_weight.super_weights(ctx, prompt=PROMPT) == [WeightSite(1, 5, 9)]
 
 
 def test_paper_comparison():

@@ -4,11 +4,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from pipeline.analysis import super_weight
 from pipeline.hooks.forward import capture
 from pipeline.hooks.moe import expert_down_io, routed_calls
 from pipeline.hooks.weights import WeightSite, down_proj_matrix, scale_weights
 from pipeline.models.arch import layer_module
-from pipeline.stages import sw_ablate, sw_detect
+from pipeline.stages import sw_ablate
 
 LAYER, ROW, COL = 0, 5, 9
 
@@ -68,7 +69,7 @@ def test_detects_the_planted_super_weight_in_its_expert():
     expert = _routed_expert(model)
     _plant(model, expert)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    found, maxima, _hs, threshold = sw_detect.detect(model, IDS)
+    found, maxima, _hs, threshold = super_weight.detect(model, IDS)
     assert [(f["layer"], f.get("expert"), f["row"], f["col"]) for f in found] == [(LAYER, expert, ROW, COL)]
     assert found[0]["role"] == "creates" and found[0]["share"] > 0.9
     assert maxima[LAYER]["out_expert"] == expert and maxima[LAYER]["out_channel"] == ROW

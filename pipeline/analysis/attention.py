@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.analysis.massive import massive_mask
 from pipeline.core.errors import PipelineError
 from pipeline.models.arch import get_arch, layer, resolve
 
@@ -109,12 +110,9 @@ def attention_site(model: nn.Module, i: int, which: str) -> nn.Module | None:
 
 
 def massive_positions(h: torch.Tensor, abs_threshold: float, rel_threshold: float) -> list[int]:
-    """Positions of one sequence's hidden state ``h`` (T, D) holding a massive activation:
-    some |h| > max(abs_threshold, rel_threshold * median |h|), median over all T*D values
-    (paper A's definition, the same as ``pipeline.profile_stats``)."""
-    mag = h.detach().float().abs()
-    threshold = max(abs_threshold, rel_threshold * float(mag.flatten().median()))
-    return sorted(torch.nonzero((mag > threshold).any(dim=-1)).flatten().tolist())
+    """Positions of one sequence's hidden state ``h`` (T, D) holding a massive activation
+    (paper A's definition, :func:`pipeline.analysis.massive.massive_mask`)."""
+    return sorted(torch.nonzero(massive_mask(h, abs_threshold, rel_threshold).any(dim=-1)).flatten().tolist())
 
 
 def _queries(n: int, keys: Sequence[int]) -> range:

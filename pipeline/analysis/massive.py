@@ -20,37 +20,25 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
-TOKEN_TYPES = ("first_token", "first_delimiter", "other")
-
-
-def token_types(ids: torch.Tensor, is_delimiter) -> list[list[str]]:
-    """Classify every position of each row of ``ids`` (B, T): the first token, the first delimiter
-    token after it (e.g. "." or "\\n"), or other. ``is_delimiter(token_id) -> bool``."""
-    out = []
-    for row in ids.tolist():
-        types = ["other"] * len(row)
-        types[0] = "first_token"
-        for t in range(1, len(row)):
-            if is_delimiter(row[t]):
-                types[t] = "first_delimiter"
-                break
-        out.append(types)
-    return out
+from pipeline.hooks.forward import capture
+from pipeline.hooks.positions import delimiter_test, token_types
+from pipeline.models.arch import decoder_layers, num_layers
+from pipeline.models.load import forward_without_logits
 
 
-def delimiter_test(tokenizer, delimiters: list[str]):
-    """A cached ``token_id -> bool``: the token's text, spaces stripped, is made of delimiter chars."""
-    chars = set("".join(delimiters))
-    cache: dict[int, bool] = {}
+def massive_threshold(median: float, abs_threshold: float, rel_threshold: float) -> float:
+    """Paper A's definition, the one place it is written: an activation is massive when its
+    magnitude exceeds this, i.e. both ``abs_threshold`` (100) and ``rel_threshold`` (1000) times
+    the median magnitude of its hidden state (one sequence, one layer, all tokens and dims)."""
+    return max(abs_threshold, rel_threshold * median)
 
-    def is_delimiter(tid: int) -> bool:
-        if tid not in cache:
-            text = tokenizer.decode([tid]).strip(" \t")
-            cache[tid] = bool(text) and set(text) <= chars
-        return cache[tid]
 
-    return is_delimiter
+def massive_mask(h: torch.Tensor, abs_threshold: float, rel_threshold: float) -> torch.Tensor:
+    """Boolean mask of the massive activations of one sequence's hidden state ``h`` (T, D)."""
+    mag = h.detach().float().abs()
+    return mag > massive_threshold(float(lower_median(mag.reshape(1, -1))[0]), abs_threshold, rel_threshold)
 
 
 def lower_median(mag: torch.Tensor) -> torch.Tensor:
@@ -160,7 +148,7 @@ class LayerProfile:
 
     def _fold_hits(self, layer: int, b: int, vals, idx, signed, median: float) -> None:
         types, texts, seq = self._types[b], self._texts[b], self.n_seq + b
-        threshold = max(self.abs_threshold, self.rel_threshold * median)
+        threshold = massive_threshold(median, self.abs_threshold, self.rel_threshold)
         passed = 0
         for j, (v, i, s) in enumerate(zip(vals.tolist(), idx.tolist(), signed.tolist(), strict=True)):
             pos, dim = divmod(i, self._dims)
@@ -199,3 +187,45 @@ class LayerProfile:
              "frac_sequences": len(s.sequences) / max(self.n_seq, 1), **s.row()}
             for (lay, dim, ttype), s in sorted(self.hits.items())
         ]
+
+
+@torch.inference_mode()
+def profile_layers(ctx, windows: torch.Tensor, *, batch_size: int, abs_threshold: float,
+                   rel_threshold: float, max_hits: int, delimiters: list[str]) -> LayerProfile:
+    """Run ``windows`` (N, L) through ``ctx.model`` with the reducing hooks on every decoder layer
+    (``ctx``: anything with ``model``, ``tokenizer`` and ``device``)."""
+    prof = LayerProfile(num_layers(ctx.model), abs_threshold=abs_threshold,
+                        rel_threshold=rel_threshold, max_hits=max_hits)
+    is_delim = delimiter_test(ctx.tokenizer, delimiters)
+    texts_of: dict[int, str] = {}
+    modules = {str(i): m for i, m in enumerate(decoder_layers(ctx.model))}
+    with capture(modules, lambda name, h: prof.observe(int(name), h)):
+        for start in tqdm(range(0, len(windows), batch_size), desc="ma_profile", unit="batch"):
+            ids = windows[start:start + batch_size]
+            for tid in set(ids.flatten().tolist()) - texts_of.keys():
+                texts_of[tid] = ctx.tokenizer.decode([tid])
+            prof.begin_batch(token_types(ids, is_delim), [[texts_of[t] for t in r] for r in ids.tolist()])
+            forward_without_logits(ctx.model, ids.to(ctx.device))
+            prof.end_batch()
+    return prof
+
+
+def summarize(activation_rows: list[dict]) -> list[dict]:
+    """Group per-layer hits by (dim, token type): first/last layer and the value where it appears."""
+    groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
+    for r in activation_rows:
+        groups[(r["dim"], r["token_type"])].append(r)
+    rows = []
+    for (dim, ttype), rs in groups.items():
+        first = min(rs, key=lambda r: r["layer"])
+        peak = max(rs, key=lambda r: abs(r["value_mean"]))
+        rows.append({
+            "dim": dim, "token_type": ttype, "token_text": first["token_text"],
+            "first_layer": first["layer"], "first_layer_1based": first["layer"] + 1,
+            "last_layer": max(r["layer"] for r in rs), "n_layers": len(rs),
+            "value_mean": first["value_mean"], "value_std": first["value_std"],
+            "ratio_to_median": first["ratio_to_median_mean"],
+            "frac_sequences": first["frac_sequences"], "peak_layer": peak["layer"],
+            "peak_value_mean": peak["value_mean"],
+        })
+    return sorted(rows, key=lambda r: (r["first_layer"], -abs(r["value_mean"])))

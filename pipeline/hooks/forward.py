@@ -10,12 +10,15 @@ return the replacement tensor. Hooks are always removed on exit, also when the b
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+
+from pipeline.core.errors import PipelineError
 
 Observer = Callable[[str, torch.Tensor], None]
 Editor = Callable[[str, torch.Tensor], torch.Tensor | None]
@@ -37,11 +40,22 @@ def with_tensor(out: Any, new: torch.Tensor) -> Any:
     return type(out)((new, *out[1:])) if isinstance(out, tuple) else [new, *out[1:]]
 
 
+def _block_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Tensor, str | int]:
+    """The hidden-state input of a module call: ``hidden_states=`` or the first positional
+    argument (never "the first keyword", which may be a mask), and where it was found."""
+    if "hidden_states" in kwargs and isinstance(kwargs["hidden_states"], torch.Tensor):
+        return kwargs["hidden_states"], "hidden_states"
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0], 0
+    raise PipelineError(f"{type(module).__name__} was called without a hidden-state input "
+                        "(neither a positional tensor nor hidden_states=)")
+
+
 @contextmanager
 def capture(
     modules: Mapping[str, nn.Module], fn: Observer, *, inputs: bool = False
 ) -> Iterator[None]:
-    """Call ``fn(name, tensor)`` on each module's output (or first positional input) during forward.
+    """Call ``fn(name, tensor)`` on each module's output (or hidden-state input) during forward.
 
     Observers are appended, so they run after every editing hook (``patch`` prepends): what they
     see is the output the next module receives.
@@ -51,8 +65,7 @@ def capture(
         for name, module in modules.items():
             if inputs:
                 def pre(_m: nn.Module, args: tuple, kwargs: dict, _n: str = name) -> None:
-                    x = args[0] if args else next(iter(kwargs.values()))
-                    fn(_n, x)
+                    fn(_n, _block_input(_m, args, kwargs)[0])
 
                 handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             else:
@@ -66,23 +79,70 @@ def capture(
             h.remove()
 
 
-@contextmanager
-def patch(modules: Mapping[str, nn.Module], fn: Editor) -> Iterator[None]:
-    """Replace each module's hidden-state output with ``fn(name, tensor)`` (None keeps it).
+# One editing hook per (module, output | input) runs that module's editors in the order they were
+# entered: an inner ``with patch(...)`` sees what the outer one wrote and has the last word, as
+# nested context managers read. (Each patch prepending its own hook ran the innermost first.)
+_CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    Editing in place is allowed; returning a new tensor is safer under autograd. Editors are
-    prepended, so they run before observers and before the hooks through which transformers 5
-    collects ``output_hidden_states``: both see the edited output.
+
+def _run_output_chain(module: nn.Module, _args: tuple, out: Any) -> Any:
+    for name, fn in list(_CHAINS[module]["output"][1]):
+        new = fn(name, as_tensor(out))
+        if new is not None:
+            out = with_tensor(out, new)
+    return out
+
+
+def _run_input_chain(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    for name, fn in list(_CHAINS[module]["input"][1]):
+        h, where = _block_input(module, args, kwargs)
+        new = fn(name, h)
+        if new is None:
+            continue
+        if where == "hidden_states":
+            kwargs = {**kwargs, "hidden_states": new}
+        else:
+            args = (new, *args[1:])
+    return args, kwargs
+
+
+def _add_editor(module: nn.Module, kind: str, entry: tuple[str, Editor]) -> None:
+    chains = _CHAINS.setdefault(module, {})
+    if kind not in chains:
+        if kind == "output":
+            handle = module.register_forward_hook(_run_output_chain, prepend=True)
+        else:
+            handle = module.register_forward_pre_hook(_run_input_chain, prepend=True, with_kwargs=True)
+        chains[kind] = (handle, [])
+    chains[kind][1].append(entry)
+
+
+def _remove_editor(module: nn.Module, kind: str, entry: tuple[str, Editor]) -> None:
+    handle, chain = _CHAINS[module][kind]
+    chain.remove(entry)
+    if not chain:
+        handle.remove()
+        del _CHAINS[module][kind]
+
+
+@contextmanager
+def patch(modules: Mapping[str, nn.Module], fn: Editor, *, inputs: bool = False) -> Iterator[None]:
+    """Replace each module's hidden-state output (``inputs=True``: its hidden-state input) with
+    ``fn(name, tensor)`` (None keeps it).
+
+    Editing in place is allowed; returning a new tensor is safer under autograd. Editors run
+    before observers and before the hooks through which transformers 5 collects
+    ``output_hidden_states`` (both see the edited output); several editors on one module run in
+    the order they were entered (outer first, inner last).
     """
-    handles = []
+    added = []
+    kind = "input" if inputs else "output"
     try:
         for name, module in modules.items():
-            def post(_m: nn.Module, _a: tuple, out: Any, _n: str = name) -> Any:
-                new = fn(_n, as_tensor(out))
-                return None if new is None else with_tensor(out, new)
-
-            handles.append(module.register_forward_hook(post, prepend=True))
+            entry = (name, fn)
+            _add_editor(module, kind, entry)
+            added.append((module, entry))
         yield
     finally:
-        for h in handles:
-            h.remove()
+        for module, entry in reversed(added):
+            _remove_editor(module, kind, entry)

@@ -1,82 +1,78 @@
-"""Reversible interventions on activations, as context managers (paper A §3, Table 3).
+"""Reversible interventions on activations, as context managers (paper A §3 Table 3, §5 ViTs).
 
-``set_sites`` overwrites chosen feature dims of chosen tokens in one decoder layer's output:
-set-to-zero, set-to-mean, or a control on random dims. Tokens are named by type, as paper A does
-("starting token", "first delimiter"), and located in every input the model sees, whatever feeds
-it (perplexity windows, lm-eval batches). Everything is done with hooks: on exit the model is
-bit-identical to before (tests check logits).
+``set_sites`` overwrites chosen activations of tokens named by their role ("starting token",
+"first delimiter", as paper A names them) at the output or the input of chosen decoder blocks, on
+every forward pass: set-to-zero and set-to-mean of single massive activations, a control on
+random dims, or whole vectors (``dim=None``) written at every block's input (paper A's
+Fix-Reg-Mean). Roles are resolved once per forward from the model's own call (left padding and KV
+cache included: :class:`pipeline.hooks.positions.RoleTracker`). Everything is done with hooks: on
+exit the model is bit-identical to before (tests check logits).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from pipeline.core.errors import PipelineError
 from pipeline.hooks.forward import patch
+from pipeline.hooks.positions import EDITABLE_ROLES, IsDelimiter, RoleTracker
 from pipeline.models.arch import layer
 
-EDITABLE_TYPES = ("first_token", "first_delimiter")
+AT = ("output", "input")
 
 
 @dataclass(frozen=True)
 class Site:
-    """One activation to overwrite: ``dim`` of the token of ``token_type``, set to ``value``."""
+    """One edit: at the token of ``token_type``, feature ``dim`` (None: the whole hidden vector)
+    is set to ``value`` (a float, or a vector of the hidden size when ``dim`` is None)."""
 
     token_type: str
-    dim: int
-    value: float
+    dim: int | None
+    value: float | torch.Tensor
 
 
-def first_positions(ids: torch.Tensor, is_delimiter: Callable[[int], bool]) -> dict[str, list[int | None]]:
-    """Per row of ``ids`` (B, T): position of the first token (0) and of the first delimiter token
-    after it (None when the row has none)."""
-    delims = []
-    for row in ids.tolist():
-        delims.append(next((t for t in range(1, len(row)) if is_delimiter(row[t])), None))
-    return {"first_token": [0] * ids.shape[0], "first_delimiter": delims}
+def _write(h: torch.Tensor, positions: list[int | None], site: Site) -> None:
+    for b, p in enumerate(positions):
+        if p is None:
+            continue
+        if site.dim is None:
+            h[b, p, :] = torch.as_tensor(site.value, dtype=h.dtype, device=h.device)
+        else:
+            h[b, p, site.dim] = site.value
 
 
 @contextmanager
-def set_sites(model: torch.nn.Module, layer_idx: int, sites: Sequence[Site],
-              is_delimiter: Callable[[int], bool]) -> Iterator[None]:
-    """Overwrite ``sites`` in the output of decoder layer ``layer_idx`` on every forward pass.
+def set_sites(model: torch.nn.Module, sites: Mapping[int, Sequence[Site]], is_delimiter: IsDelimiter,
+              at: str = "output") -> Iterator[None]:
+    """Overwrite ``sites[layer]`` at the output (or input, ``at="input"``) of each decoder layer.
 
-    The input ids are read by a pre-hook on the model itself (positional or ``input_ids=``), so
-    the first-delimiter position is found per row of whatever batch is running.
+    Nested with other edits of the same block, the inner context has the last word.
     """
-    bad = sorted({s.token_type for s in sites} - set(EDITABLE_TYPES))
+    if at not in AT:
+        raise PipelineError(f"at must be one of {AT} (got {at!r})")
+    bad = sorted({s.token_type for ss in sites.values() for s in ss} - set(EDITABLE_ROLES))
     if bad:
-        raise PipelineError(f"cannot intervene on token types {bad}; supported: {EDITABLE_TYPES}")
-    target = layer(model, layer_idx)  # out-of-range layers fail here, before any hook exists
-    seen: dict[str, torch.Tensor] = {}
-    need_delims = any(s.token_type == "first_delimiter" for s in sites)
+        raise PipelineError(f"cannot intervene on token types {bad}; supported: {EDITABLE_ROLES}")
+    targets = {i: layer(model, i) for i in sites}  # out-of-range layers fail here, before any hook
+    roles = RoleTracker(is_delimiter)
 
-    def grab_ids(_m, args, kwargs) -> None:
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        if not isinstance(ids, torch.Tensor):
-            raise PipelineError("set_sites needs input_ids (the model was called with embeddings)")
-        seen["ids"] = ids
+    def editor(i: int):
+        def edit(_name: str, h: torch.Tensor) -> torch.Tensor:
+            h = h.clone()
+            for s in sites[i]:
+                _write(h, roles.current[s.token_type], s)
+            return h
+        return edit
 
-    def edit(_name: str, h: torch.Tensor) -> torch.Tensor:
-        ids = seen["ids"].cpu()
-        if need_delims:
-            pos = first_positions(ids, is_delimiter)
-        else:
-            pos = {"first_token": [0] * ids.shape[0]}
-        h = h.clone()
-        for s in sites:
-            for b, p in enumerate(pos[s.token_type]):
-                if p is not None:
-                    h[b, p, s.dim] = s.value
-        return h
-
-    handle = model.register_forward_pre_hook(grab_ids, with_kwargs=True)
+    handle = model.register_forward_pre_hook(roles.hook(), with_kwargs=True)
     try:
-        with patch({f"layer{layer_idx}": target}, edit):
+        with ExitStack() as stack:
+            for i, target in targets.items():
+                stack.enter_context(patch({f"layer{i}": target}, editor(i), inputs=at == "input"))
             yield
     finally:
         handle.remove()
@@ -84,7 +80,8 @@ def set_sites(model: torch.nn.Module, layer_idx: int, sites: Sequence[Site],
 
 def random_control(sites: Sequence[Site], hidden_size: int, seed: int) -> list[Site]:
     """As many zeroed activations as ``sites``, on the same tokens, at random dims that are not
-    massive (paper A's control: zeroing random activations is harmless)."""
+    massive (paper A's control: zeroing random activations is harmless). ``hidden_size`` is the
+    residual stream's width (:func:`pipeline.models.arch.residual_width`)."""
     massive = {s.dim for s in sites}
     pool = torch.tensor([d for d in range(hidden_size) if d not in massive])
     gen = torch.Generator().manual_seed(seed)

@@ -259,6 +259,14 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
+def residual_width(model: nn.Module) -> int:
+    """Width of the residual stream (the decoder layers' output), from the model's text config;
+    not the embedding width, which differs where embeddings are projected (OPT-350m: 512 -> 1024)."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return int(text.hidden_size)
+
+
 def num_layers(model: nn.Module) -> int:
     """Number of decoder layers."""
     return len(decoder_layers(model))

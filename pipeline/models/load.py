@@ -11,6 +11,7 @@ Sources:
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
 import time
@@ -94,11 +95,12 @@ def _hub_path(cfg: Mapping[str, Any]) -> tuple[str, dict]:
 
 def forward_without_logits(model: torch.nn.Module, ids: torch.Tensor) -> None:
     """A forward pass for its hooks only: logits for the last position alone (the full
-    vocabulary projection is a sizeable part of a small model's forward and nobody reads it)."""
-    try:
-        model(input_ids=ids, use_cache=False, logits_to_keep=1)
-    except TypeError:  # architectures whose forward has no logits_to_keep
-        model(input_ids=ids, use_cache=False)
+    vocabulary projection is a sizeable part of a small model's forward and nobody reads it).
+    Whether the forward takes ``logits_to_keep`` is read off its signature: an error raised inside
+    the forward (a hook's TypeError included) propagates, it never causes a second pass."""
+    params = inspect.signature(model.forward).parameters
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    model(input_ids=ids, use_cache=False, **extra)
 
 
 def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.device]:

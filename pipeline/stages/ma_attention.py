@@ -36,8 +36,8 @@ from pipeline.analysis.attention import (
     massive_positions,
     uniform_share,
 )
-from pipeline.analysis.massive import delimiter_test, token_types
 from pipeline.hooks.forward import capture
+from pipeline.hooks.positions import delimiter_test, token_types
 from pipeline.models.arch import decoder_layers, layer, layer_module, num_layers
 from pipeline.models.load import forward_without_logits
 

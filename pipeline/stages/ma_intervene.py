@@ -18,7 +18,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
-from pipeline.analysis.massive import delimiter_test
+from pipeline.analysis.massive import profile_layers, summarize
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers
 from pipeline.data.text import build_source, data_config, token_windows
@@ -29,8 +29,9 @@ from pipeline.evaluation.conditions import (
     format_table,
     write_by_condition,
 )
-from pipeline.hooks.sites import EDITABLE_TYPES, Site, random_control, set_sites
-from pipeline.stages.ma_profile import profile_layers, summarize
+from pipeline.hooks.positions import EDITABLE_ROLES, delimiter_test
+from pipeline.hooks.sites import Site, random_control, set_sites
+from pipeline.models.arch import residual_width
 
 STAGE = "ma_intervene"
 CONDITIONS = ("original", "set_zero", "set_mean", "random_zero")
@@ -45,10 +46,10 @@ def detect_sites(ctx, *, calib_data: str, calib_split: str, calib_sequences: int
                             joiner=cfg.get("joiner", "\n\n"))
     prof = profile_layers(ctx, windows, batch_size=batch_size, **detector)
     acts = prof.activation_rows()
-    steady = [m for m in summarize(acts) if m["frac_sequences"] >= min_frac and m["token_type"] in EDITABLE_TYPES]
+    steady = [m for m in summarize(acts) if m["frac_sequences"] >= min_frac and m["token_type"] in EDITABLE_ROLES]
     if layer == "auto":
         if not steady:
-            raise PipelineError(f"no massive activations on {EDITABLE_TYPES} in {calib_sequences} calibration "
+            raise PipelineError(f"no massive activations on {EDITABLE_ROLES} in {calib_sequences} calibration "
                                 "sequences: nothing to intervene on (lower the thresholds or set layer)")
         layer = min(m["first_layer"] for m in steady)
     keys = {(m["dim"], m["token_type"]) for m in steady}
@@ -74,7 +75,7 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
         ctx, calib_data=calib_data, calib_split=calib_split, calib_sequences=calib_sequences,
         calib_seq_len=calib_seq_len, layer=layer, min_frac=min_frac, batch_size=batch_size,
         abs_threshold=abs_threshold, rel_threshold=rel_threshold, max_hits=max_hits, delimiters=list(delimiters))
-    hidden = ctx.model.get_input_embeddings().weight.shape[1]
+    hidden = residual_width(ctx.model)  # not the embedding width (OPT-350m projects 512 -> 1024)
     edits = {
         "original": None,
         "set_zero": [Site(s["token_type"], s["dim"], 0.0) for s in sites],
@@ -84,7 +85,7 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
     is_delim = delimiter_test(ctx.tokenizer, list(delimiters))
 
     def condition(sites_c):
-        return (lambda: nullcontext()) if sites_c is None else (lambda: set_sites(ctx.model, layer_idx, sites_c, is_delim))
+        return (lambda: nullcontext()) if sites_c is None else (lambda: set_sites(ctx.model, {layer_idx: sites_c}, is_delim))
 
     describe = {c: {"layer": layer_idx, "edited": "" if edits[c] is None else
                     ";".join(f"{s.token_type}:{s.dim}={s.value:.4g}" for s in edits[c])} for c in conditions}

@@ -15,60 +15,17 @@ Tables written (``results/<experiment>/``):
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from pipeline.analysis.massive import LayerProfile, delimiter_test, token_types
+from pipeline.analysis.massive import profile_layers, summarize
 from pipeline.core.paper import paper_numbers
 from pipeline.hooks.forward import capture
-from pipeline.models.arch import decoder_layers, layer, num_layers
+from pipeline.models.arch import layer
 from pipeline.models.load import forward_without_logits
 
 STAGE = "ma_profile"
-
-
-@torch.inference_mode()
-def profile_layers(ctx, windows: torch.Tensor, *, batch_size: int, abs_threshold: float,
-                   rel_threshold: float, max_hits: int, delimiters: list[str]) -> LayerProfile:
-    """Run ``windows`` (N, L) through the model with the reducing hooks on every decoder layer."""
-    prof = LayerProfile(num_layers(ctx.model), abs_threshold=abs_threshold,
-                        rel_threshold=rel_threshold, max_hits=max_hits)
-    is_delim = delimiter_test(ctx.tokenizer, delimiters)
-    texts_of: dict[int, str] = {}
-    modules = {str(i): m for i, m in enumerate(decoder_layers(ctx.model))}
-    with capture(modules, lambda name, h: prof.observe(int(name), h)):
-        for start in tqdm(range(0, len(windows), batch_size), desc="ma_profile", unit="batch"):
-            ids = windows[start:start + batch_size]
-            for tid in set(ids.flatten().tolist()) - texts_of.keys():
-                texts_of[tid] = ctx.tokenizer.decode([tid])
-            prof.begin_batch(token_types(ids, is_delim), [[texts_of[t] for t in r] for r in ids.tolist()])
-            forward_without_logits(ctx.model, ids.to(ctx.device))
-            prof.end_batch()
-    return prof
-
-
-def summarize(activation_rows: list[dict]) -> list[dict]:
-    """Group per-layer hits by (dim, token type): first/last layer and the value where it appears."""
-    groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
-    for r in activation_rows:
-        groups[(r["dim"], r["token_type"])].append(r)
-    rows = []
-    for (dim, ttype), rs in groups.items():
-        first = min(rs, key=lambda r: r["layer"])
-        peak = max(rs, key=lambda r: abs(r["value_mean"]))
-        rows.append({
-            "dim": dim, "token_type": ttype, "token_text": first["token_text"],
-            "first_layer": first["layer"], "first_layer_1based": first["layer"] + 1,
-            "last_layer": max(r["layer"] for r in rs), "n_layers": len(rs),
-            "value_mean": first["value_mean"], "value_std": first["value_std"],
-            "ratio_to_median": first["ratio_to_median_mean"],
-            "frac_sequences": first["frac_sequences"], "peak_layer": peak["layer"],
-            "peak_value_mean": peak["value_mean"],
-        })
-    return sorted(rows, key=lambda r: (r["first_layer"], -abs(r["value_mean"])))
 
 
 @torch.inference_mode()

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers
 from pipeline.evaluation.conditions import (
@@ -42,7 +43,6 @@ from pipeline.hooks.weights import (
     zero_weights,
 )
 from pipeline.models.arch import decoder_layers, get_arch, layer, layer_module
-from pipeline.stages.sw_detect import DEFAULT_PROMPT, super_weights
 
 STAGE = "sw_ablate"
 CONDITIONS = ("original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw")

@@ -45,6 +45,7 @@ from pipeline.analysis.quant import (
     quantized_weights,
 )
 from pipeline.analysis.smoothquant import NotApplicable, input_absmax, smoothed, smoothing_factors
+from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers, paper_table_lines
 from pipeline.data.text import build_source, data_config, token_windows
@@ -57,7 +58,6 @@ from pipeline.evaluation.conditions import (
 )
 from pipeline.hooks.weights import WeightSite
 from pipeline.models.arch import get_arch, layer_module, num_layers
-from pipeline.stages.sw_detect import DEFAULT_PROMPT, super_weights
 
 STAGE = "sw_actquant"
 CONDITIONS = ("fp", "naive", "super_activation_aware", "smoothquant")

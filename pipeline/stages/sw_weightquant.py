@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from kernels.block_quant import block_fake_quant
 from pipeline.analysis.quant import linear_modules, observe_inputs, quantized_weights, stores_in_out
+from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers, paper_table_lines
 from pipeline.data.text import build_source, data_config, token_windows
@@ -49,7 +50,6 @@ from pipeline.evaluation.conditions import (
 )
 from pipeline.hooks.weights import WeightSite, down_proj_matrix, layer_matrices, scale_weights
 from pipeline.models.arch import get_arch, layer_module
-from pipeline.stages.sw_detect import DEFAULT_PROMPT, super_weights
 
 STAGE = "sw_weightquant"
 METHODS = ("rtn", "rtn_clip_restore")
