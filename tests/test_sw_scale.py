@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.core.errors import PipelineError
+from pipeline.evaluation.conditions import eval_windows
 from pipeline.evaluation.perplexity import perplexity
 from pipeline.figures.massive import draw_experiment
 from pipeline.hooks.weights import scale_weights
@@ -21,7 +22,7 @@ def _state(model):
 
 def test_scale_one_is_the_original_model_bitwise(tmp_path):
     ctx = planted_ctx(tmp_path)
-    ids = ctx.tokenizer(sw_scale.PROBE, return_tensors="pt").input_ids
+    ids = ctx.tokenizer("Summer is hot. Winter is cold.", return_tensors="pt").input_ids
     with torch.inference_mode():
         reference = ctx.model(input_ids=ids).logits
         with scale_weights(ctx.model, [PLANTED], 1.0):
@@ -34,7 +35,7 @@ def test_scale_one_is_the_original_model_bitwise(tmp_path):
 def test_scales_perplexity_tables_and_figure(tmp_path):
     ctx = planted_ctx(tmp_path)
     state = _state(ctx.model)
-    windows = sw_scale.ppl_windows_for(ctx, ["wiki_summaries"], 48, 3)["wiki_summaries"]
+    windows = eval_windows(ctx.tokenizer, ["wiki_summaries"], 48, 3)["wiki_summaries"]
     original_ppl = perplexity(ctx.model, windows, batch_size=2)["ppl"]
     out = sw_scale.run(ctx, scales=[0, 1, 2], **KW)
     assert all(torch.equal(v, state[k]) for k, v in ctx.model.state_dict().items())
@@ -83,3 +84,16 @@ def test_bad_scales_are_a_clear_error(tmp_path, scales):
 def test_condition_names():
     assert [sw_scale.condition_name(s) for s in (0.0, 0.1, 1.0, 1.5, 3)] == [
         "scale_0", "scale_0.1", "scale_1", "scale_1.5", "scale_3"]
+
+
+def test_condition_loop_averages_the_suites_primary_metric(tmp_path, monkeypatch):
+    """Defect: sw_scale had its own copy of the condition loop, which averaged the suite's
+    primary_metric while the shared loop averaged "acc"; there is one loop now, reading the suite."""
+    from pipeline.evaluation import conditions
+
+    fake = [{"task": "a", "metric": "acc", "value": 0.1, "stderr": 0.0, "n": 1},
+            {"task": "a", "metric": "acc_norm", "value": 0.9, "stderr": 0.0, "n": 1}]
+    monkeypatch.setattr(conditions, "load_suite", lambda name: {"tasks": ["a"], "primary_metric": "acc_norm"})
+    monkeypatch.setattr(conditions, "zero_shot", lambda *a, **k: fake)
+    out = sw_scale.run(planted_ctx(tmp_path), **{**KW, "scales": [1], "eval_suite": "x"})
+    assert out["table"][0]["acc_mean"] == 0.9 and out["table"][0]["acc_a"] == 0.9

@@ -41,15 +41,21 @@ def probe_logits(ctx) -> torch.Tensor:
 def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], AbstractContextManager]], *,
                         ppl_sets: dict[str, torch.Tensor], eval_suite: str | None, zero_shot_limit: int | None,
                         batch_size: int = 1, eval_batch_size: int = 8,
-                        describe: dict[str, dict] | None = None) -> tuple[list[dict], list[dict]]:
+                        describe: dict[str, dict] | None = None,
+                        on_done: Callable[[str, list[dict], dict], None] | None = None,
+                        ) -> tuple[list[dict], list[dict]]:
     """Returns (long rows: one per condition x dataset/task x metric, wide rows: one per condition
-    with ``ppl_<dataset>``, ``acc_<task>`` and ``acc_mean``). ``describe`` adds columns per condition."""
+    with ``ppl_<dataset>``, ``acc_<task>`` and ``acc_mean``, the mean of the suite's
+    ``primary_metric``). ``describe`` adds columns per condition to the wide rows; ``on_done(name,
+    long, wide)`` is called as each condition finishes (to write it before the next starts)."""
     suite = load_suite(eval_suite) if eval_suite else None
+    metric = (suite or {}).get("primary_metric", "acc")
     reference = probe_logits(ctx)
     rows, table = [], []
     for cond, make in conditions.items():
         print(f"[{stage}] condition {cond}", flush=True)
         wide: dict[str, Any] = {"condition": cond, **(describe or {}).get(cond, {})}
+        first = len(rows)
         with make():
             for name, windows in ppl_sets.items():
                 res = perplexity(ctx.model, windows, batch_size=batch_size, device=ctx.device,
@@ -64,11 +70,13 @@ def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], Abst
                 rows += [{"condition": cond, "eval": "zero_shot", "eval_data": r["task"], "metric": r["metric"],
                           "value": r["value"], "stderr": r["stderr"], "n": r["n"], "seq_len": math.nan}
                          for r in zs]
-                wide.update({f"acc_{r['task']}": r["value"] for r in zs if r["metric"] == "acc"})
-                wide["acc_mean"] = mean_accuracy(zs, "acc")
+                wide.update({f"acc_{r['task']}": r["value"] for r in zs if r["metric"] == metric})
+                wide["acc_mean"] = mean_accuracy(zs, metric)
         if not torch.equal(probe_logits(ctx), reference):
             raise RuntimeError(f"condition {cond} left the model changed: an edit leaked")
         table.append(wide)
+        if on_done:
+            on_done(cond, rows[first:], wide)
         ctx.logger.log_metrics({f"{stage}/{cond}/{k}": v for k, v in wide.items() if isinstance(v, float)})
     return rows, table
 
