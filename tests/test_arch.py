@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig
 from transformers.pytorch_utils import Conv1D
 
 from pipeline.core.errors import PipelineError
@@ -28,6 +28,8 @@ COMMON = dict(
 )
 TOKENS = dict(pad_token_id=0, bos_token_id=1, eos_token_id=2)
 MOE = dict(num_experts_per_tok=2, moe_intermediate_size=16)
+VIT = dict(hidden_size=H, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=28,
+           patch_size=14)
 
 # model_type -> config kwargs (tiny; every ArchSpec must have an entry here)
 CONFIG_KWARGS: dict[str, dict] = {
@@ -71,7 +73,11 @@ CONFIG_KWARGS: dict[str, dict] = {
     ),
     "gpt_neox": {**COMMON, **TOKENS, "max_position_embeddings": 64},
     "falcon": dict(hidden_size=H, num_hidden_layers=2, num_attention_heads=4, vocab_size=128),
+    # encoders: a 28 x 28 image in 14 x 14 patches = 4 patches, + CLS (+ 4 registers)
+    "dinov2": VIT,
+    "dinov2_with_registers": {**VIT, "num_register_tokens": 4},
 }
+ENCODERS = ("dinov2", "dinov2_with_registers")
 
 
 def tiny_config(model_type: str, **extra: object) -> PretrainedConfig:
@@ -83,7 +89,21 @@ def tiny_config(model_type: str, **extra: object) -> PretrainedConfig:
 def tiny_model(model_type: str) -> nn.Module:
     """Tiny random causal LM for ``model_type``, built once per test session."""
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(tiny_config(model_type)).eval()
+    auto = AutoModel if model_type in ENCODERS else AutoModelForCausalLM
+    return auto.from_config(tiny_config(model_type)).eval()
+
+
+def _run(model: nn.Module) -> None:
+    """One forward on 5 tokens (decoders) or one 28 x 28 image (encoders)."""
+    with torch.no_grad():
+        if model.config.model_type in ENCODERS:
+            model(pixel_values=torch.randn(1, 3, 28, 28))
+        else:
+            model(torch.randint(3, 100, (1, 5)))
+
+
+def _n_tokens(model: nn.Module) -> int:
+    return 5 + len(arch.prefix_roles(model)) - (1 if model.config.model_type in ENCODERS else 0)
 
 
 def _text(config: PretrainedConfig) -> PretrainedConfig:
@@ -100,8 +120,7 @@ def _capture(module: nn.Module, model: nn.Module) -> torch.Tensor:
     seen: list[object] = []
     handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
-        with torch.no_grad():
-            model(torch.randint(3, 100, (1, 5)))
+        _run(model)
     finally:
         handle.remove()
     assert len(seen) == 1
@@ -121,7 +140,8 @@ def test_paths_resolve(model_type: str) -> None:
     spec = arch.get_arch(model)
     assert spec.model_type == model_type
     for path in (spec.layers, spec.final_norm, spec.lm_head, spec.embed):
-        assert isinstance(arch.resolve(model, path), nn.Module)
+        assert path is None or isinstance(arch.resolve(model, path), nn.Module)
+    assert (spec.lm_head is None) == (model_type in ENCODERS)
     n = _text(model.config).num_hidden_layers
     assert arch.num_layers(model) == n == len(arch.decoder_layers(model))
     for i in range(n):
@@ -142,7 +162,7 @@ def test_down_proj_output_is_hidden(model_type: str) -> None:
         weight = arch.resolve(down, spec.expert_down_param)
         assert isinstance(weight, nn.Parameter) and weight.dim() == 3
         assert weight.shape[1] == hidden  # (experts, hidden, intermediate)
-    elif spec.down_proj_transposed:
+    elif spec.weights_in_out:
         assert isinstance(down, Conv1D) and down.weight.shape[1] == hidden
     else:
         assert isinstance(down, nn.Linear) and down.weight.shape[0] == hidden
@@ -161,8 +181,8 @@ def test_hooks_see_hidden_size(model_type: str) -> None:
     spec = arch.get_arch(model)
     hidden = _text(model.config).hidden_size
     out = _capture(arch.layer(model, 0), model)
-    assert out.shape == (1, 5, hidden)
-    assert _capture(arch.resolve(model, spec.final_norm), model).shape == (1, 5, hidden)
+    assert out.shape == (1, _n_tokens(model), hidden)
+    assert _capture(arch.resolve(model, spec.final_norm), model).shape == (1, _n_tokens(model), hidden)
     assert _capture(arch.layer_module(model, 1, "attn"), model).shape[-1] == hidden
     assert _capture(arch.layer_module(model, 1, "mlp"), model).shape[-1] == hidden
 
@@ -190,7 +210,7 @@ def test_output_types_documented_in_arch() -> None:
 def test_get_arch_from_config_and_model() -> None:
     config = tiny_config("llama")
     assert arch.get_arch(config) is arch.get_arch(tiny_model("llama")) is arch.ARCH_SPECS["llama"]
-    assert arch.get_arch(tiny_config("gpt2")).down_proj_transposed
+    assert arch.get_arch(tiny_config("gpt2")).weights_in_out
 
 
 def test_unknown_model_type_lists_known() -> None:
@@ -200,7 +220,7 @@ def test_unknown_model_type_lists_known() -> None:
         arch.get_arch(config)
     msg = str(err.value)
     assert msg.startswith("unknown model_type 'xyz'; known: ")
-    assert ", ".join(arch.known_model_types()) in msg and "pipeline/arch.py" in msg
+    assert ", ".join(arch.known_model_types()) in msg and "pipeline/models/arch.py" in msg
     with pytest.raises(PipelineError, match="cannot tell the architecture"):
         arch.get_arch(nn.Linear(2, 2))
 
@@ -276,8 +296,9 @@ def test_attention_value_and_output_projections(model_type: str) -> None:
     None where the values are fused into one qkv matrix or the projection is a Conv1D."""
     model = tiny_model(model_type)
     spec = arch.get_arch(model)
-    if model_type in ("gpt2", "falcon", "gpt_neox"):
-        assert spec.v_proj is None and spec.o_proj is None
+    if model_type in ("gpt2", "falcon", "gpt_neox"):  # fused qkv: no values to decompose
+        assert spec.v_proj is None and spec.o_proj is not None
+        assert isinstance(arch.resolve(arch.layer(model, 0), spec.o_proj), (nn.Linear, Conv1D))
         return
     text = _text(model.config)
     block = arch.layer(model, 0)
@@ -292,3 +313,35 @@ def test_attention_value_and_output_projections(model_type: str) -> None:
     kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
     assert isinstance(v_proj, nn.Linear) and v_proj.out_features == kv_heads * head_dim
     assert v_proj.in_features == text.hidden_size
+
+
+@pytest.mark.parametrize("model_type", arch.known_model_types())
+def test_smoothing_and_quantization_sites_resolve(model_type: str) -> None:
+    """Norms and the linears they feed (SmoothQuant), the output projection (skipped by W8A8):
+    every path the arch spec names exists, with the right widths."""
+    model = tiny_model(model_type)
+    spec = arch.get_arch(model)
+    block = arch.layer(model, 0)
+    hidden = _text(model.config).hidden_size
+    for norm, inputs in ((spec.input_norm, spec.attn_inputs), (spec.post_attn_norm, spec.mlp_inputs)):
+        weight = getattr(arch.resolve(block, norm), "weight", None) if norm else None
+        assert weight is None or weight.shape[0] == hidden  # OLMo's LayerNorm has no weight
+        for path in inputs:
+            m = arch.resolve(block, path)
+            assert (m.weight.shape[0] if spec.weights_in_out else m.weight.shape[1]) == hidden
+    if spec.mlp_up:
+        assert arch.resolve(block, spec.mlp_up).weight.shape[0] == arch.resolve(block, spec.down_proj).weight.shape[1]
+
+
+def test_prefix_roles_read_from_config() -> None:
+    assert arch.prefix_roles(tiny_model("dinov2")) == ["cls"]
+    assert arch.prefix_roles(tiny_model("dinov2_with_registers")) == ["cls", "reg_1", "reg_2", "reg_3", "reg_4"]
+    assert arch.prefix_roles(tiny_model("llama")) == []
+
+
+def test_residual_width_is_not_the_embedding_width() -> None:
+    """Defect: the random control read the hidden size from the embedding width, which OPT-350m
+    projects (512 -> 1024)."""
+    model = AutoModelForCausalLM.from_config(tiny_config("opt", word_embed_proj_dim=16)).eval()
+    assert model.get_input_embeddings().weight.shape[1] == 16
+    assert arch.residual_width(model) == H == _capture(arch.layer(model, 0), model).shape[-1]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.core.errors import PipelineError
-from pipeline.hooks.weights import WeightSite, down_proj_matrix, layer_matrices
+from pipeline.hooks.weights import WeightSite, decoder_matrices, down_proj_matrix
 from pipeline.stages import sw_weightquant as wq
 from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
 
@@ -21,13 +21,13 @@ def test_quantized_model_restores_exactly_and_keeps_the_super_weight(arch):
     plant_super_weight(model, layer_idx=0, row=5, col=9, weight=8.0)
     state = snapshot(model)
     sw = float(down_proj_matrix(model, 0)[5, 9])
+    before = {m.name: m.stored.clone() for m in decoder_matrices(model)}
     with wq.quantized_model(model, method="rtn_clip_restore", bits=4, block_size=4096, z=3.0, sites=[SITE]):
         assert float(down_proj_matrix(model, 0)[5, 9]) == sw
-        mats = dict(layer_matrices(model))
-        changed = sum(not torch.equal(w, state_w) for (n, w), state_w in
-                      zip(mats.items(), [dict(layer_matrices(tiny(arch)[0])).get(n) for n in mats], strict=True)
-                      if state_w is not None)
-        assert changed > 0
+        # every decoder matrix differs from ITS OWN values before quantization (comparing with a
+        # fresh model, which the planted super weight already differs from, could not fail)
+        changed = [m.name for m in decoder_matrices(model) if not torch.equal(m.stored, before[m.name])]
+        assert changed == list(before)
     assert unchanged(model, state)
     with wq.quantized_model(model, method="rtn", bits=4, block_size=4096, sites=[SITE]):
         assert float(down_proj_matrix(model, 0)[5, 9]) != sw  # plain RTN rounds (and clips nothing)
@@ -119,7 +119,7 @@ def test_reconstruction_error_matches_the_modules_own_outputs(arch):
     ids = torch.randint(3, 100, (2, 12))
     inputs = wq.calibration_inputs(model, ids, "cpu")
     name = "layers.1.attn.c_proj" if arch == "gpt2" else "layers.1.self_attn.o_proj"
-    mod = dict(wq.linear_modules(model))[name]
+    mod = {m.name: m.module for m in decoder_matrices(model)}[name]
     x = inputs[name]
     with torch.no_grad():
         ref = mod(x)
@@ -131,3 +131,23 @@ def test_reconstruction_error_matches_the_modules_own_outputs(arch):
     want = float((ref - got).pow(2).sum() / (ref - bias).pow(2).sum())
     err = wq.reconstruction_error(model, {name: x}, method="rtn", bits=4, block_size=64, z=None, sites=[])
     assert err == pytest.approx(want, rel=1e-4)
+
+
+def test_z_search_scores_every_matrix_it_quantizes_experts_included():
+    """Defect: two walkers disagreed; on MoE models the z search (2-D linears only) scored the
+    attention and router matrices while quantization also rewrote every expert slice."""
+    from tests.test_sw_moe import IDS, _model
+
+    model = _model()
+    inputs = wq.calibration_inputs(model, IDS.repeat(2, 1), "cpu")
+    names = [m.name for m in decoder_matrices(model)]
+    assert sum(".experts." in n for n in names) == 3 * 4 * 2  # layers x experts x (gate_up, down)
+    routed = {n for n in names if ".experts." in n and n in inputs}
+    assert len(routed) >= 3 * 2 * 2  # each token goes to 2 of 4 experts in each of 3 layers
+    assert set(inputs) <= set(names) and {n for n in names if ".experts." not in n} <= set(inputs)
+    m = next(m for m in decoder_matrices(model) if m.name in routed and m.param == "down_proj")
+    assert inputs[m.name].shape[1] == m.out_in.shape[1]  # the expert's intermediate width
+    err = wq.reconstruction_error(model, inputs, method="rtn", bits=4, block_size=64, z=None, sites=[])
+    only_experts = wq.reconstruction_error(model, {n: inputs[n] for n in routed}, method="rtn", bits=4,
+                                           block_size=64, z=None, sites=[])
+    assert 0 < only_experts and 0 < err

@@ -29,42 +29,20 @@ from torch import nn
 from pipeline.analysis.massive import massive_mask
 from pipeline.core.errors import PipelineError
 from pipeline.models.arch import get_arch, layer, resolve
-
-
-def _configs(model: nn.Module) -> list[Any]:
-    """Every distinct config object of ``model``: its own, nested sub-configs, and submodels'."""
-    found: dict[int, Any] = {}
-    todo = [getattr(model, "config", None)]
-    todo += [getattr(m, "config", None) for m in model.modules()]
-    while todo:
-        cfg = todo.pop()
-        if cfg is None or id(cfg) in found or not hasattr(cfg, "_attn_implementation"):
-            continue
-        found[id(cfg)] = cfg
-        todo += [getattr(cfg, key, None) for key in getattr(cfg, "sub_configs", {}) or {}]
-    return list(found.values())
+from pipeline.models.attention_impl import attention_implementation
 
 
 @contextmanager
 def eager_attention(model: nn.Module) -> Iterator[None]:
-    """Run the body with eager attention; on exit (also when the body raises) every config of
-    the model gets back exactly the attention implementation it had before.
+    """Run the body with eager attention (the only one that returns the probabilities); on exit
+    every config of the model gets back exactly the implementation it had before.
 
     Eager and SDPA attention compute the same function, so only the numerics of the body change;
     the model after the block is the same object in the same state (test_ma_attention checks the
     logits are bit-identical).
     """
-    saved = [(cfg, cfg._attn_implementation_internal) for cfg in _configs(model)]
-    try:
-        if getattr(model.config, "_attn_implementation", None) != "eager":
-            if hasattr(model, "set_attn_implementation"):
-                model.set_attn_implementation("eager")
-            else:
-                model.config._attn_implementation = "eager"
+    with attention_implementation(model, "eager"):
         yield
-    finally:
-        for cfg, impl in saved:
-            cfg._attn_implementation_internal = impl
 
 
 @contextmanager
@@ -97,15 +75,16 @@ def capture_attention_weights(
 
 
 def attention_site(model: nn.Module, i: int, which: str) -> nn.Module | None:
-    """The ``v_proj`` or ``o_proj`` Linear of decoder layer ``i`` (None if the ArchSpec has none)."""
+    """The ``v_proj`` or ``o_proj`` Linear of decoder layer ``i``; None if the ArchSpec has none
+    or it is stored (in, out) (GPT-2's Conv1D: the decomposition reads (out, in) weights)."""
     spec = get_arch(model)
     path = getattr(spec, which)
-    if path is None:
+    if path is None or spec.weights_in_out:
         return None
     found = resolve(layer(model, i), path, spec.model_type)
     if not isinstance(found, nn.Linear):
         raise PipelineError(f"'{path}' in the {spec.model_type} model is a {type(found).__name__}, "
-                            "not a Linear; fix its ArchSpec in pipeline/arch.py")
+                            "not a Linear; fix its ArchSpec in pipeline/models/arch.py")
     return found
 
 

@@ -23,38 +23,46 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from kernels.token_quant import token_fake_quant
-from pipeline.analysis.attention import _configs
-from pipeline.models.arch import layer as decoder_layer
-from pipeline.models.arch import num_layers
+from pipeline.hooks.moe import expert_down_io, routed_calls
+from pipeline.hooks.weights import decoder_matrices
+from pipeline.models.arch import get_arch
+from pipeline.models.attention_impl import attention_implementation
 
 
 def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every module with a 2-D ``weight`` inside the decoder layers (attention and MLP linears;
-    no embeddings, norms or LM head), named ``layers.<i>.<path>``."""
-    out = []
-    for i in range(num_layers(model)):
-        for name, mod in decoder_layer(model, i).named_modules():
-            w = getattr(mod, "weight", None)
-            if isinstance(w, nn.Parameter) and w.ndim == 2 and not isinstance(mod, nn.Embedding):
-                out.append((f"layers.{i}.{name}", mod))
-    return out
-
-
-def stores_in_out(mod: nn.Module) -> bool:
-    """GPT-2's Conv1D stores its weight as (in, out); nn.Linear as (out, in)."""
-    return type(mod).__name__ == "Conv1D"
+    """The decoder matrices applied by a module of their own (``decoder_matrices`` less the
+    expert slices): the linears whose inputs a forward pre-hook sees."""
+    return [(m.name, m.module) for m in decoder_matrices(model) if m.expert is None]
 
 
 @torch.inference_mode()
 def observe_inputs(model: nn.Module, windows: torch.Tensor, device,
-                   observe: Callable[[str, torch.Tensor], None]) -> None:
-    """Run each window through the model and call ``observe(name, rows)`` with every decoder
-    linear's input as (tokens, in_features) (calibration for SmoothQuant and the z search)."""
-    handles = [m.register_forward_pre_hook(
-        lambda _m, a, _n=n: observe(_n, a[0].reshape(-1, a[0].shape[-1]))) for n, m in linear_modules(model)]
+                   observe: Callable[[str, torch.Tensor, int], None]) -> None:
+    """Run each window through the model and call ``observe(name, rows, window)`` with the input
+    rows (tokens, in_features) of every matrix of ``decoder_matrices``: a linear's input, or for an
+    expert's slice the rows of the tokens routed to that expert (its gate/up input, or the
+    down projection's input ``act(gate) * up``, recomputed by :mod:`pipeline.hooks.moe`)."""
+    spec = get_arch(model)
+    handles, experts = [], {}
+    for m in decoder_matrices(model):
+        if m.expert is None:
+            handles.append(m.module.register_forward_pre_hook(
+                lambda _m, a, _n=m.name: observe(_n, a[0].reshape(-1, a[0].shape[-1]), window[0])))
+        else:
+            experts.setdefault(id(m.module), (m.module, [], []))[1].append(m)
+    for module, _mats, calls in experts.values():
+        handles.append(routed_calls(module, calls))
+    window = [0]
     try:
-        for w in windows:
+        for window[0], w in enumerate(windows):
             model(input_ids=w[None].to(device), use_cache=False)
+            for module, mats, calls in experts.values():
+                for hidden, top_index, _weights in calls:
+                    for m in mats:
+                        routed, x, _y = expert_down_io(module, spec.expert_down_param, hidden, top_index, m.expert)
+                        if routed.any():
+                            observe(m.name, (x if m.param == spec.expert_down_param else hidden)[routed], window[0])
+                calls.clear()
     finally:
         for h in handles:
             h.remove()
@@ -135,11 +143,5 @@ AttentionMaskInterface.register(ATTN_NAME, eager_mask)
 @contextmanager
 def quantized_attention(model: nn.Module) -> Iterator[None]:
     """Switch every config of the model to :func:`w8a8_attention` for the block; restore after."""
-    saved = [(cfg, cfg._attn_implementation_internal) for cfg in _configs(model)]
-    try:
-        for cfg, _ in saved:
-            cfg._attn_implementation_internal = ATTN_NAME
+    with attention_implementation(model, ATTN_NAME):
         yield
-    finally:
-        for cfg, impl in saved:
-            cfg._attn_implementation_internal = impl

@@ -5,12 +5,11 @@ Per group of linears that read the same input, per input channel j,
 by s (folded into the preceding norm's weight and bias, or, for a gated MLP's down projection,
 into the rows of ``up_proj``) and the consumers' input columns multiplied by s. The fp function is
 unchanged (tested); only the ranges that per-token activation and per-tensor weight quantization
-see are. Groups found by module names in each decoder layer:
+see are. Groups, named by the arch spec of each model type:
 
-  input norm  (input_layernorm | ln_1)            -> q/k/v (q_proj, k_proj, v_proj | qkv_proj | c_attn)
-  post norm   (post_attention_layernorm | ln_2)   -> MLP in (gate_proj, up_proj | gate_up_proj | c_fc)
-  up_proj rows                                    -> down_proj   (only with ``smooth_down_proj``; gated,
-                                                                  unfused MLPs)
+  input_norm      -> attn_inputs (q/k/v, a fused qkv, GPT-2's c_attn)
+  post_attn_norm  -> mlp_inputs  (gate/up, a fused gate_up, c_fc)
+  mlp_up rows     -> down_proj   (only with ``smooth_down_proj``; gated, unfused MLPs)
 
 The reference implementation (mit-han-lab/smoothquant, ``smooth_lm``) smooths only the two
 norm groups of LLaMA-like models; the down projection's input (where the super activation's
@@ -31,50 +30,35 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from pipeline.analysis.quant import observe_inputs, stores_in_out
-from pipeline.models.arch import decoder_layers
-
-NORMS = (("input_layernorm", "ln_1"), ("post_attention_layernorm", "ln_2"))
-CONSUMERS = (
-    (("self_attn", "attn"), (("q_proj", "k_proj", "v_proj"), ("qkv_proj",), ("c_attn",))),
-    (("mlp",), (("gate_proj", "up_proj"), ("gate_up_proj",), ("c_fc",))),
-)
+from pipeline.analysis.quant import observe_inputs
+from pipeline.models.arch import decoder_layers, get_arch, resolve_or_none
 
 
 class NotApplicable(Exception):
     """SmoothQuant cannot be folded into this model (the message says why)."""
 
 
-def _first(obj: nn.Module, names) -> tuple[str, nn.Module] | None:
-    for n in names:
-        if isinstance(getattr(obj, n, None), nn.Module):
-            return n, getattr(obj, n)
-    return None
-
-
 def groups(model: nn.Module, smooth_down_proj: bool = False) -> list[dict]:
-    """Per layer, the smoothing groups: {"kind": "norm"|"up", "source", "consumers", "layer"}."""
+    """Per layer, the smoothing groups: {"kind": "norm"|"up", "source", "consumers", "layer"},
+    read from the arch spec (``input_norm`` -> ``attn_inputs``, ``post_attn_norm`` -> ``mlp_inputs``,
+    ``mlp_up`` -> ``down_proj``)."""
+    spec = get_arch(model)
     out = []
     for i, lay in enumerate(decoder_layers(model)):
-        for norm_names, (parents, options) in zip(NORMS, CONSUMERS, strict=True):
-            norm = _first(lay, norm_names)
-            parent = _first(lay, parents)
-            cons = None
-            if parent is not None:
-                for names in options:
-                    if all(isinstance(getattr(parent[1], n, None), nn.Module) for n in names):
-                        cons = [(f"layers.{i}.{parent[0]}.{n}", getattr(parent[1], n)) for n in names]
-                        break
-            if norm is None or cons is None:
-                raise NotApplicable(f"layer {i}: no '{'/'.join(norm_names)}' feeding known projections")
-            if not isinstance(getattr(norm[1], "weight", None), nn.Parameter):
-                raise NotApplicable(f"layer {i}: {norm[0]} has no weight to fold the smoothing into "
+        for norm_path, inputs in ((spec.input_norm, spec.attn_inputs), (spec.post_attn_norm, spec.mlp_inputs)):
+            norm = resolve_or_none(lay, norm_path) if norm_path else None
+            cons = [(f"layers.{i}.{c}", resolve_or_none(lay, c)) for c in inputs]
+            if norm is None or not cons or any(m is None for _, m in cons):
+                raise NotApplicable(f"layer {i}: no norm feeding known projections in the {spec.model_type} "
+                                    f"arch spec ({norm_path} -> {', '.join(inputs) or 'nothing'})")
+            if not isinstance(getattr(norm, "weight", None), nn.Parameter):
+                raise NotApplicable(f"layer {i}: {norm_path} has no weight to fold the smoothing into "
                                     "(as OLMo's non-parametric LayerNorm)")
-            out.append({"kind": "norm", "source": norm[1], "consumers": cons, "layer": i})
-        mlp = getattr(lay, "mlp", None)
-        up, down = getattr(mlp, "up_proj", None), getattr(mlp, "down_proj", None)
+            out.append({"kind": "norm", "source": norm, "consumers": cons, "layer": i})
+        up = resolve_or_none(lay, spec.mlp_up) if spec.mlp_up else None
+        down = resolve_or_none(lay, spec.down_proj)
         if smooth_down_proj and isinstance(up, nn.Linear) and isinstance(down, nn.Linear):
-            out.append({"kind": "up", "source": up, "consumers": [(f"layers.{i}.mlp.down_proj", down)], "layer": i})
+            out.append({"kind": "up", "source": up, "consumers": [(f"layers.{i}.{spec.down_proj}", down)], "layer": i})
     return out
 
 
@@ -100,7 +84,7 @@ def input_absmax(model: nn.Module, windows: torch.Tensor, device) -> dict[str, t
     """Per decoder linear, the max |input| per channel over the calibration windows."""
     got: dict[str, torch.Tensor] = {}
 
-    def fold(name: str, rows: torch.Tensor) -> None:
+    def fold(name: str, rows: torch.Tensor, _window: int) -> None:
         a = rows.abs().amax(0).float()
         got[name] = a if name not in got else torch.maximum(got[name], a)
 
@@ -112,6 +96,7 @@ def input_absmax(model: nn.Module, windows: torch.Tensor, device) -> dict[str, t
 def smoothing_factors(model: nn.Module, act_max: dict[str, torch.Tensor], alpha: float,
                       smooth_down_proj: bool = False) -> list[tuple[dict, torch.Tensor]]:
     """(group, s) for every group; raises NotApplicable with the reason."""
+    in_out = get_arch(model).weights_in_out
     out = []
     for g in groups(model, smooth_down_proj):
         if g["kind"] == "norm":
@@ -119,7 +104,7 @@ def smoothing_factors(model: nn.Module, act_max: dict[str, torch.Tensor], alpha:
         first = g["consumers"][0][0]
         if first not in act_max:
             raise NotApplicable(f"no calibration input reached {first}")
-        w_max = torch.stack([(m.weight.abs().amax(1) if stores_in_out(m) else m.weight.abs().amax(0)).float()
+        w_max = torch.stack([(m.weight.abs().amax(1) if in_out else m.weight.abs().amax(0)).float()
                              for _, m in g["consumers"]]).amax(0)
         x_max = act_max[first].to(w_max.device)
         s = (x_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)).clamp(min=1e-5)
@@ -132,6 +117,7 @@ def smoothed(model: nn.Module, factors: list[tuple[dict, torch.Tensor]]) -> Iter
     """Apply the smoothing (norm weight/bias or up rows divided by s, consumers' input columns
     multiplied by s); every touched parameter gets back its exact bits on exit."""
     backups: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    in_out = get_arch(model).weights_in_out
 
     def touch(p: torch.Tensor) -> torch.Tensor:
         backups.setdefault(id(p), (p, p.detach().clone()))
@@ -149,7 +135,7 @@ def smoothed(model: nn.Module, factors: list[tuple[dict, torch.Tensor]]) -> Iter
                     touch(src.weight).div_(s.to(src.weight.dtype)[:, None])
                 for _, m in g["consumers"]:
                     w = touch(m.weight)
-                    w.mul_(s.to(w.dtype)[:, None] if stores_in_out(m) else s.to(w.dtype)[None, :])
+                    w.mul_(s.to(w.dtype)[:, None] if in_out else s.to(w.dtype)[None, :])
         yield
     finally:
         with torch.no_grad():

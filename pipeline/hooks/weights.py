@@ -46,7 +46,7 @@ def down_proj_matrix(model: nn.Module, layer_idx: int, expert: int | None = None
             raise ValueError(f"layer {layer_idx} is a mixture of experts: name the expert")
         return getattr(module, spec.expert_down_param).data[expert]
     weight = module.weight.data
-    return weight.T if spec.down_proj_transposed else weight
+    return weight.T if spec.weights_in_out else weight
 
 
 @contextmanager
@@ -77,28 +77,53 @@ def scale_weights(model: nn.Module, sites: Sequence[WeightSite], factor: float) 
         yield
 
 
-def layer_matrices(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """Every 2-D attention/MLP weight inside the decoder layers, as stored (name, tensor); the
-    fused 3-D expert parameters of mixture-of-experts layers as one (out, in) matrix per expert."""
+@dataclass(frozen=True)
+class Matrix:
+    """One weight matrix inside the decoder layers, as the one walker over them yields it.
+
+    ``stored`` is the tensor as stored (writing to it edits the model): a Linear's weight, a
+    GPT-2 Conv1D's (in, out) weight, or one expert's slice of a fused 3-D expert parameter.
+    ``module`` is the module that applies it (the experts container for an expert slice)."""
+
+    name: str
+    module: nn.Module
+    stored: torch.Tensor
+    in_out: bool = False
+    expert: int | None = None
+    param: str = "weight"
+
+    @property
+    def out_in(self) -> torch.Tensor:
+        """A (out, in) view of the stored tensor."""
+        return self.stored.T if self.in_out else self.stored
+
+
+def decoder_matrices(model: nn.Module) -> list[Matrix]:
+    """Every attention/MLP weight matrix inside the decoder layers (no embeddings, norms or LM
+    head), named ``layers.<i>.<path>``; fused 3-D expert parameters as one matrix per expert,
+    ``layers.<i>.<path>.<param>[<e>]``. Quantization, its calibration and the non-super-weight
+    pruning all walk this list, so they always see the same weights."""
+    in_out = get_arch(model).weights_in_out
     out = []
     for i in range(num_layers(model)):
         for name, mod in layer(model, i).named_modules():
             w = getattr(mod, "weight", None)
             if isinstance(w, nn.Parameter) and w.ndim == 2 and not isinstance(mod, nn.Embedding):
-                out.append((f"layers.{i}.{name}", w.data))
+                out.append(Matrix(f"layers.{i}.{name}", mod, w.data, in_out))
             for pname, p in mod.named_parameters(recurse=False):
                 if p.ndim == 3:  # (experts, out, in)
-                    out += [(f"layers.{i}.{name}.{pname}[{e}]", p.data[e]) for e in range(p.shape[0])]
+                    out += [Matrix(f"layers.{i}.{name}.{pname}[{e}]", mod, p.data[e], False, e, pname)
+                            for e in range(p.shape[0])]
     return out
 
 
-def _stored_index(model: nn.Module, site: WeightSite) -> tuple[int, tuple[int, int]]:
+def stored_index(model: nn.Module, site: WeightSite) -> tuple[int, tuple[int, int]]:
     """(data_ptr of the stored down-projection weight, index of ``site`` in it)."""
     spec = get_arch(model)
     if site.expert is not None:
         return down_proj_matrix(model, site.layer, site.expert).data_ptr(), (site.row, site.col)
     weight = layer_module(model, site.layer, "down_proj").weight.data
-    idx = (site.col, site.row) if spec.down_proj_transposed else (site.row, site.col)
+    idx = (site.col, site.row) if spec.weights_in_out else (site.row, site.col)
     return weight.data_ptr(), idx
 
 
@@ -111,9 +136,9 @@ def largest_weights(model: nn.Module, fraction: float, min_per_matrix: int = 1,
     Paper B: fraction 1e-6 of LLaMA-7B's matrices is about 6,400 weights. On small models
     ``int(1e-6 * numel)`` is 0, hence ``min_per_matrix``.
     """
-    excluded = {_stored_index(model, s) for s in exclude}
+    excluded = {stored_index(model, s) for s in exclude}
     picks = []
-    for _name, w in layer_matrices(model):
+    for w in (m.stored for m in decoder_matrices(model)):
         k = min(w.numel(), max(min_per_matrix, int(fraction * w.numel())))
         for f in w.abs().flatten().topk(k).indices.tolist():
             idx = divmod(f, w.shape[1])

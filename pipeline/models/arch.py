@@ -45,7 +45,8 @@ class ArchSpec:
         final_norm: root -> norm applied after the last decoder layer.
         lm_head: root -> output projection to the vocabulary.
         embed: root -> input token embedding.
-        down_proj_transposed: weight stored as (in, out) (GPT-2 ``Conv1D``), not (out, in).
+        weights_in_out: the decoder layers' linear weights are stored as (in, out) (GPT-2's
+            ``Conv1D``), not (out, in) as ``nn.Linear``.
         moe: ``down_proj`` is an experts container holding a fused 3-D parameter.
         gated_mlp: GLU MLP (act(gate(x)) * up(x)) rather than fc -> act -> fc.
         fused_gate_up: gate and up projections are one matrix ``gate_up_proj`` (Phi-3 Linear,
@@ -55,11 +56,19 @@ class ArchSpec:
         shared_down_proj: layer -> down projection of an always-on shared expert, if any.
         dense_down_proj: layer -> down projection of a MoE model's dense layers (Qwen-MoE
             ``mlp_only_layers`` / ``decoder_sparse_step``), used when a layer has no experts.
+        input_norm / post_attn_norm: layer -> the norm feeding attention / the MLP (SmoothQuant
+            folds its smoothing into their weights); None where there is no such norm.
+        attn_inputs / mlp_inputs: layer -> the linears that read the attention / MLP input (q, k,
+            v or a fused qkv; gate and up, or a fused gate_up / c_fc).
+        mlp_up: layer -> a gated MLP's separate up projection (feeds ``down_proj`` one to one).
+        prefix_tokens: encoders: the tokens before the patches, as (role, count) in order, the
+            count an int or the name of a config attribute (DINOv2 registers:
+            ``(("cls", 1), ("reg", "num_register_tokens"))``); see :func:`prefix_roles`.
         v_proj: layer -> attention value projection (a Linear whose output is the values of all
             key/value heads, (batch, seq, kv_heads * head_dim)); None where q/k/v are fused.
-        o_proj: layer -> attention output projection (Linear, (out, in) weight; input = heads
-            concatenated head-major); None where it is a transposed Conv1D (GPT-2) or with no
-            separate values to decompose. Used by the attention-output decomposition.
+        o_proj: layer -> attention output projection (input = heads concatenated head-major).
+            Not quantized by W8A8 (as paper B); decomposed by ``ma_attention`` where it is a
+            Linear and ``v_proj`` exists.
     """
 
     model_type: str
@@ -68,9 +77,15 @@ class ArchSpec:
     mlp: str
     down_proj: str
     final_norm: str
-    lm_head: str
-    embed: str
-    down_proj_transposed: bool = False
+    lm_head: str | None = None
+    embed: str | None = None
+    input_norm: str | None = None
+    post_attn_norm: str | None = None
+    attn_inputs: tuple[str, ...] = ()
+    mlp_inputs: tuple[str, ...] = ()
+    mlp_up: str | None = None
+    prefix_tokens: tuple[tuple[str, int | str], ...] = ()
+    weights_in_out: bool = False
     moe: bool = False
     gated_mlp: bool = True
     fused_gate_up: bool = False
@@ -93,13 +108,19 @@ def _llama_like(model_type: str, **overrides: object) -> ArchSpec:
         embed="model.embed_tokens",
         v_proj="self_attn.v_proj",
         o_proj="self_attn.o_proj",
+        input_norm="input_layernorm",
+        post_attn_norm="post_attention_layernorm",
+        attn_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+        mlp_inputs=("mlp.gate_proj", "mlp.up_proj"),
+        mlp_up="mlp.up_proj",
     )
     fields.update(overrides)
     return ArchSpec(model_type=model_type, **fields)  # type: ignore[arg-type]
 
 
 _MOE: dict[str, object] = dict(
-    down_proj="mlp.experts", moe=True, fused_gate_up=True, expert_down_param="down_proj"
+    down_proj="mlp.experts", moe=True, fused_gate_up=True, expert_down_param="down_proj",
+    mlp_inputs=(), mlp_up=None,  # the experts' inputs are not module inputs (see the docstring)
 )
 
 _SPECS: list[ArchSpec] = [
@@ -111,8 +132,10 @@ _SPECS: list[ArchSpec] = [
     _llama_like("gemma2"),
     _llama_like("gemma3_text"),  # Gemma3ForCausalLM (text-only checkpoints, e.g. 1B)
     _llama_like("olmo"),  # transformers' native OLMo (the "-hf" checkpoints); norms have no weight
-    _llama_like("olmo2"),
-    _llama_like("phi3", fused_gate_up=True, v_proj=None),  # fused qkv_proj: no separate values
+    # OLMo-2 normalises the attention and MLP *outputs* (post-norms): no norm feeds their inputs
+    _llama_like("olmo2", input_norm=None, post_attn_norm=None),
+    _llama_like("phi3", fused_gate_up=True, v_proj=None, attn_inputs=("self_attn.qkv_proj",),
+                mlp_inputs=("mlp.gate_up_proj",), mlp_up=None),  # fused qkv_proj and gate_up_proj
     _llama_like("mixtral", **_MOE),
     _llama_like("olmoe", **_MOE),
     _llama_like(
@@ -131,7 +154,7 @@ _SPECS: list[ArchSpec] = [
         embed="model.language_model.embed_tokens",
     ),
     _llama_like("phi", down_proj="mlp.fc2", final_norm="model.final_layernorm", gated_mlp=False,
-                o_proj="self_attn.dense"),
+                o_proj="self_attn.dense", post_attn_norm=None, mlp_inputs=("mlp.fc1",), mlp_up=None),
     ArchSpec(
         model_type="gpt2",
         layers="transformer.h",
@@ -141,8 +164,13 @@ _SPECS: list[ArchSpec] = [
         final_norm="transformer.ln_f",
         lm_head="lm_head",
         embed="transformer.wte",
-        down_proj_transposed=True,
+        weights_in_out=True,
         gated_mlp=False,
+        o_proj="attn.c_proj",
+        input_norm="ln_1",
+        post_attn_norm="ln_2",
+        attn_inputs=("attn.c_attn",),
+        mlp_inputs=("mlp.c_fc",),
     ),
     ArchSpec(
         model_type="opt",
@@ -167,6 +195,7 @@ _SPECS: list[ArchSpec] = [
         lm_head="lm_head",
         embed="gpt_neox.embed_in",
         gated_mlp=False,
+        o_proj="attention.dense",
     ),
     ArchSpec(
         model_type="falcon",
@@ -178,7 +207,21 @@ _SPECS: list[ArchSpec] = [
         lm_head="lm_head",
         embed="transformer.word_embeddings",
         gated_mlp=False,
+        o_proj="self_attention.dense",
     ),
+]
+
+# Encoders (paper A §5, ViTs): no LM head or token embedding; tokens before the patches carry roles.
+_DINOV2: dict[str, object] = dict(
+    layers="encoder.layer", attn="attention", mlp="mlp", down_proj="mlp.fc2", final_norm="layernorm",
+    gated_mlp=False, input_norm="norm1", post_attn_norm="norm2",
+    attn_inputs=("attention.q_proj", "attention.k_proj", "attention.v_proj"), mlp_inputs=("mlp.fc1",),
+    v_proj="attention.v_proj", o_proj="attention.o_proj",
+)
+_SPECS += [
+    ArchSpec(model_type="dinov2", **_DINOV2, prefix_tokens=(("cls", 1),)),  # type: ignore[arg-type]
+    ArchSpec(model_type="dinov2_with_registers", **_DINOV2,  # type: ignore[arg-type]
+             prefix_tokens=(("cls", 1), ("reg", "num_register_tokens"))),
 ]
 
 ARCH_SPECS: dict[str, ArchSpec] = {spec.model_type: spec for spec in _SPECS}
@@ -208,7 +251,7 @@ def get_arch(model_or_config: object) -> ArchSpec:
     if spec is None:
         raise PipelineError(
             f"unknown model_type '{model_type}'; known: {', '.join(known_model_types())} "
-            "(add an ArchSpec in pipeline/arch.py)"
+            "(add an ArchSpec in pipeline/models/arch.py)"
         )
     return spec
 
@@ -235,14 +278,14 @@ def resolve(root: nn.Module, path: str, model_type: str | None = None) -> nn.Mod
             where = f" under '{'.'.join(done)}'" if done else ""
             raise PipelineError(
                 f"module path '{path}' not found in the {model_type} model (no '{part}'{where}); "
-                "fix its ArchSpec in pipeline/arch.py"
+                "fix its ArchSpec in pipeline/models/arch.py"
             )
         node = nxt
         done.append(part)
     if not isinstance(node, (nn.Module, nn.Parameter)):
         raise PipelineError(
             f"module path '{path}' in the {model_type} model is a {type(node).__name__}, "
-            "not a module or parameter; fix its ArchSpec in pipeline/arch.py"
+            "not a module or parameter; fix its ArchSpec in pipeline/models/arch.py"
         )
     return node
 
@@ -254,9 +297,21 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if not isinstance(layers, nn.ModuleList):
         raise PipelineError(
             f"'{spec.layers}' in the {spec.model_type} model is a {type(layers).__name__}, "
-            "not a ModuleList; fix its ArchSpec in pipeline/arch.py"
+            "not a ModuleList; fix its ArchSpec in pipeline/models/arch.py"
         )
     return layers
+
+
+def prefix_roles(model_or_config: object) -> list[str]:
+    """Role of each prefix token of an encoder, in order (``["cls", "reg_1", ..., "reg_4"]``; a
+    count of one keeps the bare role), read from the spec's ``prefix_tokens`` and the config."""
+    spec = get_arch(model_or_config)
+    config = getattr(model_or_config, "config", model_or_config)
+    roles: list[str] = []
+    for role, count in spec.prefix_tokens:
+        n = int(getattr(config, count, 0) or 0) if isinstance(count, str) else int(count)
+        roles += [role] if n == 1 and isinstance(count, int) else [f"{role}_{k + 1}" for k in range(n)]
+    return roles
 
 
 def residual_width(model: nn.Module) -> int:
@@ -301,7 +356,7 @@ def layer_module(model: nn.Module, i: int, part: str) -> nn.Module:
     if not isinstance(found, nn.Module):
         raise PipelineError(
             f"'{path}' in layer {i} of the {spec.model_type} model is a parameter, not a module; "
-            "fix its ArchSpec in pipeline/arch.py"
+            "fix its ArchSpec in pipeline/models/arch.py"
         )
     return found
 

@@ -57,18 +57,17 @@ from pipeline.evaluation.conditions import (
     write_by_condition,
 )
 from pipeline.hooks.weights import WeightSite
-from pipeline.models.arch import get_arch, layer_module, num_layers
+from pipeline.models.arch import decoder_layers, get_arch, layer_module, num_layers, resolve_or_none
 
 STAGE = "sw_actquant"
 CONDITIONS = ("fp", "naive", "super_activation_aware", "smoothquant")
-OUTPUT_PROJ = ("o_proj", "attn.c_proj", "self_attn.dense", "attention.dense", "self_attn.out_proj")
 
 
 def quantized_modules(model) -> dict[str, torch.nn.Module]:
     """Every decoder linear except the attention output projection."""
     spec = get_arch(model)
-    skip = tuple(x for x in (spec.o_proj, *OUTPUT_PROJ) if x)
-    return {n: m for n, m in linear_modules(model) if not n.split(".", 2)[2].endswith(skip)}
+    out_proj = {id(resolve_or_none(lay, spec.o_proj)) for lay in decoder_layers(model)} if spec.o_proj else set()
+    return {n: m for n, m in linear_modules(model) if id(m) not in out_proj}
 
 
 def outlier_channels(model, sites: Sequence[WeightSite], modules: dict[str, torch.nn.Module]) -> dict[str, list[int]]:

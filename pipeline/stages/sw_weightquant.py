@@ -36,7 +36,7 @@ import torch
 from tqdm import tqdm
 
 from kernels.block_quant import block_fake_quant
-from pipeline.analysis.quant import linear_modules, observe_inputs, quantized_weights, stores_in_out
+from pipeline.analysis.quant import observe_inputs, quantized_weights
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers, paper_table_lines
@@ -48,8 +48,13 @@ from pipeline.evaluation.conditions import (
     format_table,
     write_by_condition,
 )
-from pipeline.hooks.weights import WeightSite, down_proj_matrix, layer_matrices, scale_weights
-from pipeline.models.arch import get_arch, layer_module
+from pipeline.hooks.weights import (
+    WeightSite,
+    decoder_matrices,
+    down_proj_matrix,
+    scale_weights,
+    stored_index,
+)
 
 STAGE = "sw_weightquant"
 METHODS = ("rtn", "rtn_clip_restore")
@@ -92,7 +97,7 @@ def quantized_model(model, *, method: str, bits: int, block_size: int, z: float 
         return block_fake_quant(w, bits, block_size, z_clip(w, z) if restore else None, tile)
 
     with (nullcontext() if restore else scale_weights(model, sites, sw_scale)), \
-            quantized_weights(layer_matrices(model), fn):
+            quantized_weights([(m.name, m.stored) for m in decoder_matrices(model)], fn):
         with torch.no_grad():
             for m, idx, v in kept:
                 m[idx] = v
@@ -101,9 +106,10 @@ def quantized_model(model, *, method: str, bits: int, block_size: int, z: float 
 
 def calibration_inputs(model, windows: torch.Tensor, device, max_tokens: int | None = None,
                        seed: int = 0) -> dict[str, torch.Tensor]:
-    """Each decoder linear's input rows, float32 on the CPU. With ``max_tokens``, each window keeps
-    its first token (where massive and super activations sit) and a seeded random share of the
-    others, so that paper-size calibration sets (500 x 2048 tokens) fit in memory."""
+    """Each decoder matrix's input rows (``observe_inputs``: experts get their routed tokens),
+    float32 on the CPU. With ``max_tokens``, each window keeps its first token (where massive and
+    super activations sit) and a seeded random share of the others, so that paper-size
+    calibration sets (500 x 2048 tokens) fit in memory; an expert keeps its routed rows among them."""
     n_tok = windows.shape[1]
     keep = None
     if max_tokens is not None and windows.numel() > max_tokens:
@@ -112,12 +118,11 @@ def calibration_inputs(model, windows: torch.Tensor, device, max_tokens: int | N
         keep = [torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(n_tok - 1, generator=gen)[: per - 1]])
                 for _ in range(len(windows))]
     got: dict[str, list] = {}
-    seen: dict[str, int] = {}
 
-    def take(name: str, rows: torch.Tensor) -> None:
-        i = seen.get(name, 0)
-        seen[name] = i + 1
-        got.setdefault(name, []).append((rows if keep is None else rows[keep[i].to(rows.device)]).float().cpu())
+    def take(name: str, rows: torch.Tensor, window: int) -> None:
+        if keep is not None and rows.shape[0] == n_tok:
+            rows = rows[keep[window].to(rows.device)]
+        got.setdefault(name, []).append(rows.float().cpu())
 
     observe_inputs(model, windows, device, take)
     return {n: torch.cat(v) for n, v in got.items()}
@@ -126,29 +131,27 @@ def calibration_inputs(model, windows: torch.Tensor, device, max_tokens: int | N
 @torch.inference_mode()
 def reconstruction_error(model, inputs: dict[str, torch.Tensor], *, method: str, bits: int, block_size: int,
                          z: float | None, sites: Sequence[WeightSite], tile=None) -> float:
-    """sum ||X (W - W_hat)^T||^2 / sum ||X W^T||^2 over the decoder linears."""
-    spec = get_arch(model)
-    kept = {}
+    """sum ||X (W - W_hat)^T||^2 / sum ||X W^T||^2 over every decoder matrix with inputs (the
+    same matrices ``quantized_model`` quantizes, experts included)."""
+    kept: dict[int, list] = {}
     for s in sites:
-        mod = layer_module(model, s.layer, "down_proj")
-        idx = (s.col, s.row) if spec.down_proj_transposed else (s.row, s.col)
-        kept.setdefault(id(mod), []).append(idx)
+        ptr, idx = stored_index(model, s)
+        kept.setdefault(ptr, []).append(idx)
     num = den = 0.0
-    for name, mod in linear_modules(model):
-        if name not in inputs:
+    for m in decoder_matrices(model):
+        if m.name not in inputs:
             continue
-        w = mod.weight
+        w = m.stored
         w_hat = block_fake_quant(w, bits, block_size, z_clip(w, z) if method == "rtn_clip_restore" else None, tile)
         if method == "rtn_clip_restore":
-            for idx in kept.get(id(mod), []):
+            for idx in kept.get(w.data_ptr(), []):
                 w_hat[idx] = w[idx]
-        x = inputs[name].to(w.device)
+        x = inputs[m.name].to(w.device)
         diff, full = (w - w_hat).float(), w.float()
-        transposed = stores_in_out(mod)
-        err = x @ diff if transposed else x @ diff.T
-        ref = x @ full if transposed else x @ full.T
-        num += float(err.pow(2).sum())
-        den += float(ref.pow(2).sum())
+        if not m.in_out:  # (out, in) -> (in, out)
+            diff, full = diff.T, full.T
+        num += float((x @ diff).pow(2).sum())
+        den += float((x @ full).pow(2).sum())
     return num / den
 
 
