@@ -41,7 +41,7 @@ def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from pipeline.core.context import build_context
-    from pipeline.figures.massive import draw_experiment
+    from pipeline.figures import draw_experiment
 
     t0 = time.perf_counter()
     ctx = build_context(cfg)
@@ -52,7 +52,7 @@ def run(cfg) -> dict:
             outputs[name] = instantiate(stage_cfg)(ctx)
         manifest = ctx.results.write_manifest(
             OmegaConf.to_container(cfg, resolve=True), {"wall_s": round(time.perf_counter() - t0, 1)})
-        figures = draw_experiment(ctx.out_dir) if cfg.run.figures else []
+        figures = draw_experiment(ctx.out_dir, list(outputs)) if cfg.run.figures else []
     finally:
         ctx.logger.finish()
     _report(outputs, ctx.out_dir, manifest, figures)
@@ -61,13 +61,11 @@ def run(cfg) -> dict:
 
 def _report(outputs: dict, out_dir: Path, manifest: Path, figures: list[Path]) -> None:
     """Each stage's one-screen summary (its ``format_summary``), then where the files are."""
-    import importlib
+    from pipeline.core.registry import get_stage
 
     for name, out in outputs.items():
-        module = importlib.import_module(f"pipeline.stages.{name}")
-        if hasattr(module, "format_summary"):
-            print()
-            print(module.format_summary(out))
+        print()
+        print(get_stage(name).summary(out))
     print(f"\nresults: {out_dir}/ (CSVs), manifest {manifest}")
     for f in figures:
         print(f"figure:  {f}")

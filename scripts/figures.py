@@ -3,7 +3,7 @@
 import argparse
 from pathlib import Path
 
-from pipeline.figures.massive import draw_all
+from pipeline.figures import draw_all
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)

@@ -81,3 +81,17 @@ def test_hub_model_offline_fails_fast_with_one_line(offline_env):
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
     assert len(err) == 1 and "llama2_7b" in err[0] and "Hub" in err[0]
     assert "Traceback" not in r.stderr
+
+
+def test_stage_and_figure_registries_cover_every_stage():
+    """Every conf/stage file has a registered stage whose run is its _target_; every figure reads
+    tables its stage writes (the registries replace module lookup and CSV-name dispatch)."""
+    from pipeline.core.registry import STAGES, get_stage
+    from pipeline.figures.registry import FIGURES
+
+    names = sorted(p.stem for p in (ROOT / "conf" / "stage").glob("*.yaml"))
+    assert [get_stage(n).name for n in names] == names == sorted(STAGES)
+    for n in names:
+        target = OmegaConf.load(ROOT / "conf" / "stage" / f"{n}.yaml")["_target_"]
+        assert f"{STAGES[n].run.__module__}.{STAGES[n].run.__name__}" == target
+    assert FIGURES and all(set(f.reads) <= set(STAGES[f.stage].tables) for f in FIGURES)

@@ -16,7 +16,7 @@ from pipeline.analysis.attention import (
     uniform_share,
 )
 from pipeline.core.errors import PipelineError
-from pipeline.figures.massive import draw_experiment
+from pipeline.figures import draw_experiment
 from pipeline.models.arch import layer_module
 from pipeline.stages import ma_attention
 from tests.helpers import make_ctx, planted

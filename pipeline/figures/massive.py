@@ -10,29 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-
-def save(fig, out: Path) -> Path:
-    """Lay out, write as a 150-dpi PNG, free the figure."""
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
-
-
-def _read(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.exists() else None
-
-
-def _read_tokens(path: Path) -> pd.DataFrame | None:
-    """A table with token-text columns: a token such as "NA" or "null" stays text."""
-    return pd.read_csv(path, keep_default_na=False, na_values={"prob": [""], "logprob": [""]}) if path.exists() else None
+from pipeline.figures.registry import Frames, figure, read_attention_maps, read_token_table, save
 
 
 def fig3_layers(df: pd.DataFrame, model: str, dataset: str, out: Path) -> Path:
@@ -133,11 +115,6 @@ def fig_attention_share(df: pd.DataFrame, model: str, out: Path) -> Path:
     return save(fig, out)
 
 
-def _read_token_table(path: Path) -> pd.DataFrame | None:
-    """A table with a ``token`` text column: a token such as "NA", "null" or "" stays text."""
-    return pd.read_csv(path, dtype={"token": str}, keep_default_na=False) if path.exists() else None
-
-
 def fig5_stopwords(df: pd.DataFrame, model: str, out: Path, n_top: int = 10) -> Path:
     """Paper B Fig. 5: average next-token probability of the original model's top tokens on
     LAMBADA, original vs super weights pruned (grouped bars)."""
@@ -181,44 +158,33 @@ def fig6_scaling(df: pd.DataFrame, model: str, out: Path) -> Path:
     return save(fig, out)
 
 
-def draw_experiment(out_dir: Path) -> list[Path]:
-    """Draw every figure whose CSV exists in ``out_dir``, one per (model, dataset, seed)."""
-    out_dir = Path(out_dir)
-    fig_dir = out_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    stats = _read(out_dir / "ma_layer_stats.csv")
-    if stats is not None:
-        for (model, dataset), g in stats.groupby(["model", "dataset"]):
-            written.append(fig3_layers(g.sort_values("layer"), model, dataset, fig_dir / f"fig3_layers_{model}_{dataset}.png"))
-    written += _per_model(_read(out_dir / "ma_fig1.csv"), fig1_landscape, fig_dir, "fig1_3d")
-    maps = _read_tokens(out_dir / "ma_attention_maps.csv")
-    if maps is not None:
-        share = _read(out_dir / "ma_attention_share.csv")
-        for model, g in maps.groupby("model"):
-            dataset = g["dataset"].iloc[0]
-            written.append(fig_attention_maps(g[g["dataset"] == dataset], model, fig_dir / f"attention_maps_{model}.png"))
-            if share is not None and (share["model"] == model).any():
-                s = share[(share["model"] == model) & (share["dataset"] == dataset)]
-                written.append(fig_attention_share(s, model, fig_dir / f"attention_share_{model}.png"))
-    from pipeline.figures.super_weight import draw_super_weight
-
-    written += draw_super_weight(out_dir, fig_dir)
-    written += _per_model(_read_token_table(out_dir / "sw_stopword_probs.csv"), fig5_stopwords, fig_dir, "fig5_stopwords")
-    written += _per_model(_read(out_dir / "sw_scale_table.csv"), fig6_scaling, fig_dir, "fig6_scaling")
-    return written
+# --- registrations: stage, file stem, tables read (the first grouped by model) ------------------
+@figure("ma_profile", "fig3_layers", ("ma_layer_stats",), per_dataset=True)
+def _fig3(frames: Frames, model: str, out: Path) -> Path:
+    df = frames["ma_layer_stats"]
+    return fig3_layers(df.sort_values("layer"), model, str(df["dataset"].iloc[0]), out)
 
 
-def _per_model(df: pd.DataFrame | None, draw, fig_dir: Path, stem: str) -> list[Path]:
-    """``draw(rows, model, path)`` once per model, on that model's first dataset."""
-    if df is None:
-        return []
-    out = []
-    for model, g in df.groupby("model"):
-        out.append(draw(g[g["dataset"] == g["dataset"].iloc[0]], model, fig_dir / f"{stem}_{model}.png"))
-    return out
+@figure("ma_profile", "fig1_3d", ("ma_fig1",))
+def _fig1(frames: Frames, model: str, out: Path) -> Path:
+    return fig1_landscape(frames["ma_fig1"], model, out)
 
 
-def draw_all(results_dir: Path) -> list[Path]:
-    """``make figures``: every experiment folder under ``results_dir``."""
-    return [p for d in sorted(Path(results_dir).iterdir()) if d.is_dir() for p in draw_experiment(d)]
+@figure("ma_attention", "attention_maps", ("ma_attention_maps",), reader=read_attention_maps)
+def _maps(frames: Frames, model: str, out: Path) -> Path:
+    return fig_attention_maps(frames["ma_attention_maps"], model, out)
+
+
+@figure("ma_attention", "attention_share", ("ma_attention_share",))
+def _share(frames: Frames, model: str, out: Path) -> Path:
+    return fig_attention_share(frames["ma_attention_share"], model, out)
+
+
+@figure("sw_stopwords", "fig5_stopwords", ("sw_stopword_probs",), reader=read_token_table)
+def _fig5(frames: Frames, model: str, out: Path) -> Path:
+    return fig5_stopwords(frames["sw_stopword_probs"], model, out)
+
+
+@figure("sw_scale", "fig6_scaling", ("sw_scale_table",))
+def _fig6(frames: Frames, model: str, out: Path) -> Path:
+    return fig6_scaling(frames["sw_scale_table"], model, out)

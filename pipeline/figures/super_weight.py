@@ -5,13 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from pipeline.figures.massive import save  # noqa: E402
+from pipeline.figures.registry import Frames, figure, save
 
 
 def fig3_down_proj(df: pd.DataFrame, directory: pd.DataFrame | None, model: str, out: Path) -> Path:
@@ -76,25 +73,17 @@ def fig7_block_sizes(df: pd.DataFrame, model: str, out: Path) -> Path:
     return save(fig, out)
 
 
-def draw_super_weight(out_dir: Path, fig_dir: Path) -> list[Path]:
-    written = []
-    wq = out_dir / "sw_weightquant_table.csv"
-    if wq.exists():
-        df = pd.read_csv(wq)
-        for model, g in df.groupby("model"):
-            if (g["method"] != "none").any():
-                written.append(fig7_block_sizes(g, model, fig_dir / f"sw_fig7_block_sizes_{model}.png"))
-    maxima = out_dir / "sw_down_proj_max.csv"
-    if maxima.exists():
-        df = pd.read_csv(maxima)
-        dpath = out_dir / "sw_directory.csv"
-        directory = pd.read_csv(dpath) if dpath.exists() and dpath.stat().st_size > 0 else None
-        for model, g in df.groupby("model"):
-            d = directory[directory["model"] == model] if directory is not None and "model" in directory else None
-            written.append(fig3_down_proj(g.sort_values("layer"), d, model, fig_dir / f"sw_fig3_down_proj_{model}.png"))
-    layer_max = out_dir / "sw_layer_max.csv"
-    if layer_max.exists():
-        df = pd.read_csv(layer_max)
-        for model, g in df.groupby("model"):
-            written.append(fig4_layer_max(g, model, fig_dir / f"sw_fig4_layer_max_{model}.png"))
-    return written
+@figure("sw_weightquant", "sw_fig7_block_sizes", ("sw_weightquant_table",))
+def _fig7(frames: Frames, model: str, out: Path) -> Path | None:
+    df = frames["sw_weightquant_table"]
+    return fig7_block_sizes(df, model, out) if (df["method"] != "none").any() else None
+
+
+@figure("sw_detect", "sw_fig3_down_proj", ("sw_down_proj_max", "sw_directory"))
+def _fig3(frames: Frames, model: str, out: Path) -> Path:
+    return fig3_down_proj(frames["sw_down_proj_max"].sort_values("layer"), frames.get("sw_directory"), model, out)
+
+
+@figure("sw_ablate", "sw_fig4_layer_max", ("sw_layer_max",))
+def _fig4(frames: Frames, model: str, out: Path) -> Path:
+    return fig4_layer_max(frames["sw_layer_max"], model, out)

@@ -36,6 +36,7 @@ from pipeline.analysis.attention import (
     massive_positions,
     uniform_share,
 )
+from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
 from pipeline.hooks.positions import delimiter_test, token_types
 from pipeline.models.arch import decoder_layers, layer, layer_module, num_layers
@@ -248,3 +249,7 @@ def format_summary(out: dict[str, Any]) -> str:
                      f"{med['cos_rest']:.3f}, relvar rest {med['relvar_rest']:.3f}; part_S more constant in {wins}/{len(rows)}")
     lines += [f"  note: {n}" for n in out["notes"]]
     return "\n".join(lines)
+
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_attention_share', 'ma_attention_decomposition', 'ma_attention_maps'),
+                                artefact='paper A §4: attention concentration, implicit attention bias'))

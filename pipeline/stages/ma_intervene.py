@@ -21,6 +21,7 @@ from typing import Any
 from pipeline.analysis.massive import profile_layers, summarize
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers
+from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.text import build_source, data_config, token_windows
 from pipeline.evaluation.conditions import (
     eval_windows,
@@ -132,3 +133,7 @@ def format_summary(out: dict[str, Any]) -> str:
         for c in out["comparison"]:
             lines.append(f"  {c['condition']:<13}{c['quantity']:<22} ours {fmt(c['ours']):>10}   paper {fmt(c['paper'])}")
     return "\n".join(lines)
+
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_intervene_sites', 'ma_intervene', 'ma_intervene_table', 'ma_intervene_paper'),
+                                artefact='paper A §3, Table 3: set to zero / set to mean'))

@@ -21,6 +21,7 @@ import torch
 
 from pipeline.analysis.massive import profile_layers, summarize
 from pipeline.core.paper import paper_numbers
+from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
 from pipeline.models.arch import layer
 from pipeline.models.load import forward_without_logits
@@ -127,3 +128,7 @@ def format_summary(out: dict[str, Any], max_rows: int = 12) -> str:
             tag = "" if c["paper_verified"] else "  [RECALL]"
             lines.append(f"  {c['quantity']:<20} ours {c['ours']:<28} paper {c['paper']}{tag}")
     return "\n".join(lines)
+
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_layer_stats', 'ma_activations', 'ma_massive', 'ma_fig1', 'ma_paper'),
+                                artefact='paper A §2: Table 1, Fig. 1, Fig. 3'))

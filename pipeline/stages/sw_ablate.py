@@ -26,6 +26,7 @@ import torch
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers
+from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import (
     eval_windows,
     evaluate_conditions,
@@ -189,3 +190,7 @@ def format_summary(out: dict[str, Any]) -> str:
     for c in out["comparison"]:
         lines.append(f"  paper B {c['condition']:<20} {c['quantity']:<10} ours {fmt(c['ours']):>10}  paper {fmt(c['paper'])}")
     return "\n".join(lines)
+
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_ablate', 'sw_ablate_table', 'sw_layer_max', 'sw_ablate_paper'),
+                                artefact='paper B Table 1, Fig. 4'))

@@ -48,6 +48,7 @@ from pipeline.analysis.smoothquant import NotApplicable, input_absmax, smoothed,
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers, paper_table_lines
+from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.text import build_source, data_config, token_windows
 from pipeline.evaluation.conditions import (
     eval_windows,
@@ -190,3 +191,7 @@ def format_summary(out: dict[str, Any]) -> str:
         lines.append(f"  smoothquant not applicable: {out['not_applicable']}")
     lines += paper_table_lines(out.get("paper"), "w8a8", "perplexity")
     return "\n".join(lines)
+
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_actquant', 'sw_actquant_table'),
+                                artefact='paper B §5.1: Tables 3, 4, 7'))

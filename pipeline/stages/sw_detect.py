@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, detect, massive_dims
 from pipeline.core.paper import paper_numbers
+from pipeline.core.registry import StageSpec, register_stage
 
 STAGE = "sw_detect"
 
@@ -64,3 +65,7 @@ def format_summary(out: dict[str, Any]) -> str:
         lines.append(f"  paper B: layer {c['layer']} [{c['row']}, {c['col']}]  ours {'yes' if c['in_ours'] else 'no'}"
                      f"  paper {'yes' if c['in_paper'] else 'no'}")
     return "\n".join(lines)
+
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_down_proj_max', 'sw_directory', 'sw_paper'),
+                                artefact='paper B §3.2: Table 2, Fig. 3'))

@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
+from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, format_table
 from pipeline.hooks.weights import scale_weights
 
@@ -74,3 +75,7 @@ def format_summary(out: dict[str, Any]) -> str:
              f"  perplexity on {out['ppl_setting']}; zero-shot limit {out['zero_shot_limit']} per task",
              *format_table(sorted(out["table"], key=lambda r: r["scale"]))]
     return "\n".join(lines)
+
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_scale', 'sw_scale_table'),
+                                artefact='paper B §5: Fig. 6'))

