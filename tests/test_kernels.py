@@ -170,3 +170,51 @@ def test_compiled_kernels_match_reference_on_gpu(dtype):
     x[0, 7] = 1000
     assert torch.equal(kq.token_fake_quant(x, [7]), kq.token_fake_quant_ref(x, [7]))
     assert torch.equal(tq.tensor_fake_quant(w), tq.tensor_fake_quant_ref(w))
+
+
+# --- oracles that share no code with kernels/block_quant.py ------------------------------------
+def _paper_b_rtn(w: torch.Tensor, bits: int, block: int) -> torch.Tensor:
+    """Paper B's own fake quantizer, written out: ``w.reshape(-1, blocksize)``, per row min-max,
+    scale = (max - min) / (2^bits - 1), zero = round(-min / scale), round, clamp, dequantize.
+    (It needs numel divisible by the block, as paper B's code does. A constant block, which paper
+    B's code turns into NaN, is kept as it is, as our quantizer does.)"""
+    levels = 2 ** bits - 1
+    x = w.float().reshape(-1, block)
+    mn, mx = x.min(dim=1, keepdim=True).values, x.max(dim=1, keepdim=True).values
+    scale = (mx - mn) / levels
+    zero = torch.round(-mn / scale)
+    q = torch.clamp(torch.round(x / scale) + zero, 0, levels)
+    return torch.where(scale > 0, (q - zero) * scale, x).reshape(w.shape).to(w.dtype)
+
+
+def _naive_tiles(w: torch.Tensor, bits: int, tile: tuple[int, int]) -> torch.Tensor:
+    """A loop over the (rows x cols) tiles of the matrix, each quantized on its own range (edge
+    tiles hold what is left: the replicated padding of the reference adds no new values)."""
+    out = torch.empty_like(w)
+    tr, tc = tile
+    for r in range(0, w.shape[0], tr):
+        for c in range(0, w.shape[1], tc):
+            part = w[r:r + tr, c:c + tc]
+            out[r:r + tr, c:c + tc] = _paper_b_rtn(part.contiguous(), bits, part.numel())
+    return out
+
+
+@pytest.mark.parametrize("shape,block", [((16, 64), 64), ((8, 256), 128), ((32, 32), 1024)])
+def test_block_reference_equals_paper_b_reshape_rtn(shape, block):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(bq.block_fake_quant_ref(w, 4, block), _paper_b_rtn(w, 4, block))
+
+
+@pytest.mark.parametrize("shape,tile", [((16, 24), (4, 8)), ((9, 13), (4, 3)), ((12, 12), (12, 3))])
+def test_tiles_equal_a_naive_per_tile_loop(shape, tile):
+    """The independent oracle for the 2-D layout: with the tile permutation replaced by a plain
+    flatten (a layout bug both kernel and reference would share), this fails."""
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(bq.block_fake_quant_ref(w, 4, 0, tile=tile), _naive_tiles(w, 4, tile))
+
+
+@needs_interpreter
+@pytest.mark.parametrize("shape,tile", [((16, 24), (4, 8)), ((9, 13), (4, 3))])
+def test_tile_kernel_equals_the_naive_loop(shape, tile):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(bq.block_fake_quant_triton(w, 4, 0, tile=tile), _naive_tiles(w, 4, tile))
