@@ -71,6 +71,7 @@ def test_unknown_choice_is_one_clear_line(arg, needle):
     assert "smollm2_135m" in lines[0] or "wiki_summaries" in lines[0] or "massive_activations" in lines[0]
 
 
+@pytest.mark.slow  # 5-8 s: make test-fast leaves it out
 @pytest.mark.parametrize("offline_env", ["1", ""])  # offline mode requested / no network at all
 def test_hub_model_offline_fails_fast_with_one_line(offline_env):
     # the "no network" case points the Hub at a closed local port, so it never downloads anything

@@ -165,8 +165,16 @@ def test_all_configs_build_offline():
             assert build_source(cfg).name == f.stem
 
 
-def test_austen():
-    dest = data.prepare_austen()  # fetches with apt-get the first time, then a no-op
+def test_austen(monkeypatch):
+    """The corpus `make setup` prepared (from Debian's r-cran-janeaustenr). No test downloads:
+    apt-get is made to fail here, so a missing cache fails in one line instead of fetching."""
+    def no_network(cmd, *a, **k):
+        raise AssertionError(f"a test tried to run {cmd[0]} (network); run `make assets` first")
+
+    monkeypatch.setattr(data.subprocess, "run", no_network)
+    if not (data.AUSTEN_DIR / "austen.txt").exists():
+        pytest.fail(f"Austen corpus missing in {data.AUSTEN_DIR}: run `make assets` (tests never download)")
+    dest = data.prepare_austen()  # the cache exists: a no-op
     novels = {p.stem for p in dest.glob("*.txt")} - {"austen"}
     assert novels == set(data.AUSTEN_NOVELS) and len(novels) == 6
     pp = (dest / "prideprejudice.txt").read_text()

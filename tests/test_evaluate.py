@@ -169,6 +169,7 @@ def test_lm_eval_sees_a_forward_hook_and_forgets_it(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow  # 5-8 s: make test-fast leaves it out
 def test_every_offline_task_of_both_suites_evaluates(tasks_dir):
     model, tok = tiny()
     a, b = load_suite("paper_a"), load_suite("paper_b")

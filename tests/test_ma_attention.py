@@ -180,6 +180,7 @@ def test_model_outputs_bit_identical_after_the_stage(tmp_path):
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_smollm2_attention_sink_and_implicit_bias(tmp_path):
     """Paper A §4 on SmolLM2-135M: after the massive layer, attention concentrates on the
     massive-activation token, and its value update is nearly constant across queries."""

@@ -14,7 +14,7 @@ from pipeline.models.load import load_model
 from pipeline.stages import ma_profile
 from tests.test_config import CONF
 
-pytestmark = pytest.mark.real
+pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

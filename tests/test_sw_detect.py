@@ -100,7 +100,14 @@ def test_paper_comparison():
     from pipeline.core.paper import paper_numbers
 
     paper = paper_numbers("super_weight", "llama_7b")
-    rows = sw_detect.compare_with_paper(paper, [{"layer": 2, "row": 3968, "col": 7003}])
-    assert rows == [{"layer": 2, "row": 3968, "col": 7003, "in_ours": True, "in_paper": True, "paper_verified": True}]
-    rows = sw_detect.compare_with_paper(paper, [])
-    assert rows[0]["in_ours"] is False
+    published = [tuple(c) for c in paper["super_weights"]["value"]]  # read from conf/paper, not copied
+    assert published
+    # "ours" is a made-up detection: one of the paper's coordinates and one that is not (feeding
+    # the paper's own coordinates in as ours, as before, could only ever agree)
+    mine = [{"layer": 0, "row": 1, "col": 2}, dict(zip(("layer", "row", "col"), published[0], strict=True))]
+    rows = {(r["layer"], r["row"], r["col"]): r for r in sw_detect.compare_with_paper(paper, mine)}
+    assert rows[(0, 1, 2)]["in_ours"] and not rows[(0, 1, 2)]["in_paper"]
+    assert rows[published[0]]["in_ours"] and rows[published[0]]["in_paper"]
+    assert all(rows[c]["in_paper"] and not rows[c]["in_ours"] for c in published[1:])
+    assert all(r["paper_verified"] == paper["super_weights"]["verified"] for r in rows.values())
+    assert not any(r["in_ours"] for r in sw_detect.compare_with_paper(paper, []))

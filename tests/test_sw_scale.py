@@ -65,6 +65,7 @@ def test_one_scale_per_job_fills_one_table_and_reruns_replace(tmp_path):
     assert len(ctx.results.read("sw_scale")) == 2
 
 
+@pytest.mark.slow  # 5-8 s: make test-fast leaves it out
 def test_with_zero_shot_suite(tmp_path):
     ctx = planted_ctx(tmp_path)
     out = sw_scale.run(ctx, **{**KW, "scales": [0, 1], "eval_suite": "paper_b", "zero_shot_limit": 2,

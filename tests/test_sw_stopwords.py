@@ -135,6 +135,7 @@ def smollm():
 
 
 @pytest.mark.real
+@pytest.mark.slow
 def test_real_smollm2_stopwords_gain_and_winter_is_not_cold(smollm, tmp_path):
     """SmolLM2-135M, 20 prompts. Measured (20 / 500 prompts): ' the' x1.81 / x1.53, ' a' x4.6 /
     x3.0, '.' x2.9 / x1.8, ',' x2.1 / x1.6; p(' cold') 0.054 -> 1.8e-5, top-1 ' a' 0.10 -> 0.54.
