@@ -50,8 +50,10 @@ def run(cfg) -> dict:
         for name, stage_cfg in selected_stages(cfg).items():
             print(f"[pipeline] stage {name} on {ctx.model_name} / {ctx.data_cfg['name']}", flush=True)
             outputs[name] = instantiate(stage_cfg)(ctx)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved.pop("catalog", None)  # the whole catalog: only the entries used are recorded
         manifest = ctx.results.write_manifest(
-            OmegaConf.to_container(cfg, resolve=True), {"wall_s": round(time.perf_counter() - t0, 1)})
+            resolved, {"wall_s": round(time.perf_counter() - t0, 1), "catalog_used": ctx.catalog.used_entries()})
         figures = draw_experiment(ctx.out_dir, list(outputs)) if cfg.run.figures else []
     finally:
         ctx.logger.finish()

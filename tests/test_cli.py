@@ -62,3 +62,16 @@ def test_kernel_benchmark_runs_small(tmp_path):
     assert set(table["impl"]) == {"copy", "reference"} and (table["device"] == "cpu").all()
     assert set(table["op"]) == {"block_quant_int4", "tensor_quant_int8", "token_quant_int8", "token_quant_int8_outlier"}
     assert (table.loc[table.impl == "copy", "fraction_of_copy"] == 1.0).all() and (table["gbytes_per_s"] > 0).all()
+
+
+def test_manifest_records_the_resolved_secondary_datasets(tmp_path):
+    """An override of a secondary dataset reaches the stage and the manifest records it resolved."""
+    import json
+
+    r = _cli("experiment=super_weight_tab3", "model=tiny_llama", "debug=cpu", f"run.results_dir={tmp_path}",
+             "run.figures=false", "stage.sw_actquant.conditions=[fp]", "stage.sw_actquant.ppl_data=[wiki_summaries]",
+             "catalog.data.wiki_summaries.bos=first", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    manifest = json.loads(next((tmp_path / "super_weight_tab3" / "manifests").glob("*.json")).read_text())
+    assert manifest["catalog_used"]["data"]["wiki_summaries"]["bos"] == "first"
+    assert "catalog" not in manifest["config"]

@@ -94,7 +94,7 @@ def test_condition_loop_averages_the_suites_primary_metric(tmp_path, monkeypatch
 
     fake = [{"task": "a", "metric": "acc", "value": 0.1, "stderr": 0.0, "n": 1},
             {"task": "a", "metric": "acc_norm", "value": 0.9, "stderr": 0.0, "n": 1}]
-    monkeypatch.setattr(conditions, "load_suite", lambda name: {"tasks": ["a"], "primary_metric": "acc_norm"})
+    monkeypatch.setattr(conditions, "load_suite", lambda name, catalog=None: {"tasks": ["a"], "primary_metric": "acc_norm"})
     monkeypatch.setattr(conditions, "zero_shot", lambda *a, **k: fake)
     out = sw_scale.run(planted_ctx(tmp_path), **{**KW, "scales": [1], "eval_suite": "x"})
     assert out["table"][0]["acc_mean"] == 0.9 and out["table"][0]["acc_a"] == 0.9

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.core.catalog import Catalog
 from pipeline.core.loggers import Logger, build_logger
+from pipeline.core.paper import paper_numbers
 from pipeline.core.results import ResultsWriter
-from pipeline.data.text import TextSource, build_source, token_windows
+from pipeline.data.text import TextSource, build_source, data_config, token_windows
 from pipeline.models.arch import ArchSpec, get_arch
 from pipeline.models.load import load_model
 
@@ -35,6 +37,15 @@ class Context:
     logger: Logger
     experiment: str
     seed: int
+    catalog: Catalog = field(default_factory=Catalog.from_files)
+
+    def data_config(self, name: str, **overrides: Any) -> dict[str, Any]:
+        """A secondary dataset of this run (calibration, extra perplexity sets), as resolved."""
+        return data_config(name, self.catalog, **overrides)
+
+    def paper_numbers(self, paper: str) -> dict[str, Any] | None:
+        """Published numbers of ``paper`` for this run's model (None unless it is a paper model)."""
+        return paper_numbers(paper, self.paper_key, self.catalog)
 
     @property
     def out_dir(self) -> Path:
@@ -74,8 +85,9 @@ def build_context(cfg: DictConfig) -> Context:
         run_name=f"{cfg.run.experiment}/{model_cfg['name']}/{data_cfg['name']}",
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
+    catalog = Catalog(OmegaConf.to_container(cfg.catalog, resolve=True)) if "catalog" in cfg else Catalog.from_files()
     return Context(
         model=model, tokenizer=tok, arch=arch, device=device, model_name=model_cfg["name"],
         paper_key=model_cfg.get("paper_key"), data_cfg=data_cfg, source=source, results=results,
-        logger=logger, experiment=cfg.run.experiment, seed=int(cfg.run.seed),
+        logger=logger, experiment=cfg.run.experiment, seed=int(cfg.run.seed), catalog=catalog,
     )

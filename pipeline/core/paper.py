@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from pipeline.core.paths import CONF_DIR
+from pipeline.core.catalog import Catalog, default_catalog
 
 
-def paper_numbers(paper: str, model_key: str | None) -> dict[str, Any] | None:
-    """The entries of ``conf/paper/<paper>.yaml`` for one of the paper's models, or None.
+def paper_numbers(paper: str, model_key: str | None, catalog: Catalog | None = None) -> dict[str, Any] | None:
+    """The published numbers of ``paper`` (``catalog.paper.<paper>``, from ``conf/paper/``) for one
+    of the paper's models, or None.
 
     Each entry is ``{value, source, verified}``; ``model_key`` is the model config's ``paper_key``.
     """
     if not model_key:
         return None
-    path = CONF_DIR / "paper" / f"{paper}.yaml"
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return data.get("models", {}).get(model_key)
+    return (catalog or default_catalog()).get("paper", paper).get("models", {}).get(model_key)
 
 
 def paper_table_lines(paper: dict | None, key: str, what: str, sep: str = " ") -> list[str]:

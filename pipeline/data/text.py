@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from pipeline.core.assets import package_dir
+from pipeline.core.catalog import Catalog, default_catalog
 from pipeline.core.errors import PipelineError
 from pipeline.core.hub import offline_requested, require_hub
 from pipeline.core.paths import CACHE_DIR, CONF_DIR, REPO_ROOT  # noqa: F401  (REPO_ROOT: tests)
@@ -224,18 +225,12 @@ _OFFLINE = {"wiki_summaries": _wiki_source, "shakespeare": _shakespeare_source,
 KINDS = (*_OFFLINE, "hub", "text")
 
 
-def data_config(name: str, **overrides: Any) -> dict[str, Any]:
-    """``conf/data/<name>.yaml`` as a dict (plus overrides), for stages that read several datasets
-    (e.g. perplexity on WikiText-2, C4 and PG-19); unknown names fail with the known list.
-    ``split="train"`` on a Hub dataset selects its ``hub_train_split`` (calibration data)."""
-    from omegaconf import OmegaConf
-
-    conf = CONF_DIR / "data"
-    path = conf / f"{name}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in conf.glob("*.yaml")))
-        raise PipelineError(f"unknown data '{name}'; known: {known}")
-    cfg = {**OmegaConf.to_container(OmegaConf.load(path), resolve=True), **overrides}
+def data_config(name: str, catalog: Catalog | None = None, **overrides: Any) -> dict[str, Any]:
+    """Dataset ``name`` of the run's catalog (``catalog.data.<name>``, from ``conf/data/``) as a
+    dict, plus overrides, for stages that read several datasets (e.g. perplexity on WikiText-2,
+    C4 and PG-19); unknown names fail with the known list. ``split="train"`` on a Hub dataset
+    selects its ``hub_train_split`` (calibration data)."""
+    cfg = {**(catalog or default_catalog()).get("data", name), **overrides}
     if cfg.get("kind") == "hub" and overrides.get("split") == "train":
         # calibration must not read the evaluation split: Hub sets name their training split
         if not cfg.get("hub_train_split"):

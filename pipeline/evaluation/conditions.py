@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from pipeline.core.catalog import Catalog
 from pipeline.data.text import build_source, data_config, token_windows
 from pipeline.evaluation.perplexity import perplexity
 from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
@@ -22,11 +23,12 @@ from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
 PROBE = "Summer is warm. Winter is cold."
 
 
-def eval_windows(tokenizer, names, seq_len: int, n_windows: int) -> dict[str, torch.Tensor]:
-    """Evaluation windows for each named dataset, with that dataset's BOS rule and joiner."""
+def eval_windows(tokenizer, names, seq_len: int, n_windows: int, catalog: Catalog | None = None,
+                 ) -> dict[str, torch.Tensor]:
+    """Evaluation windows for each named dataset of the catalog, with its BOS rule and joiner."""
     out = {}
     for name in names:
-        cfg = data_config(name)
+        cfg = data_config(name, catalog)
         out[name] = token_windows(tokenizer, build_source(cfg), seq_len=seq_len, n_windows=n_windows,
                                   bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
     return out
@@ -48,7 +50,7 @@ def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], Abst
     with ``ppl_<dataset>``, ``acc_<task>`` and ``acc_mean``, the mean of the suite's
     ``primary_metric``). ``describe`` adds columns per condition to the wide rows; ``on_done(name,
     long, wide)`` is called as each condition finishes (to write it before the next starts)."""
-    suite = load_suite(eval_suite) if eval_suite else None
+    suite = load_suite(eval_suite, ctx.catalog) if eval_suite else None
     metric = (suite or {}).get("primary_metric", "acc")
     reference = probe_logits(ctx)
     rows, table = [], []

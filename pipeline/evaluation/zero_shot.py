@@ -18,33 +18,23 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from pipeline.core.assets import package_dir
+from pipeline.core.catalog import Catalog, default_catalog
 from pipeline.core.errors import PipelineError
 from pipeline.core.hub import hub_reachable
-from pipeline.core.paths import CONF_DIR
 from pipeline.evaluation.tasks import OFFLINE_TASKS, build_offline_tasks, offline_task_name
 
-SUITES_DIR: Path = CONF_DIR / "eval"
 SEED = 1234  # lm-eval's default seeds, fixed explicitly (python random: 0)
 BOOTSTRAP_ITERS = 1000  # only lambada's perplexity stderr is bootstrapped (acc is closed-form)
 
 
-def known_suites() -> list[str]:
-    """Names of the zero-shot suites in ``conf/eval/*.yaml``."""
-    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
-
-
-def load_suite(name: str) -> dict:
-    """``conf/eval/<name>.yaml`` as a plain dict (``name``, ``tasks``, ``metrics``, ...)."""
-    path = SUITES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise PipelineError(f"unknown eval suite '{name}'; known suites: "
-                            f"{', '.join(known_suites()) or '(none)'}")
-    suite = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+def load_suite(name: str, catalog: Catalog | None = None) -> dict:
+    """Zero-shot suite ``name`` of the run's catalog (``catalog.eval.<name>``, from
+    ``conf/eval/``) as a plain dict (``name``, ``tasks``, ``metrics``, ``primary_metric``, ...)."""
+    suite = (catalog or default_catalog()).get("eval", name) or {}
     if not isinstance(suite.get("tasks"), list) or not suite["tasks"]:
-        raise PipelineError(f"{path} has no `tasks:` list")
+        raise PipelineError(f"eval suite '{name}' has no `tasks:` list")
     return suite
 
 

@@ -20,9 +20,8 @@ from typing import Any
 
 from pipeline.analysis.massive import profile_layers, summarize
 from pipeline.core.errors import PipelineError
-from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.data.text import build_source, data_config, token_windows
+from pipeline.data.text import build_source, token_windows
 from pipeline.evaluation.conditions import (
     eval_windows,
     evaluate_conditions,
@@ -41,7 +40,7 @@ CONDITIONS = ("original", "set_zero", "set_mean", "random_zero")
 def detect_sites(ctx, *, calib_data: str, calib_split: str, calib_sequences: int, calib_seq_len: int,
                  layer: int | str, min_frac: float, batch_size: int, **detector) -> tuple[int, list[dict]]:
     """The intervention layer and its massive (dim, token type) sites with calibration means."""
-    cfg = data_config(calib_data, split=calib_split)
+    cfg = ctx.data_config(calib_data, split=calib_split)
     windows = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len,
                             n_windows=calib_sequences, bos=cfg.get("bos", "never"),
                             joiner=cfg.get("joiner", "\n\n"))
@@ -92,11 +91,11 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
                     ";".join(f"{s.token_type}:{s.dim}={s.value:.4g}" for s in edits[c])} for c in conditions}
     rows, table = evaluate_conditions(
         ctx, STAGE, {c: condition(edits[c]) for c in conditions},
-        ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows), eval_suite=eval_suite,
+        ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog), eval_suite=eval_suite,
         zero_shot_limit=zero_shot_limit, batch_size=batch_size, eval_batch_size=eval_batch_size, describe=describe)
     paths = {"ma_intervene_sites": ctx.results.write("ma_intervene_sites", sites, stage=STAGE),
              **write_by_condition(ctx, STAGE, {"ma_intervene": rows, "ma_intervene_table": table})}
-    comparison = compare_with_paper(paper_numbers("massive_activations", ctx.paper_key), table)
+    comparison = compare_with_paper(ctx.paper_numbers("massive_activations"), table)
     if comparison:
         paths["ma_intervene_paper"] = ctx.results.write("ma_intervene_paper", comparison, stage=STAGE)
     return {"layer": layer_idx, "sites": sites, "rows": rows, "table": table, "paths": paths,

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from pipeline.analysis.massive import profile_layers, summarize
-from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
 from pipeline.models.arch import layer
@@ -80,7 +79,7 @@ def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: s
         if fig1_layer is None:
             fig1_layer = max(layer_rows, key=lambda r: r["top1_over_median"])["layer"]
     fig1 = fig1_landscape(ctx, fig1_prompt, int(fig1_layer))
-    comparison = compare_with_paper(paper_numbers("massive_activations", ctx.paper_key), layer_rows, massive)
+    comparison = compare_with_paper(ctx.paper_numbers("massive_activations"), layer_rows, massive)
 
     paths = {}
     for table, rows in [("ma_layer_stats", layer_rows), ("ma_activations", act_rows),

@@ -25,7 +25,6 @@ import torch
 
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
-from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import (
     eval_windows,
@@ -151,11 +150,11 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, prompt: str = DEFAULT_PR
         with make():
             fig4 += [{"condition": cond, "layer": i, "max_abs": v} for i, v in enumerate(layer_max(ctx, ids))]
     rows, table = evaluate_conditions(
-        ctx, STAGE, chosen, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows),
+        ctx, STAGE, chosen, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog),
         eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
         eval_batch_size=eval_batch_size, describe=describe)
     paths = write_by_condition(ctx, STAGE, {"sw_ablate": rows, "sw_ablate_table": table, "sw_layer_max": fig4})
-    comparison = compare_with_paper(paper_numbers("super_weight", ctx.paper_key), table)
+    comparison = compare_with_paper(ctx.paper_numbers("super_weight"), table)
     if comparison:
         paths["sw_ablate_paper"] = ctx.results.write("sw_ablate_paper", comparison, stage=STAGE)
     return {"sites": sites, "n_non_sw": len(non_sw), "rows": rows, "table": table, "fig4": fig4,

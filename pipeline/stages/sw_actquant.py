@@ -47,9 +47,9 @@ from pipeline.analysis.quant import (
 from pipeline.analysis.smoothquant import NotApplicable, input_absmax, smoothed, smoothing_factors
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
-from pipeline.core.paper import paper_numbers, paper_table_lines
+from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.data.text import build_source, data_config, token_windows
+from pipeline.data.text import build_source, token_windows
 from pipeline.evaluation.conditions import (
     eval_windows,
     evaluate_conditions,
@@ -145,7 +145,7 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smo
               "super_activation_aware": lambda: w8a8(ctx.model, modules, outliers, parts)}
     not_applicable = ""
     if "smoothquant" in conditions:
-        cfg = data_config(calib_data, split=calib_split)
+        cfg = ctx.data_config(calib_data, split=calib_split)
         calib = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len, n_windows=calib_windows,
                               bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
         try:
@@ -166,7 +166,7 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smo
                                   "alpha": alpha if c == "smoothquant" else math.nan,
                                   "quantized": "" if c == "fp" else "+".join(parts), "note": ""}
                 for c in conditions if c in makers}
-    ppl_sets = eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows)
+    ppl_sets = eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog)
     rows, table = evaluate_conditions(ctx, STAGE, chosen, ppl_sets=ppl_sets, eval_suite=eval_suite,
                                       zero_shot_limit=zero_shot_limit, batch_size=batch_size,
                                       eval_batch_size=eval_batch_size, describe=describe)
@@ -177,7 +177,7 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smo
     recovery(table, ppl_data, parts)
     paths = write_by_condition(ctx, STAGE, {"sw_actquant": rows, "sw_actquant_table": table})
     return {"table": table, "sites": sites, "outliers": outliers, "paths": paths, "not_applicable": not_applicable,
-            "ppl_data": list(ppl_data), "paper": paper_numbers("super_weight", ctx.paper_key)}
+            "ppl_data": list(ppl_data), "paper": ctx.paper_numbers("super_weight")}
 
 
 def format_summary(out: dict[str, Any]) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, detect, massive_dims
-from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage
 
 STAGE = "sw_detect"
@@ -31,7 +30,7 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, threshold: float | str = "auto", r
     directory = [{**f, "token_text": toks[f["token"]], "row_is_massive_dim": f["row"] in mdims} for f in found]
     paths = {"sw_down_proj_max": ctx.results.write("sw_down_proj_max", maxima, stage=STAGE),
              "sw_directory": ctx.results.write("sw_directory", directory, stage=STAGE)}
-    comparison = compare_with_paper(paper_numbers("super_weight", ctx.paper_key), directory)
+    comparison = compare_with_paper(ctx.paper_numbers("super_weight"), directory)
     if comparison:
         paths["sw_paper"] = ctx.results.write("sw_paper", comparison, stage=STAGE)
     ctx.logger.log_metrics({"sw/n_super_weights": len(directory)})

@@ -62,7 +62,7 @@ def run(ctx, *, scales: Sequence[float] = SCALES, eval_suite: str | None = "pape
             "sw_scale_table", [{k: v for k, v in wide.items() if k != "condition"}], stage=STAGE, condition=cond)
 
     rows, table = evaluate_conditions(
-        ctx, STAGE, conditions, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows),
+        ctx, STAGE, conditions, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog),
         eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
         eval_batch_size=eval_batch_size, describe=describe, on_done=write)
     return {"sites": sites, "table": table, "rows": rows, "paths": paths, "zero_shot_limit": zero_shot_limit,

@@ -39,9 +39,9 @@ from kernels.block_quant import block_fake_quant
 from pipeline.analysis.quant import observe_inputs, quantized_weights
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
-from pipeline.core.paper import paper_numbers, paper_table_lines
+from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.data.text import build_source, data_config, token_windows
+from pipeline.data.text import build_source, token_windows
 from pipeline.evaluation.conditions import (
     eval_windows,
     evaluate_conditions,
@@ -197,7 +197,7 @@ def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str]
         if z is not None:
             zs = {int(b): float(z) for b in block_sizes}
         else:
-            cfg = data_config(calib_data, split=calib_split)
+            cfg = ctx.data_config(calib_data, split=calib_split)
             calib = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len, n_windows=calib_windows,
                                   bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
             inputs = calibration_inputs(ctx.model, calib, ctx.device, calib_max_tokens, ctx.seed)
@@ -222,14 +222,14 @@ def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str]
     for d in describe.values():
         d.update(bits=bits, tile="x".join(map(str, tile)) if tile else "", super_weights=sw_text)
     rows, table = evaluate_conditions(
-        ctx, STAGE, conditions, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows),
+        ctx, STAGE, conditions, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog),
         eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
         eval_batch_size=eval_batch_size, describe=describe)
     paths = write_by_condition(ctx, STAGE, {"sw_weightquant": rows, "sw_weightquant_table": table})
     if z_rows:
         paths["sw_weightquant_z"] = ctx.results.write("sw_weightquant_z", z_rows, stage=STAGE)
     return {"table": table, "z_rows": z_rows, "z": zs, "sites": sites, "paths": paths,
-            "paper": paper_numbers("super_weight", ctx.paper_key)}
+            "paper": ctx.paper_numbers("super_weight")}
 
 
 def format_summary(out: dict[str, Any]) -> str:
