@@ -117,3 +117,17 @@ def test_catalog_composes_every_data_eval_and_paper_file_and_overrides_reach_sta
 
     with pytest.raises(PipelineError, match="unknown data 'nope'; known: austen"):
         catalog.get("data", "nope")
+
+
+def test_no_stage_imports_another_stage():
+    """A stage is a leaf: what two stages share lives in analysis/, hooks/ or evaluation/."""
+    import ast
+
+    stages = sorted(p for p in (ROOT / "pipeline" / "stages").glob("*.py") if p.name != "__init__.py")
+    names = {p.stem for p in stages}
+    for path in stages:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                bad = [m for m in mods if m.startswith("pipeline.stages") and m.rsplit(".", 1)[-1] in names]
+                assert not bad, f"{path.name} imports stage {bad}"

@@ -92,18 +92,3 @@ def write_by_condition(ctx, stage: str, tables: dict[str, list[dict]]) -> dict[s
             mine = [{k: v for k, v in r.items() if k != "condition"} for r in rows if r["condition"] == cond]
             paths[table] = ctx.results.write(table, mine, stage=stage, condition=cond)
     return paths
-
-
-def fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "inf" if math.isinf(v) else ("nan" if math.isnan(v) else f"{v:.4g}")
-    return str(v)
-
-
-def format_table(table: list[dict], first: str = "condition") -> list[str]:
-    """The paper layout: conditions as rows, perplexities and the mean accuracy as columns."""
-    cols = [k for k in table[0] if k.startswith("ppl_")] + (["acc_mean"] if "acc_mean" in table[0] else [])
-    lines = ["  " + f"{first:<22}" + "".join(f"{c:>22}" for c in cols)]
-    for row in table:
-        lines.append("  " + f"{row['condition']:<22}" + "".join(f"{fmt(row.get(c)):>22}" for c in cols))
-    return lines

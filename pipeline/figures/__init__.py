@@ -25,7 +25,8 @@ def _draw_one(spec: FigureSpec, out_dir: Path, fig_dir: Path) -> list[Path]:
             frames = {t: df[(df["model"] == model) & (df["dataset"] == dataset)] if "model" in df else df
                       for t, df in tables.items()}
             name = f"{spec.stem}_{model}" + (f"_{dataset}" if spec.per_dataset else "")
-            path = spec.draw(frames, str(model), fig_dir / f"{name}.png")
+            others = {t: frames.get(t) for t in spec.reads[1:]}
+            path = spec.draw(frames[spec.reads[0]], str(model), fig_dir / f"{name}.png", **others)
             if path is not None:
                 written.append(path)
     return written

@@ -14,11 +14,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pipeline.figures.registry import Frames, figure, read_attention_maps, read_token_table, save
+from pipeline.figures.registry import figure, read_attention_maps, read_token_table, save
 
 
-def fig3_layers(df: pd.DataFrame, model: str, dataset: str, out: Path) -> Path:
+@figure("ma_profile", "fig3_layers", ("ma_layer_stats",), per_dataset=True)
+def fig3_layers(df: pd.DataFrame, model: str, out: Path) -> Path:
     """Layer-wise top-1/2/3 and median magnitudes (paper A Fig. 3), layers numbered from 1."""
+    df, dataset = df.sort_values("layer"), str(df["dataset"].iloc[0])
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     x = df["layer_1based"]
     for col, color in [("top1", "#d62728"), ("top2", "#1f77b4"), ("top3", "#2ca02c"), ("median", "#7f7f7f")]:
@@ -32,6 +34,7 @@ def fig3_layers(df: pd.DataFrame, model: str, dataset: str, out: Path) -> Path:
     return save(fig, out)
 
 
+@figure("ma_profile", "fig1_3d", ("ma_fig1",))
 def fig1_landscape(df: pd.DataFrame, model: str, out: Path) -> Path:
     """3-D |activation| of one layer on one prompt (paper A Fig. 1): a line over dims per token."""
     layer = int(df["layer"].iloc[0])
@@ -59,6 +62,7 @@ def _attention_grid(g: pd.DataFrame, value: str, n: int) -> np.ndarray:
     return grid
 
 
+@figure("ma_attention", "attention_maps", ("ma_attention_maps",), reader=read_attention_maps)
 def fig_attention_maps(df: pd.DataFrame, model: str, out: Path) -> Path:
     """Head-averaged attention of each chosen layer on one prompt (paper A §4 attention figures).
 
@@ -94,6 +98,7 @@ def fig_attention_maps(df: pd.DataFrame, model: str, out: Path) -> Path:
     return save(fig, out)
 
 
+@figure("ma_attention", "attention_share", ("ma_attention_share",))
 def fig_attention_share(df: pd.DataFrame, model: str, out: Path) -> Path:
     """Share of attention on the massive-activation tokens per layer, beside two controls."""
     df = df.sort_values("layer")
@@ -115,6 +120,7 @@ def fig_attention_share(df: pd.DataFrame, model: str, out: Path) -> Path:
     return save(fig, out)
 
 
+@figure("sw_stopwords", "fig5_stopwords", ("sw_stopword_probs",), reader=read_token_table)
 def fig5_stopwords(df: pd.DataFrame, model: str, out: Path, n_top: int = 10) -> Path:
     """Paper B Fig. 5: average next-token probability of the original model's top tokens on
     LAMBADA, original vs super weights pruned (grouped bars)."""
@@ -132,6 +138,7 @@ def fig5_stopwords(df: pd.DataFrame, model: str, out: Path, n_top: int = 10) -> 
     return save(fig, out)
 
 
+@figure("sw_scale", "fig6_scaling", ("sw_scale_table",))
 def fig6_scaling(df: pd.DataFrame, model: str, out: Path) -> Path:
     """Paper B Fig. 6: average zero-shot accuracy vs the super weights' scaling factor (left) and
     perplexity vs the factor (right, log scale); the dotted line marks the original model."""
@@ -156,35 +163,3 @@ def fig6_scaling(df: pd.DataFrame, model: str, out: Path) -> Path:
         ax.set_xlabel("super weight scaling factor")
         ax.grid(alpha=0.3)
     return save(fig, out)
-
-
-# --- registrations: stage, file stem, tables read (the first grouped by model) ------------------
-@figure("ma_profile", "fig3_layers", ("ma_layer_stats",), per_dataset=True)
-def _fig3(frames: Frames, model: str, out: Path) -> Path:
-    df = frames["ma_layer_stats"]
-    return fig3_layers(df.sort_values("layer"), model, str(df["dataset"].iloc[0]), out)
-
-
-@figure("ma_profile", "fig1_3d", ("ma_fig1",))
-def _fig1(frames: Frames, model: str, out: Path) -> Path:
-    return fig1_landscape(frames["ma_fig1"], model, out)
-
-
-@figure("ma_attention", "attention_maps", ("ma_attention_maps",), reader=read_attention_maps)
-def _maps(frames: Frames, model: str, out: Path) -> Path:
-    return fig_attention_maps(frames["ma_attention_maps"], model, out)
-
-
-@figure("ma_attention", "attention_share", ("ma_attention_share",))
-def _share(frames: Frames, model: str, out: Path) -> Path:
-    return fig_attention_share(frames["ma_attention_share"], model, out)
-
-
-@figure("sw_stopwords", "fig5_stopwords", ("sw_stopword_probs",), reader=read_token_table)
-def _fig5(frames: Frames, model: str, out: Path) -> Path:
-    return fig5_stopwords(frames["sw_stopword_probs"], model, out)
-
-
-@figure("sw_scale", "fig6_scaling", ("sw_scale_table",))
-def _fig6(frames: Frames, model: str, out: Path) -> Path:
-    return fig6_scaling(frames["sw_scale_table"], model, out)

@@ -17,8 +17,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-Frames = dict[str, pd.DataFrame]
-
 
 def save(fig, out: Path) -> Path:
     """Lay out, write as a 150-dpi PNG, free the figure."""
@@ -40,14 +38,15 @@ def read_token_table(path: Path) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class FigureSpec:
-    """``draw(frames, model, out) -> Path | None``: ``frames`` holds one model's rows of each table
-    in ``reads`` (the first is required; one dataset: the model's first, or each with
-    ``per_dataset``)."""
+    """``draw(rows, model, out, **others) -> Path | None``: ``rows`` are one model's rows of the
+    first table of ``reads`` (required; one dataset: the model's first, or each with
+    ``per_dataset``), ``others`` the same model's rows of the other tables, by name (None when
+    that table is missing)."""
 
     stage: str
     stem: str
     reads: tuple[str, ...]
-    draw: Callable[[Frames, str, Path], Path | None]
+    draw: Callable[..., Path | None]
     per_dataset: bool = False
     reader: Callable[[Path], pd.DataFrame] = pd.read_csv
 
@@ -57,8 +56,8 @@ FIGURES: list[FigureSpec] = []
 
 def figure(stage: str, stem: str, reads: tuple[str, ...], *, per_dataset: bool = False,
            reader: Callable[[Path], pd.DataFrame] = pd.read_csv):
-    """Decorator: register ``fn(frames, model, out)`` as a figure of ``stage``."""
-    def register(fn: Callable[[Frames, str, Path], Path | None]):
+    """Decorator: register ``fn(rows, model, out, **others)`` as a figure of ``stage``."""
+    def register(fn: Callable[..., Path | None]):
         FIGURES.append(FigureSpec(stage, stem, reads, fn, per_dataset, reader))
         return fn
     return register

@@ -8,11 +8,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from pipeline.figures.registry import Frames, figure, save
+from pipeline.figures.registry import figure, save
 
 
-def fig3_down_proj(df: pd.DataFrame, directory: pd.DataFrame | None, model: str, out: Path) -> Path:
+@figure("sw_detect", "sw_fig3_down_proj", ("sw_down_proj_max", "sw_directory"))
+def fig3_down_proj(df: pd.DataFrame, model: str, out: Path, sw_directory: pd.DataFrame | None = None) -> Path:
     """Max-|.| down-projection input and output per layer (signed), super weights' layers marked."""
+    df, directory = df.sort_values("layer"), sw_directory
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for ax, col, title in [(axes[0], "in_max", "down_proj input"), (axes[1], "out_max", "down_proj output")]:
         ax.plot(df["layer"], df[col], marker="o", ms=3, lw=1.4, color="#1f77b4")
@@ -30,6 +32,7 @@ def fig3_down_proj(df: pd.DataFrame, directory: pd.DataFrame | None, model: str,
     return save(fig, out)
 
 
+@figure("sw_ablate", "sw_fig4_layer_max", ("sw_layer_max",))
 def fig4_layer_max(df: pd.DataFrame, model: str, out: Path) -> Path:
     """Max |decoder-layer output| per layer for each ablation condition (paper B Fig. 4)."""
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
@@ -45,9 +48,12 @@ def fig4_layer_max(df: pd.DataFrame, model: str, out: Path) -> Path:
     return save(fig, out)
 
 
-def fig7_block_sizes(df: pd.DataFrame, model: str, out: Path) -> Path:
+@figure("sw_weightquant", "sw_fig7_block_sizes", ("sw_weightquant_table",))
+def fig7_block_sizes(df: pd.DataFrame, model: str, out: Path) -> Path | None:
     """Paper B Fig. 7: average zero-shot accuracy (and perplexity) vs block size, one line per
-    method, the unquantized model as a dashed line."""
+    method, the unquantized model as a dashed line (nothing to draw without a quantized row)."""
+    if not (df["method"] != "none").any():
+        return None
     cols = [c for c in ("acc_mean",) if c in df and df[c].notna().any()]
     cols += [c for c in df.columns if c.startswith("ppl_")][:1]
     fig, axes = plt.subplots(1, len(cols), figsize=(4.6 * len(cols), 3.5), squeeze=False)
@@ -71,19 +77,3 @@ def fig7_block_sizes(df: pd.DataFrame, model: str, out: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=7)
     return save(fig, out)
-
-
-@figure("sw_weightquant", "sw_fig7_block_sizes", ("sw_weightquant_table",))
-def _fig7(frames: Frames, model: str, out: Path) -> Path | None:
-    df = frames["sw_weightquant_table"]
-    return fig7_block_sizes(df, model, out) if (df["method"] != "none").any() else None
-
-
-@figure("sw_detect", "sw_fig3_down_proj", ("sw_down_proj_max", "sw_directory"))
-def _fig3(frames: Frames, model: str, out: Path) -> Path:
-    return fig3_down_proj(frames["sw_down_proj_max"].sort_values("layer"), frames.get("sw_directory"), model, out)
-
-
-@figure("sw_ablate", "sw_fig4_layer_max", ("sw_layer_max",))
-def _fig4(frames: Frames, model: str, out: Path) -> Path:
-    return fig4_layer_max(frames["sw_layer_max"], model, out)

@@ -185,30 +185,13 @@ _SPECS: list[ArchSpec] = [
         v_proj="self_attn.v_proj",
         o_proj="self_attn.out_proj",
     ),
-    ArchSpec(
-        model_type="gpt_neox",
-        layers="gpt_neox.layers",
-        attn="attention",
-        mlp="mlp",
-        down_proj="mlp.dense_4h_to_h",
-        final_norm="gpt_neox.final_layer_norm",
-        lm_head="lm_head",
-        embed="gpt_neox.embed_in",
-        gated_mlp=False,
-        o_proj="attention.dense",
-    ),
-    ArchSpec(
-        model_type="falcon",
-        layers="transformer.h",
-        attn="self_attention",
-        mlp="mlp",
-        down_proj="mlp.dense_4h_to_h",
-        final_norm="transformer.ln_f",
-        lm_head="lm_head",
-        embed="transformer.word_embeddings",
-        gated_mlp=False,
-        o_proj="self_attention.dense",
-    ),
+    # fused query_key_value in both: no separate values to decompose, no q/k/v groups to smooth
+    ArchSpec(model_type="gpt_neox", layers="gpt_neox.layers", attn="attention", mlp="mlp",
+             down_proj="mlp.dense_4h_to_h", final_norm="gpt_neox.final_layer_norm", lm_head="lm_head",
+             embed="gpt_neox.embed_in", gated_mlp=False, o_proj="attention.dense"),
+    ArchSpec(model_type="falcon", layers="transformer.h", attn="self_attention", mlp="mlp",
+             down_proj="mlp.dense_4h_to_h", final_norm="transformer.ln_f", lm_head="lm_head",
+             embed="transformer.word_embeddings", gated_mlp=False, o_proj="self_attention.dense"),
 ]
 
 # Encoders (paper A §5, ViTs): no LM head or token embedding; tokens before the patches carry roles.

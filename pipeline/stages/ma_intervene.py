@@ -22,13 +22,8 @@ from pipeline.analysis.massive import profile_layers, summarize
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.text import build_source, token_windows
-from pipeline.evaluation.conditions import (
-    eval_windows,
-    evaluate_conditions,
-    fmt,
-    format_table,
-    write_by_condition,
-)
+from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, write_by_condition
+from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.positions import EDITABLE_ROLES, delimiter_test
 from pipeline.hooks.sites import Site, random_control, set_sites
 from pipeline.models.arch import residual_width

@@ -26,13 +26,8 @@ import torch
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.evaluation.conditions import (
-    eval_windows,
-    evaluate_conditions,
-    fmt,
-    format_table,
-    write_by_condition,
-)
+from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, write_by_condition
+from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.forward import as_tensor, capture, with_tensor
 from pipeline.hooks.moe import expert_down_io, routing_weight
 from pipeline.hooks.weights import (

@@ -23,7 +23,8 @@ from typing import Any
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, format_table
+from pipeline.evaluation.conditions import eval_windows, evaluate_conditions
+from pipeline.evaluation.summary import format_table
 from pipeline.hooks.weights import scale_weights
 
 STAGE = "sw_scale"

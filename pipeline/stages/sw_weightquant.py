@@ -42,13 +42,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.text import build_source, token_windows
-from pipeline.evaluation.conditions import (
-    eval_windows,
-    evaluate_conditions,
-    fmt,
-    format_table,
-    write_by_condition,
-)
+from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, write_by_condition
+from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.weights import (
     WeightSite,
     decoder_matrices,
