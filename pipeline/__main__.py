@@ -40,7 +40,7 @@ def run(cfg) -> dict:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from pipeline.core.context import build_context
+    from pipeline.context import build_context
     from pipeline.figures import draw_experiment
 
     t0 = time.perf_counter()
@@ -63,7 +63,7 @@ def run(cfg) -> dict:
 
 def _report(outputs: dict, out_dir: Path, manifest: Path, figures: list[Path]) -> None:
     """Each stage's one-screen summary (its ``format_summary``), then where the files are."""
-    from pipeline.core.registry import get_stage
+    from pipeline.core.registry import get_stage  # the stages that ran registered on import
 
     for name, out in outputs.items():
         print()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.core.bench import (
+from pipeline.bench import (
     bench_parser,
     device_name,
     load_bench_model,

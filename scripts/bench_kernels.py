@@ -22,7 +22,7 @@ import torch
 from kernels.block_quant import block_fake_quant_ref, block_fake_quant_triton
 from kernels.tensor_quant import tensor_fake_quant_ref, tensor_fake_quant_triton
 from kernels.token_quant import token_fake_quant_ref, token_fake_quant_triton
-from pipeline.core.bench import device_name, time_interleaved
+from pipeline.bench import device_name, time_interleaved
 from pipeline.core.results import ResultsWriter
 
 LLAMA7B = dict(hidden=4096, inter=11008)

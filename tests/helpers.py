@@ -22,7 +22,7 @@ def tiny(arch: str = "llama"):
 
 
 def make_ctx(tmp_path: Path, arch: str = "llama", text: str = TEXT):
-    from pipeline.core.context import Context
+    from pipeline.context import Context
 
     model, tok = tiny(arch)
     data_cfg = {"name": "tiny_text", "kind": "text", "text": text, "bos": "never", "joiner": "\n\n"}

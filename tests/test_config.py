@@ -87,6 +87,7 @@ def test_hub_model_offline_fails_fast_with_one_line(offline_env):
 def test_stage_and_figure_registries_cover_every_stage():
     """Every conf/stage file has a registered stage whose run is its _target_; every figure reads
     tables its stage writes (the registries replace module lookup and CSV-name dispatch)."""
+    import pipeline.stages  # noqa: F401  (registers every stage)
     from pipeline.core.registry import STAGES, get_stage
     from pipeline.figures.registry import FIGURES
 

@@ -186,7 +186,7 @@ def test_smollm2_attention_sink_and_implicit_bias(tmp_path):
     massive-activation token, and its value update is nearly constant across queries."""
     from omegaconf import OmegaConf
 
-    from pipeline.core.context import Context
+    from pipeline.context import Context
     from pipeline.core.loggers import Logger
     from pipeline.core.results import ResultsWriter
     from pipeline.data.text import build_source

@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.core.context import Context
+from pipeline.context import Context
 from pipeline.core.loggers import Logger
 from pipeline.core.results import ResultsWriter
 from pipeline.data.text import build_source

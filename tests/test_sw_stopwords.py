@@ -141,7 +141,7 @@ def test_real_smollm2_stopwords_gain_and_winter_is_not_cold(smollm, tmp_path):
     x3.0, '.' x2.9 / x1.8, ',' x2.1 / x1.6; p(' cold') 0.054 -> 1.8e-5, top-1 ' a' 0.10 -> 0.54.
     The detected layer-11 weight W[507, 1229] carries it all (the layer-28 'creates' weight
     alone moves these numbers by 5% at most)."""
-    from pipeline.core.context import Context
+    from pipeline.context import Context
     from pipeline.core.loggers import Logger
     from pipeline.core.results import ResultsWriter
     from pipeline.data.text import build_source
