@@ -157,6 +157,8 @@ def test_real_smollm2_stopwords_gain_and_winter_is_not_cold(smollm, tmp_path):
     state = _state(model)
     out = sw_stopwords.run(ctx, n_prompts=20, top_k=20)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    # regression pin: the project's own detection on SmolLM2 (README, results/super_weight_tab2),
+    # not a published number; a change here means the detector changed
     assert out["sites"][0] == WeightSite(11, 507, 1229)
     ratio = {r["token"]: r["ratio"] for r in out["rows"]}
     for token in (" the", " a", ".", ","):
