@@ -52,7 +52,7 @@ def run(cfg) -> dict:
             outputs[name] = instantiate(stage_cfg)(ctx)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved.pop("catalog", None)  # the whole catalog: only the entries used are recorded
-        manifest = ctx.results.write_manifest(
+        manifest = ctx.results.commit(
             resolved, {"wall_s": round(time.perf_counter() - t0, 1), "catalog_used": ctx.catalog.used_entries()})
         figures = draw_experiment(ctx.out_dir, list(outputs)) if cfg.run.figures else []
     finally:

@@ -67,6 +67,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def run_setting(cfg: DictConfig, model_cfg: dict, data_cfg: dict, dtype: str) -> dict[str, Any]:
+    """What decides a run's numbers, hashed into every row's ``setting``: the selected stages'
+    arguments, the model config (with the dtype it resolved to) and the data config (split
+    included), experiment and seed. Where the model runs (device, device_map) is not part of it."""
+    stages = {name: {k: v for k, v in OmegaConf.to_container(c, resolve=True).items() if not k.startswith("_")}
+              for name, c in cfg.stage.items() if "_target_" in c}
+    model = {k: v for k, v in model_cfg.items() if k not in ("device", "device_map")}
+    return {"experiment": cfg.run.experiment, "seed": int(cfg.run.seed), "stages": stages,
+            "model": {**model, "dtype_resolved": dtype}, "data": data_cfg}
+
+
 def build_context(cfg: DictConfig) -> Context:
     """Load model, data source, results writer and logger for one run."""
     seed_everything(int(cfg.run.seed))
@@ -79,6 +90,7 @@ def build_context(cfg: DictConfig) -> Context:
         Path(cfg.run.results_dir), cfg.run.experiment, model=model_cfg["name"],
         revision=model_cfg.get("revision"), dataset=data_cfg["name"], seed=int(cfg.run.seed),
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        setting=run_setting(cfg, model_cfg, data_cfg, str(next(model.parameters()).dtype)),
     )
     logger = build_logger(
         OmegaConf.to_container(cfg.logger, resolve=True),

@@ -52,8 +52,9 @@ def main() -> None:
         r["tokens_per_s"] = windows.numel() / r["median_s"]
     dev = device_name(device)
     writer = ResultsWriter(args.results, "bench", model=args.model, revision=model_cfg.get("revision"),
-                           dataset=args.data, seed=0, device=dev)
+                           dataset=args.data, seed=0, device=dev, setting={**vars(args), "device": dev})
     path = writer.write("eval", rows, stage="bench_eval", condition=f"L{args.seq_len}xN{args.windows}xB{args.batch}")
+    writer.commit({k: str(v) for k, v in vars(args).items()})
     for r in rows:
         print(f"{r['method']:<11} {r['median_s']:.3f} s  x{r['ratio_to_bare']:.3f}  {r['tokens_per_s']:.0f} tok/s")
     print(f"wrote {path}")

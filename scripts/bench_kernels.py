@@ -94,13 +94,16 @@ def main() -> None:
                          "repeats": repeats, "threads": torch.get_num_threads()})
             print(f"  {impl:<10} {t * 1e3:9.2f} ms  {n_bytes / t / 1e9:8.1f} GB/s  {(n_bytes / t) / copy_bw:6.1%} of copy")
         del outs
-    writer = ResultsWriter(args.results, "bench", model="none", revision=None, dataset="random", seed=0, device=dev)
+    writer = ResultsWriter(args.results, "bench", model="none", revision=None, dataset="random", seed=0, device=dev,
+                           setting={**vars(args), "device": dev})
+
     def key(r):  # the device is part of the key: CPU and GPU runs keep their own rows
         return f"{dev}:{r['op']}:{r['shape']}:{r['block']}:{r['dtype']}"
 
     for cond in dict.fromkeys(map(key, rows)):
         sel = [r for r in rows if key(r) == cond]
         path = writer.write("kernels", sel, stage="bench_kernels", condition=cond)
+    writer.commit({k: str(v) for k, v in vars(args).items()})
     print(f"wrote {path} ({dev})")
 
 

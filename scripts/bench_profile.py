@@ -67,8 +67,9 @@ def main() -> None:
                       dtype=str(next(model.parameters()).dtype).removeprefix("torch."))
     dev = device_name(device)
     writer = ResultsWriter(args.results, "bench", model=args.model, revision=model_cfg.get("revision"),
-                           dataset=args.data, seed=0, device=dev)
+                           dataset=args.data, seed=0, device=dev, setting={**vars(args), "device": dev})
     path = writer.write("profile", rows, stage="bench_profile", condition=f"L{args.seq_len}xB{args.batch}")
+    writer.commit({k: str(v) for k, v in vars(args).items()})
     for r in rows:
         print(f"{r['method']:<11} {r['median_s']:.3f} s  x{r['ratio_to_bare']:.3f}")
     print(f"wrote {path}")

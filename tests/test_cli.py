@@ -14,7 +14,7 @@ def test_cli_run_writes_csvs_manifest_and_summary(tmp_path):
     out = tmp_path / "massive_activations_default"
     for table in ("ma_layer_stats", "ma_fig1"):
         assert (out / f"{table}.csv").exists()
-    assert list((out / "manifests").glob("tiny_llama__*.json"))
+    assert list((out / "runs").glob("tiny_llama__*/manifest.json"))
     assert list((out / "figures").glob("fig3_layers_tiny_llama_*.png"))
     assert "massive activations" in r.stdout and str(out) in r.stdout
 
@@ -72,6 +72,20 @@ def test_manifest_records_the_resolved_secondary_datasets(tmp_path):
              "run.figures=false", "stage.sw_actquant.conditions=[fp]", "stage.sw_actquant.ppl_data=[wiki_summaries]",
              "catalog.data.wiki_summaries.bos=first", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    manifest = json.loads(next((tmp_path / "super_weight_tab3" / "manifests").glob("*.json")).read_text())
+    manifest = json.loads(next((tmp_path / "super_weight_tab3" / "runs").glob("*/manifest.json")).read_text())
     assert manifest["catalog_used"]["data"]["wiki_summaries"]["bos"] == "first"
     assert "catalog" not in manifest["config"]
+
+
+def test_multirun_over_a_stage_argument_keeps_both_jobs_rows(tmp_path):
+    """Defect: the row identity omitted stage arguments, so the second seq_len job deleted the
+    first one's rows. Each job is its own setting now."""
+    from pipeline.core.results import read_table
+
+    r = _cli("-m", "model=tiny_llama", "debug=cpu", f"run.results_dir={tmp_path}", "run.figures=false",
+             "stage.ma_profile.seq_len=16,32", f"hydra.sweep.dir={tmp_path}/sweep", timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = read_table(tmp_path / "massive_activations_default", "ma_layer_stats")
+    assert df["setting"].nunique() == 2 and len(df) == 8  # 4 layers x 2 jobs
+    view = pd.read_csv(tmp_path / "massive_activations_default" / "ma_layer_stats.csv")
+    assert len(view) == 8

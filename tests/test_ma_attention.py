@@ -136,6 +136,7 @@ def test_tables_written_and_figures_drawn_from_csv(tmp_path):
     assert sums.to_numpy() == pytest.approx(1.0, abs=1e-5)
     ma_attention.run(ctx)  # a re-run replaces its rows
     assert len(ctx.results.read("ma_attention_share")) == 4
+    ctx.results.commit({})  # the figures read the committed record only
     figs = draw_experiment(ctx.out_dir)
     assert sorted(p.name for p in figs) == ["attention_maps_tiny_llama.png", "attention_share_tiny_llama.png"]
     assert all(p.stat().st_size > 10_000 for p in figs)

@@ -49,6 +49,7 @@ def test_stage_writes_tables_and_figures_redraw_from_csv(tmp_path):
     # a re-run replaces its own rows instead of appending
     ma_profile.run(ctx, **KW)
     assert len(ctx.results.read("ma_layer_stats")) == 4
+    ctx.results.commit({})  # the figures read the committed record only
     figs = draw_experiment(ctx.out_dir)
     assert {p.name.split("_")[0] for p in figs} == {"fig3", "fig1"} and all(p.stat().st_size > 10_000 for p in figs)
     assert "first_token" in ma_profile.format_summary(out)

@@ -50,6 +50,7 @@ def test_scales_perplexity_tables_and_figure(tmp_path):
     long = ctx.results.read("sw_scale")
     assert len(long) == 3 and set(long["eval"]) == {"perplexity"}
     assert "scale" in sw_scale.format_summary(out)
+    ctx.results.commit({})  # the figures read the committed record only
     figs = draw_experiment(ctx.out_dir)
     assert any(f.name == "fig6_scaling_tiny_llama.png" and f.stat().st_size > 0 for f in figs)
 
@@ -73,6 +74,7 @@ def test_with_zero_shot_suite(tmp_path):
     tasks = {r["eval_data"] for r in out["rows"] if r["eval"] == "zero_shot" and r["metric"] == "acc"}
     assert tasks == {"arc_challenge", "arc_easy", "hellaswag", "lambada_openai", "piqa", "sciq", "winogrande"}
     assert all(0.0 <= t["acc_mean"] <= 1.0 and t["zero_shot_limit"] == 2 for t in out["table"])
+    ctx.results.commit({})
     assert draw_experiment(ctx.out_dir)
 
 

@@ -71,8 +71,7 @@ def test_stage_end_to_end(tmp_path):
     ppl = {r["condition"]: r["ppl_wiki_summaries"] for r in out["table"]}
     assert ppl["rtn_b64"] != ppl["original"]
     assert set(out["z"]) == {64, 1 << 20} and all(z in (3, 6, math.inf) for z in out["z"].values())
-    assert (tmp_path / "results" / "test_exp" / "sw_weightquant_table.csv").exists()
-    assert (tmp_path / "results" / "test_exp" / "sw_weightquant_z.csv").exists()
+    assert len(ctx.results.read("sw_weightquant_table")) == 5 and len(ctx.results.read("sw_weightquant_z"))
     assert unchanged(ctx.model, state)
     assert "z chosen" in wq.format_summary(out)
     from pipeline.core.paper import paper_numbers
@@ -81,6 +80,8 @@ def test_stage_end_to_end(tmp_path):
     assert "Fig. 7" in text and "1048576: 33.82" in text
     from pipeline.figures import draw_experiment
 
+    ctx.results.commit({})
+    assert (tmp_path / "results" / "test_exp" / "sw_weightquant_table.csv").exists()  # the merged view
     drawn = draw_experiment(tmp_path / "results" / "test_exp")
     assert any(p.name == "sw_fig7_block_sizes_tiny_llama.png" and p.stat().st_size > 0 for p in drawn)
 

@@ -1,44 +1,53 @@
-"""Result tables: one tidy CSV per table, every row carrying its provenance.
+"""Result tables: one tidy CSV per table, every row carrying its provenance and its setting.
 
-``ResultsWriter.write`` upserts: a re-run replaces the rows of its own identity (experiment,
-stage, model, revision, dataset, condition, seed) and keeps every other row in place. The
-read-modify-write runs under a file lock (Hydra multirun jobs share tables) and the file is
-replaced atomically (temp file + fsync + ``os.replace``), so a failed or interrupted write
-leaves the previous CSV byte-identical.
+A run's rows go to its own shard (``pipeline.core.store``): ``ResultsWriter.write`` upserts
+rows of one (stage, condition, step) into the run's staging folder, and ``commit`` makes the
+run's tables and manifest visible together. Every row names the run's ``setting``, a hash of
+the resolved setting that produced it (stage arguments, model config incl. dtype and revision,
+data config incl. split, seed), so a sweep over any of them keeps every job's rows, and a re-run
+of the same setting replaces exactly its own. A run that was killed is resumed by a re-run of
+the same setting: what it had written is still staged (``done`` tells a stage what to skip).
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
+import io
 import json
-import os
 import platform
 import re
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.loggers import strip_secrets
 from pipeline.core.paths import REPO_ROOT
+from pipeline.core.store import (
+    PARTIAL,
+    RUNS,
+    atomic_write,
+    clean_stale,
+    concat,
+    read_csv_strict,
+    shard_paths,
+    swap_in,
+)
 
 PROVENANCE_COLUMNS: tuple[str, ...] = (
-    "experiment", "stage", "model", "revision", "dataset", "condition", "seed",
+    "experiment", "stage", "model", "revision", "dataset", "condition", "seed", "setting", "step",
     "git_sha", "torch", "transformers", "lm_eval", "device", "timestamp",
 )  # fmt: skip
-IDENTITY_COLUMNS: tuple[str, ...] = (
-    "experiment", "stage", "model", "revision", "dataset", "condition", "seed",
-)  # fmt: skip
+ROW_KEY: tuple[str, ...] = ("stage", "condition", "step")  # identity of rows inside one run
+LEGACY = "legacy"  # the setting of rows recorded before settings were hashed
 _VERSIONED = ("torch", "transformers", "lm_eval")
-_LOCK_TIMEOUT_S = 600.0
 _REPO_ROOT = REPO_ROOT
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
 
@@ -74,6 +83,12 @@ def versions() -> dict[str, str]:
     return found
 
 
+def setting_hash(setting: Mapping[str, Any]) -> str:
+    """10 hex digits of the SHA-256 of the setting as canonical JSON."""
+    text = json.dumps(setting, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
 def _scalar(value: Any) -> Any:
     """Unwrap 0-d tensors / numpy scalars so the CSV holds ``1.5``, not ``tensor(1.5000)``."""
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
@@ -86,67 +101,59 @@ def _write_csv(df: pd.DataFrame, fh: IO[str]) -> None:
     df.to_csv(fh, index=False, lineterminator="\n")
 
 
-def _atomic_write(path: Path, write: Callable[[IO[str]], None]) -> None:
-    """Write ``path`` via a temp file in its directory, fsync, then ``os.replace``.
-
-    On any failure (``BaseException``, so Ctrl-C too) the temp file is removed and the old file
-    is untouched. The temp file is opened normally (not ``mkstemp``) so it gets umask-based
-    permissions instead of 0600.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX only)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 def _write_failed(path: Path, err: OSError) -> PipelineError:
     reason = err.strerror or str(err) or type(err).__name__
     return PipelineError(f"could not write {path}: {reason} (the previous file is intact)")
-
-
-def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
-    """``pd.read_csv`` with a one-line PipelineError for a corrupt or unreadable table."""
-    try:
-        return pd.read_csv(path, **kwargs)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise PipelineError(f"could not read {path}: {reason} (fix or move the file)") from err
 
 
 def _read_text(path: Path) -> pd.DataFrame:
     """Every cell as the exact string on disk: kept rows are rewritten unchanged."""
     if not path.exists():
         return pd.DataFrame()
-    return _read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    return read_csv_strict(path, dtype=str, keep_default_na=False, na_filter=False)
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells -> typed columns, as a CSV reader would: provenance columns stay strings (an
+    empty revision stays ""), ``seed`` is an int and ``step`` a number; in the row columns only
+    empty cells are NaN, so a value such as "NA" or "None" stays a string."""
+    if not len(df.columns):
+        return df
+    buf = io.StringIO()
+    _write_csv(df, buf)
+    buf.seek(0)
+    text = {c: str for c in PROVENANCE_COLUMNS if c in df.columns and c not in ("seed", "step")}
+    na = {c: [""] for c in df.columns if c not in text}
+    return pd.read_csv(buf, dtype=text, keep_default_na=False, na_values=na)
+
+
+def read_table(exp_dir: Path, table: str) -> pd.DataFrame:
+    """Every committed row of ``table`` in ``results/<experiment>/`` (shards merged), typed."""
+    return _typed(concat([_read_text(p) for p in shard_paths(Path(exp_dir), table)], PROVENANCE_COLUMNS))
+
+
+def rebuild_views(exp_dir: Path, tables: list[str]) -> list[Path]:
+    """Rewrite ``<table>.csv`` (the merged view read by people and diffs) from the shards.
+
+    The views are derived: the shards are the record. A local lock serialises rebuilds (so local
+    parallel jobs leave complete views); where locks do not hold (NFS), a view may miss a shard
+    committed during a rebuild, and the next rebuild (any run's commit, ``make figures``) fixes it."""
+    written = []
+    exp_dir = Path(exp_dir)
+    with FileLock(str(exp_dir / ".views.lock"), timeout=120):
+        for table in tables:
+            merged = concat([_read_text(p) for p in shard_paths(exp_dir, table)], PROVENANCE_COLUMNS)
+            path = exp_dir / f"{table}.csv"
+            atomic_write(path, lambda fh, m=merged: _write_csv(m, fh))
+            written.append(path)
+    return written
 
 
 class ResultsWriter:
-    """Writes ``root/<experiment>/<table>.csv`` and run manifests for one (model, data, seed)."""
+    """Writes one run's tables and manifest under ``root/<experiment>/`` (see the module doc)."""
 
-    def __init__(
-        self,
-        root: Path,
-        experiment: str,
-        *,
-        model: str,
-        revision: str | None,
-        dataset: str,
-        seed: int,
-        device: str,
-    ) -> None:
+    def __init__(self, root: Path, experiment: str, *, model: str, revision: str | None, dataset: str,
+                 seed: int, device: str, setting: Mapping[str, Any] | None = None) -> None:
         self.root = Path(root)
         self.experiment = experiment
         self.model = model
@@ -154,131 +161,129 @@ class ResultsWriter:
         self.dataset = dataset
         self.seed = int(seed)
         self.device = str(device)
+        self.setting = setting_hash({**(setting or {}), "revision": revision})
         self.git_sha = git_sha()
         self.versions = versions()
+        self.exp_dir = self.root / experiment
+        safe = [_UNSAFE.sub("_", x.replace("/", "--")) for x in (model, dataset)]
+        self.key = f"{safe[0]}__{safe[1]}__seed{self.seed}__{self.setting}"
+        self.staging = self.exp_dir / RUNS / f"{PARTIAL}{self.key}"
+        self.resumed = self.staging.is_dir()  # a killed run of this very setting left its rows
+        if self.exp_dir.is_dir():
+            clean_stale(self.exp_dir)
 
     def path(self, table: str) -> Path:
-        """``root/experiment/table.csv``; ``table`` must be a plain name, not a path."""
+        """``root/experiment/table.csv`` (the merged view); ``table`` must be a plain name."""
         if not table or Path(table).name != table or table in {".", ".."}:
             raise ValueError(f"table must be a plain file name, got {table!r}")
-        return self.root / self.experiment / f"{table}.csv"
+        return self.exp_dir / f"{table}.csv"
 
-    def _identity(self, stage: str, condition: str) -> dict[str, str]:
-        """This batch's identity as the strings the CSV holds (None revision -> empty)."""
-        values = (self.experiment, stage, self.model, self.revision or "", self.dataset,
-                  condition, self.seed)  # fmt: skip
-        return {col: str(v) for col, v in zip(IDENTITY_COLUMNS, values, strict=True)}
+    def write(self, table: str, rows: list[dict], *, stage: str, condition: str = "default",
+              step: int | None = None) -> Path:
+        """Upsert ``rows`` of (stage, condition, step) into this run's staged ``table``.
 
-    def write(
-        self, table: str, rows: list[dict], *, stage: str, condition: str = "default"
-    ) -> Path:
-        """Upsert ``rows`` into ``table``: drop the rows of this identity, append these.
-
-        Provenance columns come first, then the existing columns, then new ones. An empty
-        ``rows`` deletes this identity's rows. Raises ValueError if a row uses a provenance
-        name, PipelineError (one line) if the file cannot be written.
+        Provenance columns come first. An empty ``rows`` deletes those rows. Raises ValueError if
+        a row uses a provenance name, PipelineError (one line) if the file cannot be written.
         """
         for row in rows:
             clash = sorted(set(row) & set(PROVENANCE_COLUMNS))
             if clash:
                 raise ValueError(f"row keys {clash} collide with provenance columns")
-        identity = self._identity(stage, condition)
+        self.path(table)  # validates the name
         provenance = {
-            **identity,
-            "revision": self.revision,  # None -> empty cell
-            "seed": self.seed,
-            "git_sha": self.git_sha,
-            **self.versions,
-            "device": self.device,
+            "experiment": self.experiment, "stage": stage, "model": self.model, "revision": self.revision,
+            "dataset": self.dataset, "condition": condition, "seed": self.seed, "setting": self.setting,
+            "step": step, "git_sha": self.git_sha, **self.versions, "device": self.device,
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        records = [{**provenance, **{k: _scalar(v) for k, v in row.items()}} for row in rows]
-        # object dtype: ints stay ints even when some rows lack the column.
-        new = pd.DataFrame(records, dtype=object)
-        path = self.path(table)
+        }  # fmt: skip
+        new = pd.DataFrame([{**provenance, **{k: _scalar(v) for k, v in r.items()}} for r in rows],
+                           columns=None if rows else list(PROVENANCE_COLUMNS), dtype=object)
+        path = self.staging / f"{table}.csv"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with FileLock(str(path) + ".lock", timeout=_LOCK_TIMEOUT_S):
-                old = _read_text(path)
-                merged = self._merge(old, new, identity)
-                _atomic_write(path, lambda fh: _write_csv(merged, fh))
-        except Timeout as err:
-            raise PipelineError(
-                f"could not write {path}: another process held {err.lock_file} for over "
-                f"{_LOCK_TIMEOUT_S:.0f} s (is a run stuck? the previous file is intact)"
-            ) from err
+            self.staging.mkdir(parents=True, exist_ok=True)
+            old = _read_text(path)
+            if len(old):
+                key = {"stage": stage, "condition": condition, "step": "" if step is None else str(step)}
+                mine = (old.reindex(columns=list(ROW_KEY), fill_value="") == pd.Series(key)).all(axis=1)
+                old = old.loc[~mine]
+            merged = concat([old, new], PROVENANCE_COLUMNS)
+            atomic_write(path, lambda fh: _write_csv(merged, fh))
         except OSError as err:
             raise _write_failed(path, err) from err
-        return path
+        return self.path(table)
 
-    @staticmethod
-    def _merge(old: pd.DataFrame, new: pd.DataFrame, identity: dict[str, str]) -> pd.DataFrame:
-        """Old rows minus this identity's, then the new rows; provenance columns first."""
-        if len(old):
-            keys = old.reindex(columns=list(IDENTITY_COLUMNS), fill_value="")
-            mine = (keys == pd.Series(identity)).all(axis=1)
-            old = old.loc[~mine]
-        extra = [c for c in [*old.columns, *new.columns] if c not in PROVENANCE_COLUMNS]
-        columns = [*PROVENANCE_COLUMNS, *dict.fromkeys(extra)]
-        parts = [df.reindex(columns=columns) for df in (old, new) if len(df)]
-        if not parts:
-            return pd.DataFrame(columns=columns)
-        return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    def staged(self, table: str) -> pd.DataFrame:
+        """This run's own rows of ``table`` so far (also those of a killed run it resumes)."""
+        return _typed(_read_text(self.staging / f"{table}.csv"))
+
+    def done(self, table: str, stage: str, condition: str) -> bool:
+        """Whether this run (or the killed run of the same setting it resumes) wrote that condition."""
+        rows = self.staged(table)
+        return bool(len(rows)) and bool(((rows["stage"] == stage) & (rows["condition"] == condition)).any())
 
     def read(self, table: str) -> pd.DataFrame:
-        """The table with typed columns; an empty DataFrame if it does not exist yet.
-
-        Provenance columns are strings (an empty revision stays ``""``) except ``seed`` (int).
-        In the row columns only empty cells are NaN, so a value such as ``"NA"`` or ``"None"``
-        stays a string; ``inf``/``-inf``/``nan`` parse as floats.
-        """
-        path = self.path(table)
-        if not path.exists():
-            return pd.DataFrame()
-        header = _read_csv(path, nrows=0).columns
-        text = {c: str for c in PROVENANCE_COLUMNS if c in header and c != "seed"}
-        na = {c: [""] for c in header if c not in PROVENANCE_COLUMNS}
-        return _read_csv(path, dtype=text, keep_default_na=False, na_values=na)
+        """The table as this run sees it: every committed shard but its own, plus its own rows
+        (staged, or committed when nothing is staged). Empty if there are none."""
+        own = self.staging if self.staging.is_dir() else self.exp_dir / RUNS / self.key
+        frames = [_read_text(p) for p in shard_paths(self.exp_dir, table, skip=self.key)]
+        frames.append(_read_text(own / f"{table}.csv"))
+        return _typed(concat(frames, PROVENANCE_COLUMNS))
 
     def manifest_path(self) -> Path:
-        """``root/experiment/manifests/<model>__<dataset>__seed<seed>.json``."""
-        model = _UNSAFE.sub("_", self.model.replace("/", "--"))
-        dataset = _UNSAFE.sub("_", self.dataset.replace("/", "--"))
-        return (
-            self.root / self.experiment / "manifests" / f"{model}__{dataset}__seed{self.seed}.json"
-        )
+        """Where this run's manifest lands when it commits."""
+        return self.exp_dir / RUNS / self.key / "manifest.json"
 
-    def write_manifest(self, config: Mapping, extra: dict | None = None) -> Path:
-        """Write the run manifest atomically: resolved config (secrets stripped), versions,
-        git sha, device, timestamp, python and platform; ``extra`` keys are merged at top level.
-        """
+    def commit(self, config: Mapping, extra: dict | None = None) -> Path:
+        """Write the manifest beside the staged tables, then make the run visible in one rename
+        (replacing an earlier run of the same setting) and rebuild the merged views. Manifest:
+        resolved config (secrets stripped), versions, git sha, setting, device, timestamp,
+        python and platform; ``extra`` keys are merged at top level."""
         if hasattr(config, "_metadata"):  # an OmegaConf container: resolve interpolations
             from omegaconf import OmegaConf
 
             config = OmegaConf.to_container(config, resolve=True)
         manifest: dict[str, Any] = {
-            "experiment": self.experiment,
-            "model": self.model,
-            "revision": self.revision,
-            "dataset": self.dataset,
-            "seed": self.seed,
-            "device": self.device,
-            "git_sha": self.git_sha,
-            "versions": self.versions,
-            "python": sys.version.split()[0],
+            "experiment": self.experiment, "model": self.model, "revision": self.revision,
+            "dataset": self.dataset, "seed": self.seed, "setting": self.setting, "device": self.device,
+            "git_sha": self.git_sha, "versions": self.versions, "python": sys.version.split()[0],
             "platform": platform.platform(),
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": strip_secrets(config),
-        }
+        }  # fmt: skip
         clash = sorted(set(extra or {}) & set(manifest))
         if clash:
             raise ValueError(f"extra keys {clash} collide with manifest fields")
         manifest.update(strip_secrets(extra or {}))
         text = json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n"
-        path = self.manifest_path()
+        final = self.exp_dir / RUNS / self.key
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, lambda fh: fh.write(text))
+            self.staging.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.staging / "manifest.json", lambda fh: fh.write(text))
+            tables = sorted(p.stem for p in self.staging.glob("*.csv"))
+            new_keys = {t: self.staged(t)[["stage", "condition"]].astype(str) for t in tables}
+            swap_in(self.staging, final)
+            self._supersede_legacy(new_keys)
+            rebuild_views(self.exp_dir, tables)
         except OSError as err:
-            raise _write_failed(path, err) from err
-        return path
+            raise _write_failed(final, err) from err
+        return final / "manifest.json"
+
+    write_manifest = commit
+
+    def _supersede_legacy(self, new_keys: dict[str, pd.DataFrame]) -> None:
+        """Rows recorded before settings were hashed sit in a ``legacy`` shard per model, dataset
+        and seed; a committed run replaces the legacy rows of the (stage, condition) it wrote."""
+        legacy = self.exp_dir / RUNS / f"{self.key.rsplit('__', 1)[0]}__{LEGACY}"
+        for table, keys in new_keys.items():
+            path = legacy / f"{table}.csv"
+            old = _read_text(path)
+            if not len(old):
+                continue
+            pairs = set(map(tuple, keys.values.tolist()))
+            keep = [(st, c) not in pairs for st, c in zip(old["stage"], old["condition"], strict=True)]
+            if not all(keep):
+                rest = old.loc[keep]
+                if len(rest):
+                    atomic_write(path, lambda fh, r=rest: _write_csv(r, fh))
+                else:
+                    path.unlink()

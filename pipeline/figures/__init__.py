@@ -8,16 +8,21 @@ import matplotlib
 
 matplotlib.use("Agg")  # before any pyplot import: figures are files, there is no display
 
+from pipeline.core.results import read_table, rebuild_views  # noqa: E402
+from pipeline.core.store import tables_of  # noqa: E402
 from pipeline.figures import massive, super_weight  # noqa: E402, F401  (register their figures)
 from pipeline.figures.registry import FIGURES, FigureSpec  # noqa: E402
 
 
 def _draw_one(spec: FigureSpec, out_dir: Path, fig_dir: Path) -> list[Path]:
-    primary = out_dir / f"{spec.reads[0]}.csv"
-    if not primary.exists() or primary.stat().st_size == 0:
+    tables = {t: read_table(out_dir, t) for t in spec.reads}
+    tables = {t: df for t, df in tables.items() if len(df)}
+    if spec.reads[0] not in tables:
         return []
-    tables = {t: spec.reader(out_dir / f"{t}.csv") for t in spec.reads
-              if (out_dir / f"{t}.csv").exists() and (out_dir / f"{t}.csv").stat().st_size > 0}
+    for df in tables.values():
+        for col in spec.text_columns:
+            if col in df:
+                df[col] = df[col].fillna("").astype(str)
     written = []
     for model, rows in tables[spec.reads[0]].groupby("model"):
         datasets = list(dict.fromkeys(rows["dataset"])) if spec.per_dataset else [rows["dataset"].iloc[0]]
@@ -42,5 +47,10 @@ def draw_experiment(out_dir: Path, stages: list[str] | None = None) -> list[Path
 
 
 def draw_all(results_dir: Path) -> list[Path]:
-    """``make figures``: every experiment folder under ``results_dir``."""
-    return [p for d in sorted(Path(results_dir).iterdir()) if d.is_dir() for p in draw_experiment(d)]
+    """``make figures``: every experiment folder under ``results_dir`` (merged views rebuilt too)."""
+    written = []
+    for d in sorted(Path(results_dir).iterdir()):
+        if d.is_dir():
+            rebuild_views(d, tables_of(d))
+            written += draw_experiment(d)
+    return written

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from pipeline.figures.registry import figure, read_attention_maps, read_token_table, save
+from pipeline.figures.registry import figure, save
 
 
 @figure("ma_profile", "fig3_layers", ("ma_layer_stats",), per_dataset=True)
@@ -62,7 +62,7 @@ def _attention_grid(g: pd.DataFrame, value: str, n: int) -> np.ndarray:
     return grid
 
 
-@figure("ma_attention", "attention_maps", ("ma_attention_maps",), reader=read_attention_maps)
+@figure("ma_attention", "attention_maps", ("ma_attention_maps",), text_columns=("query_token", "key_token"))
 def fig_attention_maps(df: pd.DataFrame, model: str, out: Path) -> Path:
     """Head-averaged attention of each chosen layer on one prompt (paper A §4 attention figures).
 
@@ -120,7 +120,7 @@ def fig_attention_share(df: pd.DataFrame, model: str, out: Path) -> Path:
     return save(fig, out)
 
 
-@figure("sw_stopwords", "fig5_stopwords", ("sw_stopword_probs",), reader=read_token_table)
+@figure("sw_stopwords", "fig5_stopwords", ("sw_stopword_probs",), text_columns=("token",))
 def fig5_stopwords(df: pd.DataFrame, model: str, out: Path, n_top: int = 10) -> Path:
     """Paper B Fig. 5: average next-token probability of the original model's top tokens on
     LAMBADA, original vs super weights pruned (grouped bars)."""

@@ -1,0 +1,173 @@
+"""The on-disk layout of the reproduction record, safe for many writers on a shared filesystem.
+
+::
+
+    results/<experiment>/
+      runs/<key>/<table>.csv       one shard per run: every row one job wrote, one setting
+      runs/<key>/manifest.json     that run's manifest, committed together with its tables
+      runs/.partial-<key>/         a run still going, or killed: resumed by a re-run of its key
+      <table>.csv                  a merged view of every committed shard (rebuilt; never the truth)
+
+``<key>`` names the job: model, dataset, seed and a hash of the resolved setting. A job writes
+only inside its own ``.partial-<key>`` folder (no lock is needed, so NFS, where ``flock`` is
+unreliable, is safe) and commits by renaming that folder into place: its tables and manifest
+become visible together or not at all. A re-run of the same setting replaces exactly its own
+shard; another setting (a sweep over ``seq_len``, a dtype) lands beside it. Readers merge the
+committed shards; a shard that does not parse cleanly is refused with one line naming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import pandas as pd
+
+from pipeline.core.errors import PipelineError
+
+RUNS = "runs"
+PARTIAL = ".partial-"
+_HOST = socket.gethostname().split(".")[0]
+
+
+def temp_name(path: Path) -> Path:
+    """A sibling temp name that says which host and process own it (for :func:`clean_stale`)."""
+    return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # make a rename durable (POSIX only)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[IO[str]], None]) -> None:
+    """Write ``path`` via a temp file in its directory, fsync, then ``os.replace``: on any
+    failure (Ctrl-C too) the temp file is removed and the old file is untouched."""
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def swap_in(staged: Path, final: Path) -> None:
+    """Make the folder ``staged`` visible as ``final`` (replacing an older ``final``): readers
+    see the old run, nothing, or the new run, never a mix. An interrupted swap leaves the old
+    run in ``.old-*``, which :func:`clean_stale` puts back."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".old-{final.name}.{_HOST}.{os.getpid()}")
+        os.replace(final, old)
+    try:
+        os.replace(staged, final)
+    except BaseException:  # Ctrl-C or an error between the two renames: put the old run back
+        if old is not None and not final.exists():
+            os.replace(old, final)
+        raise
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(exp_dir: Path) -> int:
+    """Remove temp files left by killed processes of this host (a live process's are kept; other
+    hosts' are theirs to clean) and restore a run left in ``.old-*`` by an interrupted swap.
+    Returns how many entries were cleaned."""
+    cleaned = 0
+    runs = exp_dir / RUNS
+    for tmp in [*exp_dir.glob(".*.tmp"), *runs.glob("*/.*.tmp"), *runs.glob(".*.tmp")]:
+        parts = tmp.name.rsplit(".", 4)  # .<name>.<host>.<pid>.<hex>.tmp
+        if len(parts) == 5 and parts[1] == _HOST and parts[2].isdigit() and not _pid_alive(int(parts[2])):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                cleaned += 1
+    for old in runs.glob(".old-*"):
+        name, host, pid = old.name[len(".old-"):].rsplit(".", 2)
+        if host == _HOST and pid.isdigit() and not _pid_alive(int(pid)):
+            final = runs / name
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, final)
+            cleaned += 1
+    return cleaned
+
+
+def read_csv_strict(path: Path, **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` that refuses a table that does not parse cleanly (a short or long row, a
+    truncated line): one line naming the file, never a silent repair."""
+    try:
+        df = pd.read_csv(path, on_bad_lines="error", **kwargs)
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PipelineError(f"refusing corrupt table {path}: {reason} (fix or move the file)") from err
+    if text and not text.endswith("\n"):
+        raise PipelineError(f"refusing corrupt table {path}: its last line is cut off (fix or move the file)")
+    n_cols = len(df.columns)
+    import csv
+    import io
+
+    try:
+        widths = {len(r) for r in csv.reader(io.StringIO(text), strict=True) if r}
+    except csv.Error as err:
+        raise PipelineError(f"refusing corrupt table {path}: {err} (fix or move the file)") from err
+    if widths and widths != {n_cols}:
+        raise PipelineError(f"refusing corrupt table {path}: rows of {sorted(widths)} cells under a "
+                            f"{n_cols}-column header (fix or move the file)")
+    return df
+
+
+def shard_paths(exp_dir: Path, table: str, *, skip: str | None = None) -> list[Path]:
+    """Every committed shard of ``table`` (sorted by run key), except run ``skip``."""
+    runs = exp_dir / RUNS
+    if not runs.is_dir():
+        return []
+    return [d / f"{table}.csv" for d in sorted(runs.iterdir())
+            if d.is_dir() and not d.name.startswith(".") and d.name != skip and (d / f"{table}.csv").exists()]
+
+
+def tables_of(exp_dir: Path) -> list[str]:
+    """The names of the tables that committed runs hold."""
+    runs = exp_dir / RUNS
+    found = {p.stem for p in runs.glob("[!.]*/*.csv")} if runs.is_dir() else set()
+    return sorted(found)
+
+
+def concat(frames: list[pd.DataFrame], lead: tuple[str, ...]) -> pd.DataFrame:
+    """Rows of all frames; ``lead`` columns first, then the others in order of appearance."""
+    frames = [f for f in frames if len(f.columns)]
+    if not frames:
+        return pd.DataFrame()
+    extra = [c for f in frames for c in f.columns if c not in lead]
+    columns = [c for c in lead if any(c in f.columns for f in frames)] + list(dict.fromkeys(extra))
+    parts = [f.reindex(columns=columns) for f in frames if len(f)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
