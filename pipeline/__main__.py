@@ -42,8 +42,10 @@ def run(cfg) -> dict:
 
     from pipeline.context import build_context
     from pipeline.figures import draw_experiment
+    from pipeline.validate import validate
 
     t0 = time.perf_counter()
+    validate(cfg)  # the config alone: one line, before the model loads
     ctx = build_context(cfg)
     outputs = {}
     try:

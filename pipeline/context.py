@@ -13,8 +13,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.core.catalog import Catalog
+from pipeline.core.errors import PipelineError
 from pipeline.core.loggers import Logger, build_logger
 from pipeline.core.paper import paper_numbers
+from pipeline.core.paths import REPO_ROOT
 from pipeline.core.results import ResultsWriter
 from pipeline.data.text import TextSource, build_source, data_config, token_windows
 from pipeline.models.arch import ArchSpec, get_arch
@@ -78,8 +80,29 @@ def run_setting(cfg: DictConfig, model_cfg: dict, data_cfg: dict, dtype: str) ->
             "model": {**model, "dtype_resolved": dtype}, "data": data_cfg}
 
 
+def results_root(cfg: DictConfig) -> Path:
+    """Where this run writes. The committed record (``results/``) only with ``run.record=true``,
+    and never for a debug run or a tiny random model; otherwise ``outputs/results/`` or the
+    ``run.results_dir`` given. Decided from the config alone, before anything loads."""
+    record = REPO_ROOT / "results"
+    chosen = cfg.run.get("results_dir")
+    if cfg.run.get("record"):
+        if cfg.run.get("debug") or cfg.model.get("source") == "tiny":
+            what = "a debug run" if cfg.run.get("debug") else f"the tiny random model '{cfg.model.name}'"
+            raise PipelineError(f"run.record=true would write {what} into the committed record; "
+                                "record only real runs (drop debug=... or pick a real model)")
+        return Path(chosen) if chosen else record
+    if chosen is None:
+        return REPO_ROOT / "outputs" / "results"
+    if Path(chosen).resolve() == record.resolve():
+        raise PipelineError("run.results_dir points at the committed record (results/): "
+                            "say so with run.record=true (make record EXP=...)")
+    return Path(chosen)
+
+
 def build_context(cfg: DictConfig) -> Context:
     """Load model, data source, results writer and logger for one run."""
+    root = results_root(cfg)  # before anything loads
     seed_everything(int(cfg.run.seed))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
@@ -87,7 +110,7 @@ def build_context(cfg: DictConfig) -> Context:
     model, tok, device = load_model(model_cfg)
     arch = get_arch(model)
     results = ResultsWriter(
-        Path(cfg.run.results_dir), cfg.run.experiment, model=model_cfg["name"],
+        root, cfg.run.experiment, model=model_cfg["name"],
         revision=model_cfg.get("revision"), dataset=data_cfg["name"], seed=int(cfg.run.seed),
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         setting=run_setting(cfg, model_cfg, data_cfg, str(next(model.parameters()).dtype)),
