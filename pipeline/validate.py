@@ -98,6 +98,8 @@ def _check_arg(where: str, name: str, value: Any, tp: Any, shape: tuple[int | No
     numbers += [v for v in value if isinstance(v, (int, float))] if isinstance(value, (list, tuple)) else []
     if any(isinstance(v, float) and math.isnan(v) for v in numbers):
         raise PipelineError(f"{where}.{name}={value!r}: NaN is not a value (it would silently match nothing)")
+    if name == "ppl_windows" and isinstance(value, str) and value not in ("all", "protocol"):
+        raise PipelineError(f"{where}.{name}={value!r}: a number of windows, 'all' or 'protocol'")
     if name in POSITIVE and isinstance(value, int) and value < 1:
         raise PipelineError(f"{where}.{name}={value}: must be at least 1")
     n_layers, context = shape

@@ -211,3 +211,31 @@ def test_train_split_of_a_hub_dataset_is_its_training_split():
     assert data_config("wikitext2", split="train")["hub_split"] == "train"
     with pytest.raises(PipelineError, match="no training split"):
         data_config("c4", split="train")  # 10k documents, the first 5000 are the evaluation set
+
+
+@pytest.mark.parametrize("seq_len,bos", [(32, "never"), (17, "first"), (16, "every")])
+def test_all_windows_is_numel_floor_div_seq_len(tok, seq_len, bos):
+    """The official WikiText-2 protocol: every whole window, numel // seqlen of them (the tail
+    is dropped). Checked against the token count of the whole joined corpus."""
+    src = text_source(n_docs=7)
+    stream = tok("\n\n".join(src.documents()), add_special_tokens=False)["input_ids"]
+    numel = len(stream) + (bos == "first")
+    width = seq_len - (bos == "every")
+    w = token_windows(tok, src, seq_len=seq_len, n_windows="all", bos=bos)
+    assert w.shape == (numel // width, seq_len)
+    body = w[:, 1:] if bos == "every" else w
+    flat = body.flatten().tolist()
+    assert flat[(bos == "first"):] == stream[: len(flat) - (bos == "first")]
+    with pytest.raises(PipelineError, match="one window"):
+        token_windows(tok, text_source("x", 1), seq_len=10_000, n_windows="all")
+
+
+def test_protocol_windows_follow_each_dataset(tok):
+    from pipeline.core.catalog import Catalog
+    from pipeline.evaluation.conditions import eval_windows
+
+    docs = {"kind": "text", "text": SAMPLE * 5, "bos": "never", "joiner": "\n\n"}
+    catalog = Catalog({"data": {"a": {**docs, "name": "a", "eval_windows": 2}, "b": {**docs, "name": "b"}}})
+    got = eval_windows(tok, ["a", "b"], 16, "protocol", catalog)
+    full = token_windows(tok, data.build_source(docs), seq_len=16, n_windows="all")
+    assert got["a"].shape == (2, 16) and torch.equal(got["b"], full)

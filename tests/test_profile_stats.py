@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from pipeline.analysis.massive import LayerProfile
@@ -108,3 +109,22 @@ def test_lower_median_equals_torch_median():
     assert torch.equal(lower_median(nan).isnan(), nan.median(dim=1).values.isnan())
     half = torch.rand(2, 33, generator=g).to(torch.bfloat16)
     assert torch.equal(lower_median(half), half.median(dim=1).values)
+
+
+def test_one_nan_neither_hides_a_massive_activation_nor_passes_silently():
+    """Defect: one NaN made the layer's median NaN (max(100, 1000 * nan) is 100 and topk puts the
+    NaN first), so a planted 5,000 beside it gave zero hits and no warning."""
+    h = torch.randn(1, 8, 16) * 0.5
+    h[0, 0, 3] = 5000.0
+    h[0, 5, 7] = float("nan")
+    h[0, 6, 2] = float("inf")
+    prof = LayerProfile(1)
+    prof.begin_batch([["other"] * 8], [["x"] * 8])
+    prof.observe(0, h)
+    prof.end_batch()
+    hits = prof.activation_rows()
+    assert [(r["dim"], r["value_mean"]) for r in hits] == [(3, 5000.0)]
+    row = prof.layer_rows()[0]
+    assert row["n_nonfinite"] == 2 and row["top1"] == 5000.0
+    finite = h[torch.isfinite(h)].abs()
+    assert row["median"] == pytest.approx(float(finite.median()))

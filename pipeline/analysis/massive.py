@@ -10,7 +10,9 @@ largest magnitudes (with their flat indices and signed values) and the median, o
 each forward these few numbers move to the CPU and fold into running sums keyed by
 (layer, dim, token type). Massive activations are far fewer than ``max_hits`` per layer, so taking
 candidates from a top-k is exact; when every one of the top ``max_hits`` passes the thresholds the
-run says so (``truncated``) instead of silently dropping hits.
+run says so (``truncated``) instead of silently dropping hits. NaN and inf values (an fp16
+overflow) are counted per layer (``n_nonfinite``) and left out of the top-k, the median and the
+hits: one NaN no longer turns a layer's median into NaN and hides every massive activation.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ class LayerProfile:
         self.top1_where: list[Counter] = [Counter() for _ in range(n_layers)]  # (dim, token type)
         self.hits: dict[tuple[int, int, str], HitStats] = defaultdict(HitStats)
         self.truncated: set[int] = set()
+        self.nonfinite = [0] * n_layers  # NaN/inf values seen per layer (excluded from the stats)
         self._pending: dict[int, tuple[torch.Tensor, ...]] = {}
 
     def begin_batch(self, types: list[list[str]], texts: list[list[str]]) -> None:
@@ -128,15 +131,22 @@ class LayerProfile:
         self._dims = h.shape[-1]
         flat = h.detach().reshape(h.shape[0], -1)
         mag = flat.abs()
+        finite = torch.isfinite(flat)
+        bad = (~finite).sum(dim=1)
+        if bool(bad.any()):  # NaN/inf (an fp16 overflow): counted, left out of every statistic
+            median = torch.nanmedian(mag.masked_fill(~finite, float("nan")), dim=1).values
+            mag = mag.masked_fill(~finite, -1.0)  # never among the top values
+        else:
+            median = lower_median(mag)
         k = min(max(self.max_hits, self.k), mag.shape[1])
         top_vals, top_idx = mag.topk(k, dim=1)  # sorted, descending
-        median = lower_median(mag)
-        self._pending[layer] = (top_vals, top_idx, flat.gather(1, top_idx), median)
+        self._pending[layer] = (top_vals, top_idx, flat.gather(1, top_idx), median, bad)
 
     def end_batch(self) -> None:
         """Move the batch's reductions to the CPU and fold them into the running totals."""
         for layer, tensors in sorted(self._pending.items()):
-            top_vals, top_idx, signed, median = (t.cpu() for t in tensors)
+            top_vals, top_idx, signed, median, bad = (t.cpu() for t in tensors)
+            self.nonfinite[layer] += int(bad.sum())
             top_vals, signed, median = top_vals.double(), signed.double(), median.double()
             for b in range(top_vals.shape[0]):
                 self.top_sum[layer] += top_vals[b, : self.k]
@@ -176,7 +186,7 @@ class LayerProfile:
                 "top1_over_median": float(top[0]) / med if med > 0 else math.inf,
                 "top1_dim": dim, "top1_token_type": ttype,
                 "n_massive": sum(s.n for (lay, _, _), s in self.hits.items() if lay == layer) / n,
-                "truncated": layer in self.truncated,
+                "truncated": layer in self.truncated, "n_nonfinite": self.nonfinite[layer],
             })
         return rows
 

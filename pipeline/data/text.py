@@ -261,10 +261,12 @@ def build_source(cfg: Mapping[str, Any]) -> TextSource:
 _TAIL_MARGIN = 64  # tokens near a cut may merge with the text after it: never use them
 
 
-def stream_tokens(tokenizer: Any, source: TextSource, n_tokens: int, joiner: str) -> list[int]:
-    """The first ``n_tokens`` ids (fewer if the corpus is shorter) of ``joiner.join(documents)``
-    tokenized with ``add_special_tokens=False``, tokenizing only a prefix of the text (grown by
-    doubling) and equal to tokenizing the whole joined text."""
+def stream_tokens(tokenizer: Any, source: TextSource, n_tokens: int | None, joiner: str) -> list[int]:
+    """The first ``n_tokens`` ids (fewer if the corpus is shorter; None: all of them) of
+    ``joiner.join(documents)`` tokenized with ``add_special_tokens=False``, tokenizing only a
+    prefix of the text (grown by doubling) and equal to tokenizing the whole joined text."""
+    if n_tokens is None:
+        return list(tokenizer(joiner.join(source.documents()), add_special_tokens=False)["input_ids"])
     docs, text, exhausted, budget = source.documents(), "", False, 6 * n_tokens + 1024
     while True:
         while len(text) < budget and not exhausted:
@@ -278,10 +280,13 @@ def stream_tokens(tokenizer: Any, source: TextSource, n_tokens: int, joiner: str
         budget *= 2
 
 
-def token_windows(tokenizer: Any, source: TextSource, *, seq_len: int, n_windows: int,
+def token_windows(tokenizer: Any, source: TextSource, *, seq_len: int, n_windows: int | str,
                   bos: str = "never", sampling: str = "sequential", seed: int = 0,
                   joiner: str = "\n\n") -> torch.LongTensor:
     """``(n_windows, seq_len)`` int64 token windows cut from one stream of the source's documents.
+
+    ``n_windows="all"``: every whole window of the stream, ``len(stream) // stream tokens per
+    window`` of them (the official WikiText-2 perplexity protocol, ``numel // seqlen``).
 
     bos: "never" no BOS; "first" one BOS at the very start of the stream (paper A's C4/PG-19
     protocol); "every" each window = BOS + seq_len-1 stream tokens. sampling: "sequential" = the
@@ -291,7 +296,11 @@ def token_windows(tokenizer: Any, source: TextSource, *, seq_len: int, n_windows
     if bos not in BOS_MODES or sampling not in SAMPLINGS:
         raise PipelineError(f"bos must be one of {BOS_MODES} and sampling one of {SAMPLINGS}; "
                             f"got bos={bos!r}, sampling={sampling!r}")
-    if n_windows < 1 or seq_len < (2 if bos == "every" else 1):
+    if n_windows == "all":
+        if sampling != "sequential":
+            raise PipelineError("n_windows='all' takes every window in order: use sampling=sequential")
+        return _all_windows(tokenizer, source, seq_len=seq_len, bos=bos, joiner=joiner)
+    if not isinstance(n_windows, int) or n_windows < 1 or seq_len < (2 if bos == "every" else 1):
         raise PipelineError(f"need n_windows >= 1 and seq_len >= 2 (got {n_windows}, {seq_len})")
     bos_id = getattr(tokenizer, "bos_token_id", None)
     if bos != "never" and bos_id is None:
@@ -315,4 +324,23 @@ def token_windows(tokenizer: Any, source: TextSource, *, seq_len: int, n_windows
     windows = torch.stack([ids[s:s + width] for s in starts])
     if bos == "every":
         windows = torch.cat([torch.full((n_windows, 1), bos_id, dtype=torch.long), windows], 1)
+    return windows
+
+
+def _all_windows(tokenizer: Any, source: TextSource, *, seq_len: int, bos: str, joiner: str) -> torch.LongTensor:
+    """Every whole non-overlapping window of the whole stream (the tail shorter than a window is
+    dropped, as the official code's ``numel // seqlen``)."""
+    if seq_len < (2 if bos == "every" else 1):
+        raise PipelineError(f"need seq_len >= 2 (got {seq_len})")
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos != "never" and bos_id is None:
+        raise PipelineError(f"bos={bos!r} but the tokenizer has no BOS token; use bos=never")
+    stream = ([bos_id] if bos == "first" else []) + stream_tokens(tokenizer, source, None, joiner)
+    width = seq_len - (bos == "every")
+    n = len(stream) // width
+    if n < 1:
+        raise PipelineError(f"data '{source.name}' has only {len(stream)} tokens: not one window of {seq_len}")
+    windows = torch.tensor(stream[: n * width], dtype=torch.long).view(n, width)
+    if bos == "every":
+        windows = torch.cat([torch.full((n, 1), bos_id, dtype=torch.long), windows], 1)
     return windows

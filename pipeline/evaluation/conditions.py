@@ -23,13 +23,16 @@ from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
 PROBE = "Summer is warm. Winter is cold."
 
 
-def eval_windows(tokenizer, names, seq_len: int, n_windows: int, catalog: Catalog | None = None,
+def eval_windows(tokenizer, names, seq_len: int, n_windows: int | str, catalog: Catalog | None = None,
                  ) -> dict[str, torch.Tensor]:
-    """Evaluation windows for each named dataset of the catalog, with its BOS rule and joiner."""
+    """Evaluation windows for each named dataset of the catalog, with its BOS rule and joiner.
+    ``n_windows="all"``: every whole window of each dataset; ``"protocol"``: each dataset's own
+    ``eval_windows`` (paper A's code: WikiText-2 all, C4 and PG-19 100; default all)."""
     out = {}
     for name in names:
         cfg = data_config(name, catalog)
-        out[name] = token_windows(tokenizer, build_source(cfg), seq_len=seq_len, n_windows=n_windows,
+        n = cfg.get("eval_windows", "all") if n_windows == "protocol" else n_windows
+        out[name] = token_windows(tokenizer, build_source(cfg), seq_len=seq_len, n_windows=n,
                                   bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
     return out
 

@@ -93,6 +93,7 @@ def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: s
     ctx.logger.log_table("ma_layer_stats", _frame(layer_rows))
     return {"metrics": metrics, "paths": paths, "massive": massive, "layer_rows": layer_rows,
             "comparison": comparison, "fig1_layer": int(fig1_layer), "truncated": sorted(prof.truncated),
+            "nonfinite": {i: n for i, n in enumerate(prof.nonfinite) if n},
             "setting": f"{n_sequences} x {seq_len} tokens of {ctx.data_cfg['name']}"}
 
 
@@ -119,6 +120,8 @@ def format_summary(out: dict[str, Any], max_rows: int = 12) -> str:
         if len(massive) > max_rows:
             lines.append(f"  ... {len(massive) - max_rows} more in ma_massive.csv")
     lines.append("  (layer: 0-based index of first appearance; paper A counts from 1)")
+    if out.get("nonfinite"):
+        lines.append(f"  warning: NaN/inf values left out of the statistics (layer: count) {out['nonfinite']}")
     if out["truncated"]:
         lines.append(f"  warning: more hits than max_hits in layers {out['truncated']}: raise max_hits")
     if out["comparison"]:

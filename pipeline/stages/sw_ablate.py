@@ -122,7 +122,7 @@ def layer_max(ctx, ids: torch.Tensor) -> list[float]:
 def run(ctx, *, conditions: Sequence[str] = CONDITIONS, prompt: str = DEFAULT_PROMPT,
         threshold: float | str = "auto", roles: Sequence[str] = ("creates",), non_sw_fraction: float = 1e-6,
         non_sw_min_per_matrix: int = 1, ppl_data: Sequence[str] = ("wiki_summaries",), ppl_seq_len: int = 1024,
-        ppl_windows: int = 16, eval_suite: str | None = "paper_b", zero_shot_limit: int | None = 50,
+        ppl_windows: int | str = 16, eval_suite: str | None = "paper_b", zero_shot_limit: int | None = 50,
         batch_size: int = 1, eval_batch_size: int = 8) -> dict[str, Any]:
     """Table 1 and Fig. 4 for the super weights detected on ``prompt``."""
     unknown = sorted(set(conditions) - set(CONDITIONS))

@@ -120,7 +120,7 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smo
         parts: Sequence[str] = PARTS,
         calib_data: str = "wiki_summaries", calib_split: str = "train", calib_seq_len: int = 256,
         calib_windows: int = 4, ppl_data: Sequence[str] = ("wiki_summaries", "austen"),
-        ppl_seq_len: int = 512, ppl_windows: int = 4, batch_size: int = 1, eval_suite: str | None = None,
+        ppl_seq_len: int = 512, ppl_windows: int | str = 4, batch_size: int = 1, eval_suite: str | None = None,
         zero_shot_limit: int | None = 20, eval_batch_size: int = 8, detect_prompt: str = DEFAULT_PROMPT,
         roles: Sequence[str] = ("creates",), threshold: float | str = "auto") -> dict[str, Any]:
     """Perplexity of the model under each W8A8 condition."""

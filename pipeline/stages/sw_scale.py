@@ -37,7 +37,7 @@ def condition_name(scale: float) -> str:
 
 def run(ctx, *, scales: Sequence[float] = SCALES, eval_suite: str | None = "paper_b",
         zero_shot_limit: int | None = 20, ppl_data: Sequence[str] = ("wiki_summaries",),
-        ppl_seq_len: int = 512, ppl_windows: int = 8, batch_size: int = 1, eval_batch_size: int = 8,
+        ppl_seq_len: int = 512, ppl_windows: int | str = 8, batch_size: int = 1, eval_batch_size: int = 8,
         detect_prompt: str = DEFAULT_PROMPT, roles: Sequence[str] = ("creates",),
         threshold: float | str = "auto", rel_spike: float = 0.05, min_abs: float = 50.0,
         min_share: float = 0.5, max_iter: int = 10) -> dict[str, Any]:

@@ -171,7 +171,7 @@ def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str]
         calib_max_tokens: int | None = 2048,
         sw_scales: Sequence[float] = (1.0,), include_original: bool = True,
         eval_suite: str | None = "paper_b", zero_shot_limit: int | None = 20,
-        ppl_data: Sequence[str] = ("wiki_summaries",), ppl_seq_len: int = 512, ppl_windows: int = 4,
+        ppl_data: Sequence[str] = ("wiki_summaries",), ppl_seq_len: int = 512, ppl_windows: int | str = 4,
         batch_size: int = 1, eval_batch_size: int = 8, detect_prompt: str = DEFAULT_PROMPT,
         roles: Sequence[str] = ("creates",), threshold: float | str = "auto") -> dict[str, Any]:
     """Evaluate the model quantized at each block size by each method."""
