@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.loggers import argv_has_secret
 from pipeline.core.paths import CONF_DIR
 
 CHECKED_GROUPS = ("model", "data", "experiment", "logger", "debug", "stage")
@@ -82,6 +83,14 @@ def main() -> None:
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    if argv_has_secret(sys.argv[1:]):
+        if "-m" in sys.argv or "--multirun" in sys.argv:  # Hydra saves multirun.yaml whatever we say
+            print("error: do not pass secrets as overrides to a multirun (Hydra writes them to "
+                  "multirun.yaml); export them as environment variables (HF_TOKEN, WANDB_API_KEY)",
+                  file=sys.stderr)
+            sys.exit(2)
+        # Hydra writes the overrides and the config to .hydra/*.yaml: not with a secret in them
+        sys.argv.append("hydra.output_subdir=null")
     import hydra
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
@@ -91,6 +100,10 @@ def main() -> None:
         except PipelineError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            print("\ninterrupted: nothing half-written; finished conditions are kept and a re-run "
+                  "of the same command resumes", file=sys.stderr)
+            sys.exit(130)
 
     _entry()
 

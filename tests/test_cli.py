@@ -89,3 +89,16 @@ def test_multirun_over_a_stage_argument_keeps_both_jobs_rows(tmp_path):
     assert df["setting"].nunique() == 2 and len(df) == 8  # 4 layers x 2 jobs
     view = pd.read_csv(tmp_path / "massive_activations_default" / "ma_layer_stats.csv")
     assert len(view) == 8
+
+
+def test_a_secret_override_is_not_written_by_hydra(tmp_path):
+    """Defect: secrets passed as overrides were written in clear to .hydra/{config,overrides}.yaml."""
+    secret = "hf_" + "x" * 30
+    r = _cli("model=tiny_llama", "debug=cpu", f"run.results_dir={tmp_path}/res", f"+model.hf_token={secret}",
+             f"hydra.run.dir={tmp_path}/hydra", timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if secret in p.read_text(errors="ignore")]
+    assert secret not in r.stdout + r.stderr
+    r = _cli("-m", "model=tiny_llama", "debug=cpu", f"+model.hf_token={secret}", timeout=120)
+    assert r.returncode == 2 and "environment variables" in r.stderr

@@ -132,3 +132,32 @@ def test_no_stage_imports_another_stage():
                 mods = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
                 bad = [m for m in mods if m.startswith("pipeline.stages") and m.rsplit(".", 1)[-1] in names]
                 assert not bad, f"{path.name} imports stage {bad}"
+
+
+def test_an_endpoint_that_accepts_tcp_but_fails_tls_is_unreachable():
+    """Defect: the offline check tested DNS and a TCP connect only; an endpoint that accepts TCP
+    but fails TLS gave 51 s of retries and a 77-line traceback. A loopback server that accepts and
+    closes stands in for it (no traffic leaves this machine)."""
+    import socket
+    import threading
+
+    from pipeline.core import hub
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+
+    def accept_and_close():
+        for _ in range(2):
+            conn, _ = server.accept()
+            conn.close()
+
+    threading.Thread(target=accept_and_close, daemon=True).start()
+    port = server.getsockname()[1]
+    hub._probe.cache_clear()
+    try:
+        assert hub.url_reachable(f"http://127.0.0.1:{port}", timeout=2.0)  # TCP alone: answers
+        assert not hub.url_reachable(f"https://127.0.0.1:{port}", timeout=2.0)  # no TLS: unreachable
+    finally:
+        server.close()
+        hub._probe.cache_clear()

@@ -45,14 +45,22 @@ def test_unknown_kind_lists_known_kinds():
     ],
 )
 def test_resolve_wandb_mode(cfg_mode, env, expected):
-    assert resolve_wandb_mode(cfg_mode, env) == expected
+    assert resolve_wandb_mode(cfg_mode, env, reachable=lambda url: True) == expected
+
+
+def test_a_key_without_network_logs_offline_instead_of_blocking():
+    """Defect: W&B went online whenever a key was set and blocked 102 s with no network."""
+    seen = []
+    mode, notice = resolve_wandb_mode(None, {"WANDB_API_KEY": "k"}, reachable=lambda url: seen.append(url) or False)
+    assert mode == "offline" and "unreachable" in notice and "\n" not in notice
+    assert seen == ["https://api.wandb.ai"]
 
 
 def test_resolve_wandb_mode_reads_netrc_and_rejects_unknown(tmp_path):
     netrc = tmp_path / "netrc"
     netrc.write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
     netrc.chmod(0o600)
-    assert resolve_wandb_mode(None, {"NETRC": str(netrc)}) == ("online", None)
+    assert resolve_wandb_mode(None, {"NETRC": str(netrc)}, reachable=lambda url: True) == ("online", None)
     with pytest.raises(PipelineError, match="online, offline"):
         resolve_wandb_mode("sometimes", {})
 

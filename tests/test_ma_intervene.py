@@ -76,3 +76,20 @@ def test_paper_comparison_rows():
     assert got[("set_zero", "acc_mean_pct")] == (37.0, float(paper["intervention_acc_mean"]["value"]["set_zero"]))
     assert ("original", "ppl_austen") not in got  # no paper number for an offline stand-in
     assert ma_intervene.compare_with_paper(None, table) == []
+
+
+def test_nan_weights_do_not_look_like_a_leaked_edit(tmp_path):
+    """Defect: torch.equal(NaN, NaN) is False, so on a model with a NaN weight every condition
+    'left the model changed' and nothing was written. Bit patterns are compared now."""
+    import torch
+
+    from pipeline.evaluation.conditions import evaluate_conditions, same_bits
+
+    nan = torch.tensor([float("nan"), 1.0])
+    assert same_bits(nan, nan.clone()) and not same_bits(nan, torch.tensor([float("nan"), 2.0]))
+    ctx = make_ctx(tmp_path)
+    with torch.no_grad():
+        ctx.model.lm_head.weight[0, 0] = float("nan")
+    rows, table = evaluate_conditions(ctx, "t", {"original": lambda: __import__("contextlib").nullcontext()},
+                                      ppl_sets={}, eval_suite=None, zero_shot_limit=None)
+    assert [r["condition"] for r in table] == ["original"]

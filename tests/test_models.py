@@ -38,3 +38,19 @@ def test_tiny_models_are_deterministic(arch):
     ids = tok("Summer is warm. Winter is cold.", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(m1(ids).logits, m2(ids).logits)
+
+
+@pytest.mark.parametrize("value,expected", [(False, False), ("false", False), ("no", False), ("0", False),
+                                            (True, True), ("true", True), ("yes", True)])
+def test_trust_remote_code_is_read_strictly(value, expected):
+    """Defect: trust_remote_code: 'false' (a string) reached from_pretrained as True."""
+    from pipeline.models.load import config_bool
+
+    assert config_bool({"trust_remote_code": value}, "trust_remote_code") is expected
+
+
+def test_trust_remote_code_garbage_is_an_error():
+    from pipeline.models.load import config_bool
+
+    with pytest.raises(PipelineError, match="not a yes/no value"):
+        config_bool({"name": "m", "trust_remote_code": "maybe"}, "trust_remote_code")

@@ -100,3 +100,34 @@ def test_condition_loop_averages_the_suites_primary_metric(tmp_path, monkeypatch
     monkeypatch.setattr(conditions, "zero_shot", lambda *a, **k: fake)
     out = sw_scale.run(planted_ctx(tmp_path), **{**KW, "scales": [1], "eval_suite": "x"})
     assert out["table"][0]["acc_mean"] == 0.9 and out["table"][0]["acc_a"] == 0.9
+
+
+def test_an_interrupted_sweep_resumes_after_its_finished_scales(tmp_path, monkeypatch):
+    """Defect: sw_scale kept finished scales but computed them again on a re-run. A killed run's
+    staged conditions are now read back by a re-run of the same setting."""
+    from pipeline.evaluation import conditions
+
+    ctx = planted_ctx(tmp_path)
+    real = conditions.perplexity
+    calls = []
+
+    def dies_on_the_third(*a, **k):
+        calls.append(k.get("desc"))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(conditions, "perplexity", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        sw_scale.run(ctx, scales=[0, 1, 2], **KW)
+    monkeypatch.setattr(conditions, "perplexity", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
+    calls.clear()
+    again = planted_ctx(tmp_path)  # a new process, the same setting
+    assert again.results.resumed
+    out = sw_scale.run(again, scales=[0, 1, 2], **KW)
+    assert calls == ["ppl wiki_summaries [scale_2]"]  # only the unfinished scale is computed
+    assert [r["scale"] for r in out["table"]] == [0.0, 1.0, 2.0]
+    again.results.commit({})
+    from pipeline.core.results import read_table
+
+    assert len(read_table(again.out_dir, "sw_scale_table")) == 3

@@ -1,7 +1,8 @@
 """Is the Hugging Face Hub reachable?  Decided once, quickly, before any download starts.
 
 transformers and datasets retry for about 50 s before failing when the Hub cannot be reached; we
-probe once (DNS + TCP connect with a short timeout) and fail with one line instead.
+probe once (DNS, TCP connect and, for https, a TLS handshake, with a short timeout) and fail with
+one line instead.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import ssl
 import threading
 from urllib.parse import urlparse
 
@@ -22,14 +24,17 @@ def offline_requested() -> bool:
 
 
 @functools.cache
-def _probe(host: str, port: int, timeout: float) -> bool:
+def _probe(host: str, port: int, timeout: float, tls: bool = False) -> bool:
     result: list[bool] = []
 
     def attempt() -> None:
         try:
-            with socket.create_connection((host, port), timeout=timeout):
+            with socket.create_connection((host, port), timeout=timeout) as sock:
+                if tls:  # an endpoint that accepts TCP but fails TLS is not reachable
+                    with ssl.create_default_context().wrap_socket(sock, server_hostname=host):
+                        pass
                 result.append(True)
-        except OSError:
+        except OSError:  # ssl.SSLError and socket timeouts included
             result.append(False)
 
     # getaddrinfo ignores socket timeouts, so the whole probe runs in a thread we can abandon.
@@ -39,12 +44,18 @@ def _probe(host: str, port: int, timeout: float) -> bool:
     return bool(result and result[0])
 
 
+def url_reachable(url: str, timeout: float = 3.0) -> bool:
+    """DNS, TCP connect and (for https) a TLS handshake with ``url``'s host, within ``timeout``."""
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return _probe(parsed.hostname or "", port, timeout, parsed.scheme == "https")
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
     """False when offline mode is requested or the Hub endpoint does not answer within ``timeout``."""
     if offline_requested():
         return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    return _probe(url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80), timeout)
+    return url_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
 
 
 def require_hub(what: str) -> None:

@@ -11,7 +11,7 @@ import netrc
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -71,14 +71,21 @@ def has_wandb_api_key(env: Mapping[str, str]) -> bool:
     return bool(entry and entry[2])
 
 
-def resolve_wandb_mode(cfg_mode: str | None, env: Mapping[str, str]) -> tuple[str, str | None]:
+def resolve_wandb_mode(cfg_mode: str | None, env: Mapping[str, str],
+                       reachable: Callable[[str], bool] | None = None) -> tuple[str, str | None]:
     """(mode, notice): config mode, else ``WANDB_MODE``, else online with an API key, else
     offline with a one-line notice to show the user."""
+    if reachable is None:
+        from pipeline.core.hub import url_reachable as reachable
     mode = cfg_mode or env.get("WANDB_MODE") or None
     notice = None
     if mode is None:
         mode = "online" if has_wandb_api_key(env) else "offline"
         notice = OFFLINE_NOTICE if mode == "offline" else None
+        if mode == "online" and not reachable(env.get("WANDB_BASE_URL") or "https://api.wandb.ai"):
+            # a key but no network: wandb.init would block for minutes before failing
+            mode, notice = "offline", ("W&B: an API key is set but the server is unreachable: logging "
+                                       "offline (wandb sync later)")
     if mode == "dryrun":  # wandb's old name for offline
         mode = "offline"
     if mode not in WANDB_MODES:

@@ -217,7 +217,10 @@ class ResultsWriter:
         return _typed(_read_text(self.staging / f"{table}.csv"))
 
     def done(self, table: str, stage: str, condition: str) -> bool:
-        """Whether this run (or the killed run of the same setting it resumes) wrote that condition."""
+        """Whether the killed run of this setting that this run resumes wrote that condition
+        (False when nothing was staged before this run started: a run never skips its own work)."""
+        if not self.resumed:
+            return False
         rows = self.staged(table)
         return bool(len(rows)) and bool(((rows["stage"] == stage) & (rows["condition"] == condition)).any())
 

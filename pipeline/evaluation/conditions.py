@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pipeline.core.catalog import Catalog
+from pipeline.core.results import PROVENANCE_COLUMNS
 from pipeline.data.text import build_source, data_config, token_windows
 from pipeline.evaluation.perplexity import perplexity
 from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
@@ -37,27 +38,62 @@ def eval_windows(tokenizer, names, seq_len: int, n_windows: int | str, catalog: 
     return out
 
 
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality, NaN included (``torch.equal`` is False for NaN == NaN, so a model
+    with NaN weights always looked changed)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not a.is_floating_point():
+        return torch.equal(a, b)
+    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
+    return torch.equal(a.contiguous().view(ints), b.contiguous().view(ints))
+
+
 @torch.inference_mode()
 def probe_logits(ctx) -> torch.Tensor:
     ids = ctx.tokenizer(PROBE, add_special_tokens=False, return_tensors="pt").input_ids
     return ctx.model(input_ids=ids.to(ctx.device)).logits.float().cpu()
 
 
+def _recorded(ctx, stage: str, cond: str, tables: tuple[str, str]) -> tuple[list[dict], dict] | None:
+    """The rows of ``cond`` a killed run of this very setting already wrote, or None."""
+    long_t, wide_t = tables
+    if not ctx.results.done(wide_t, stage, cond):
+        return None
+    def mine(table: str) -> list[dict]:
+        df = ctx.results.staged(table)
+        df = df[(df["stage"] == stage) & (df["condition"] == cond)].drop(columns=list(PROVENANCE_COLUMNS))
+        return [{"condition": cond, **{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}}
+                for r in df.to_dict("records")]
+    wide = mine(wide_t)
+    return mine(long_t), wide[0]
+
+
 def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], AbstractContextManager]], *,
                         ppl_sets: dict[str, torch.Tensor], eval_suite: str | None, zero_shot_limit: int | None,
                         batch_size: int = 1, eval_batch_size: int = 8,
                         describe: dict[str, dict] | None = None,
-                        on_done: Callable[[str, list[dict], dict], None] | None = None,
+                        tables: tuple[str, str] | None = None,
+                        long_columns: tuple[str, ...] = (),
                         ) -> tuple[list[dict], list[dict]]:
     """Returns (long rows: one per condition x dataset/task x metric, wide rows: one per condition
     with ``ppl_<dataset>``, ``acc_<task>`` and ``acc_mean``, the mean of the suite's
-    ``primary_metric``). ``describe`` adds columns per condition to the wide rows; ``on_done(name,
-    long, wide)`` is called as each condition finishes (to write it before the next starts)."""
+    ``primary_metric``). ``describe`` adds columns per condition to the wide rows.
+
+    With ``tables=(long, wide)`` each condition is written as it finishes (``condition`` as
+    provenance; the ``long_columns`` of ``describe`` copied into its long rows), and a condition that a killed run
+    of the same setting already wrote is read back instead of computed again."""
     suite = load_suite(eval_suite, ctx.catalog) if eval_suite else None
     metric = (suite or {}).get("primary_metric", "acc")
     reference = probe_logits(ctx)
     rows, table = [], []
     for cond, make in conditions.items():
+        done = _recorded(ctx, stage, cond, tables) if tables else None
+        if done is not None:
+            print(f"[{stage}] condition {cond}: recorded by the interrupted run of this setting, kept", flush=True)
+            rows += done[0]
+            table.append(done[1])
+            continue
         print(f"[{stage}] condition {cond}", flush=True)
         wide: dict[str, Any] = {"condition": cond, **(describe or {}).get(cond, {})}
         first = len(rows)
@@ -77,11 +113,13 @@ def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], Abst
                          for r in zs]
                 wide.update({f"acc_{r['task']}": r["value"] for r in zs if r["metric"] == metric})
                 wide["acc_mean"] = mean_accuracy(zs, metric)
-        if not torch.equal(probe_logits(ctx), reference):
+        if not same_bits(probe_logits(ctx), reference):
             raise RuntimeError(f"condition {cond} left the model changed: an edit leaked")
         table.append(wide)
-        if on_done:
-            on_done(cond, rows[first:], wide)
+        if tables:
+            extra = {k: wide[k] for k in long_columns if k in wide}
+            rows[first:] = [{**r, **extra} for r in rows[first:]]
+            write_by_condition(ctx, stage, {tables[0]: rows[first:], tables[1]: [wide]})
         ctx.logger.log_metrics({f"{stage}/{cond}/{k}": v for k, v in wide.items() if isinstance(v, float)})
     return rows, table
 

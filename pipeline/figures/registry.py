@@ -16,12 +16,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipeline.core.errors import PipelineError  # noqa: E402
+
 
 def save(fig, out: Path) -> Path:
-    """Lay out, write as a 150-dpi PNG, free the figure."""
-    fig.tight_layout()
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
+    """Lay out, write as a 150-dpi PNG, free the figure (a full disk: one line, no traceback)."""
+    try:
+        fig.tight_layout()
+        fig.savefig(out, dpi=150)
+    except OSError as err:
+        raise PipelineError(f"could not write figure {out}: {err.strerror or err} (the CSVs are intact; "
+                            "make figures redraws it)") from err
+    finally:
+        plt.close(fig)
     return out
 
 

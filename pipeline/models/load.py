@@ -33,6 +33,20 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def config_bool(cfg: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """A yes/no setting read strictly: ``bool("false")`` is True, so a quoted 'false' or 'no'
+    used to turn trust_remote_code ON. Anything but a bool or a yes/no word is an error."""
+    value = cfg.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLS:
+        return _BOOLS[value.strip().lower()]
+    raise PipelineError(f"model '{cfg.get('name')}': {key}={value!r} is not a yes/no value (true or false)")
+
+
 def resolve_device(spec: str | None) -> torch.device:
     """``auto`` -> CUDA when available, else CPU."""
     if spec in (None, "auto"):
@@ -73,9 +87,14 @@ def _gguf_cache(cfg: Mapping[str, Any]) -> Path:
             del model.config.quantization_config
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, target)
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            os.replace(tmp, target)
+        except OSError as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise PipelineError(f"could not write the model cache {target}: {err.strerror or err} "
+                                "(nothing half-written is left; free space and run again)") from err
         print(f"[models] cached at {target} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return target
 
@@ -116,7 +135,7 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.devi
         return model.to(device=device, dtype=resolve_dtype(cfg.get("dtype"), device)), tok, device
 
     dtype = resolve_dtype(cfg.get("dtype"), device)
-    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": bool(cfg.get("trust_remote_code", False))}
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config_bool(cfg, "trust_remote_code")}
     if cfg.get("attn_implementation"):
         kwargs["attn_implementation"] = cfg["attn_implementation"]
     if source == "gguf":

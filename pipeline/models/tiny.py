@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
+from pipeline.core.errors import PipelineError
+
 _CORPUS = (
     "Summer is warm. Winter is cold. The cat sat on the mat.\n"
     "A transformer has layers; each layer has attention and an MLP.\n"
@@ -48,7 +50,11 @@ def tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
 
 
 def _config(arch: str, vocab: int, cfg: Mapping[str, Any]):
-    d, n_layers, heads = int(cfg.get("hidden_size", 64)), int(cfg.get("num_layers", 4)), 4
+    d, n_layers, heads = cfg.get("hidden_size", 64), cfg.get("num_layers", 4), 4
+    for key, value, low in (("hidden_size", d, heads), ("num_layers", n_layers, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low or (key == "hidden_size" and value % heads):
+            raise PipelineError(f"tiny model: {key}={value!r} must be an integer >= {low}"
+                                + (f" and a multiple of {heads}" if key == "hidden_size" else ""))
     if arch == "llama":
         return LlamaConfig(
             vocab_size=vocab, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layers,

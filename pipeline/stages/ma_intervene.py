@@ -87,7 +87,8 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
     rows, table = evaluate_conditions(
         ctx, STAGE, {c: condition(edits[c]) for c in conditions},
         ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog), eval_suite=eval_suite,
-        zero_shot_limit=zero_shot_limit, batch_size=batch_size, eval_batch_size=eval_batch_size, describe=describe)
+        zero_shot_limit=zero_shot_limit, batch_size=batch_size, eval_batch_size=eval_batch_size, describe=describe,
+        tables=("ma_intervene", "ma_intervene_table"))
     paths = {"ma_intervene_sites": ctx.results.write("ma_intervene_sites", sites, stage=STAGE),
              **write_by_condition(ctx, STAGE, {"ma_intervene": rows, "ma_intervene_table": table})}
     comparison = compare_with_paper(ctx.paper_numbers("massive_activations"), table)

@@ -147,7 +147,7 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, prompt: str = DEFAULT_PR
     rows, table = evaluate_conditions(
         ctx, STAGE, chosen, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog),
         eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
-        eval_batch_size=eval_batch_size, describe=describe)
+        eval_batch_size=eval_batch_size, describe=describe, tables=("sw_ablate", "sw_ablate_table"))
     paths = write_by_condition(ctx, STAGE, {"sw_ablate": rows, "sw_ablate_table": table, "sw_layer_max": fig4})
     comparison = compare_with_paper(ctx.paper_numbers("super_weight"), table)
     if comparison:

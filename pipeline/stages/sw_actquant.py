@@ -164,7 +164,8 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smo
     ppl_sets = eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog)
     rows, table = evaluate_conditions(ctx, STAGE, chosen, ppl_sets=ppl_sets, eval_suite=eval_suite,
                                       zero_shot_limit=zero_shot_limit, batch_size=batch_size,
-                                      eval_batch_size=eval_batch_size, describe=describe)
+                                      eval_batch_size=eval_batch_size, describe=describe,
+                                      tables=("sw_actquant", "sw_actquant_table"))
     if not_applicable:
         table.append({"condition": label("smoothquant", parts), **{f"ppl_{d}": math.nan for d in ppl_data},
                       "super_weights": "", "alpha": alpha, "quantized": "+".join(parts),

@@ -52,20 +52,14 @@ def run(ctx, *, scales: Sequence[float] = SCALES, eval_suite: str | None = "pape
     limit = zero_shot_limit if zero_shot_limit is not None else math.nan
     describe = {condition_name(s): {"scale": s, "super_weights": sw_text, "zero_shot_limit": limit}
                 for s in scales}
-    paths: dict[str, Any] = {}
-
-    def write(cond: str, long: list[dict], wide: dict) -> None:
-        # per factor, as it finishes (`condition` is provenance): an interrupted sweep keeps its rows
-        extra = {"scale": wide["scale"], "super_weights": sw_text}
-        paths["sw_scale"] = ctx.results.write("sw_scale", [{**extra, **{k: v for k, v in r.items() if k != "condition"}}
-                                                           for r in long], stage=STAGE, condition=cond)
-        paths["sw_scale_table"] = ctx.results.write(
-            "sw_scale_table", [{k: v for k, v in wide.items() if k != "condition"}], stage=STAGE, condition=cond)
-
+    # each factor is written as it finishes (`condition` is provenance): an interrupted sweep keeps
+    # its rows, and a re-run of the same setting resumes after them
     rows, table = evaluate_conditions(
         ctx, STAGE, conditions, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog),
         eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
-        eval_batch_size=eval_batch_size, describe=describe, on_done=write)
+        eval_batch_size=eval_batch_size, describe=describe, tables=("sw_scale", "sw_scale_table"),
+        long_columns=("scale", "super_weights"))
+    paths = {t: ctx.results.path(t) for t in ("sw_scale", "sw_scale_table")}
     return {"sites": sites, "table": table, "rows": rows, "paths": paths, "zero_shot_limit": zero_shot_limit,
             "ppl_setting": f"{ppl_windows} x {ppl_seq_len} tokens"}
 

