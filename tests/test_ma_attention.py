@@ -138,7 +138,8 @@ def test_tables_written_and_figures_drawn_from_csv(tmp_path):
     assert len(ctx.results.read("ma_attention_share")) == 4
     ctx.results.commit({})  # the figures read the committed record only
     figs = draw_experiment(ctx.out_dir)
-    assert sorted(p.name for p in figs) == ["attention_maps_tiny_llama.png", "attention_share_tiny_llama.png"]
+    assert sorted(p.name for p in figs) == ["attention_decomposition_tiny_llama.png", "attention_maps_tiny_llama.png",
+                                            "attention_share_tiny_llama.png"]
     assert all(p.stat().st_size > 10_000 for p in figs)
     text = ma_attention.format_summary(out)
     assert "first_token" in text and "decomposition over 3 layers (1..3)" in text

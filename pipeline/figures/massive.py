@@ -19,39 +19,62 @@ from pipeline.figures.registry import figure, save
 
 @figure("ma_profile", "fig3_layers", ("ma_layer_stats",), per_dataset=True)
 def fig3_layers(df: pd.DataFrame, model: str, out: Path) -> Path:
-    """Layer-wise top-1/2/3 and median magnitudes (paper A Fig. 3), layers numbered from 1."""
+    """Layer-wise top-1/2/3 and median magnitudes (paper A Fig. 3), layers numbered from 1. The
+    y axis is logarithmic: on a linear one the median (1-10 against 10^4) is flattened to zero."""
     df, dataset = df.sort_values("layer"), str(df["dataset"].iloc[0])
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
     x = df["layer_1based"]
     for col, color in [("top1", "#d62728"), ("top2", "#1f77b4"), ("top3", "#2ca02c"), ("median", "#7f7f7f")]:
-        ax.plot(x, df[col], marker="o", ms=3, lw=1.6, color=color, label=col.replace("top", "top ").replace("median", "median"))
+        ax.plot(x, df[col], marker="o", ms=3, lw=1.6, color=color, label=col.replace("top", "top "))
+    ax.set_yscale("log")
     ax.set_xlabel("layers (1-based, as in paper A)")
-    ax.set_ylabel("magnitudes")
+    ax.set_ylabel("magnitudes (log scale)")
     n = int(df["n_sequences"].iloc[0])
     ax.set_title(f"{model}: |hidden state| per layer ({n} seqs of {dataset})", fontsize=9)
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     ax.legend(frameon=False, fontsize=8)
     return save(fig, out)
 
 
 @figure("ma_profile", "fig1_3d", ("ma_fig1",))
 def fig1_landscape(df: pd.DataFrame, model: str, out: Path) -> Path:
-    """3-D |activation| of one layer on one prompt (paper A Fig. 1): a line over dims per token."""
+    """|activation| of one layer on one prompt (paper A Fig. 1). Left: the 3-D landscape, one
+    bar per (token, dim) for the three largest dims and a thin line per token over all dims.
+    Right: every token's |h| over the dims on a log axis, where the smaller massive dims
+    (SmolLM2's 247 at 1,800 beside 507 at 24,000) stay visible; the top dims are labelled."""
     layer = int(df["layer"].iloc[0])
-    tokens = df.drop_duplicates("position").sort_values("position")["token"].tolist()
-    fig = plt.figure(figsize=(6.4, 4.8))
-    ax = fig.add_subplot(projection="3d")
+    tokens = [repr(str(t))[1:-1] for t in df.drop_duplicates("position").sort_values("position")["token"]]
+    top = df.groupby("dim")["abs_value"].max().nlargest(3)
+    fig = plt.figure(figsize=(11, 4.6))
+    ax = fig.add_subplot(1, 2, 1, projection="3d")
     for pos, g in df.groupby("position"):
         g = g.sort_values("dim")
-        ax.plot([pos] * len(g), g["dim"], g["abs_value"], lw=0.9, color=plt.cm.viridis(pos / max(len(tokens) - 1, 1)))
-    top_dims = df.groupby("dim")["abs_value"].max().nlargest(2).index.tolist()
-    ax.set_xticks(range(len(tokens)), [repr(t)[1:-1] for t in tokens], fontsize=7, rotation=-20)
-    ax.set_yticks(sorted(top_dims), [str(d) for d in sorted(top_dims)], fontsize=7)
+        ax.plot([pos] * len(g), g["dim"], g["abs_value"], lw=0.6, color="#9e9e9e")
+    colors = ["#d62728", "#1f77b4", "#2ca02c"]
+    for color, (dim, _) in zip(colors, top.items(), strict=False):
+        g = df[df["dim"] == dim].sort_values("position")
+        ax.bar3d(g["position"] - 0.3, [dim] * len(g), 0, 0.6, 12, g["abs_value"], color=color, alpha=0.85,
+                 label=f"dim {dim} (max {g['abs_value'].max():,.0f})")
+    ax.set_xticks(range(len(tokens)), tokens, fontsize=7, rotation=-20)
     ax.set_xlabel("token")
     ax.set_ylabel("feature dim")
     ax.set_zlabel("|activation|")
+    ax.legend(fontsize=7, loc="upper left")
     ax.set_title(f"{model}, layer {layer + 1} (1-based; index {layer})", fontsize=9)
     ax.view_init(elev=22, azim=-60)
+    ax2 = fig.add_subplot(1, 2, 2)
+    for pos, g in df.groupby("position"):
+        g = g.sort_values("dim")
+        ax2.plot(g["dim"], g["abs_value"], lw=0.8, color=plt.cm.viridis(pos / max(len(tokens) - 1, 1)),
+                 label=f"{pos}: {tokens[pos]}")
+    for dim, value in top.items():
+        ax2.annotate(f"dim {dim}", (dim, value), xytext=(4, 2), textcoords="offset points", fontsize=7)
+    ax2.set_yscale("log")
+    ax2.set_xlabel("feature dim")
+    ax2.set_ylabel("|activation| (log scale)")
+    ax2.set_title("every token over every dim", fontsize=9)
+    ax2.legend(fontsize=6, ncol=2, frameon=False, title="token", title_fontsize=7)
+    ax2.grid(alpha=0.3)
     return save(fig, out)
 
 
@@ -162,4 +185,26 @@ def fig6_scaling(df: pd.DataFrame, model: str, out: Path) -> Path:
         ax.axvline(1.0, color="k", lw=0.8, ls=":")
         ax.set_xlabel("super weight scaling factor")
         ax.grid(alpha=0.3)
+    return save(fig, out)
+
+
+@figure("ma_attention", "attention_decomposition", ("ma_attention_decomposition",))
+def fig_attention_decomposition(df: pd.DataFrame, model: str, out: Path) -> Path:
+    """Paper A §4's decomposition: how constant over queries the attention-output part from the
+    massive tokens S is (mean pairwise cosine, relative variance), against the rest, per layer."""
+    df = df.sort_values("layer")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    x = df["layer_1based"]
+    for ax, (col_s, col_r, label) in zip(axes, [("cos_massive", "cos_rest", "mean pairwise cosine (1 = constant)"),
+                                                  ("relvar_massive", "relvar_rest", "relative variance (0 = constant)")],
+                                         strict=True):
+        ax.plot(x, df[col_s], marker="o", ms=3, color="#d62728", label="part from S (massive tokens)")
+        ax.plot(x, df[col_r], marker="o", ms=3, color="#7f7f7f", label="part from the other keys")
+        ax.set_xlabel("layers (1-based, as in paper A)")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(frameon=False, fontsize=7)
+    axes[0].set_ylim(min(0, float(df[["cos_massive", "cos_rest"]].min().min())), 1.02)
+    axes[1].set_ylim(bottom=0)
+    fig.suptitle(f"{model}: attention output split into S and the rest, over queries after S", fontsize=9)
     return save(fig, out)

@@ -15,7 +15,7 @@ from pipeline.figures.registry import figure, save
 def fig3_down_proj(df: pd.DataFrame, model: str, out: Path, sw_directory: pd.DataFrame | None = None) -> Path:
     """Max-|.| down-projection input and output per layer (signed), super weights' layers marked."""
     df, directory = df.sort_values("layer"), sw_directory
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, col, title in [(axes[0], "in_max", "down_proj input"), (axes[1], "out_max", "down_proj output")]:
         ax.plot(df["layer"], df[col], marker="o", ms=3, lw=1.4, color="#1f77b4")
         ax.axhline(0, color="k", lw=0.5)
@@ -26,9 +26,17 @@ def fig3_down_proj(df: pd.DataFrame, model: str, out: Path, sw_directory: pd.Dat
         if directory is not None:
             for r in directory.itertuples():
                 y = df.loc[df["layer"] == r.layer, col]
-                if len(y) and r.role == "creates":
-                    ax.annotate(f"[{r.row}, {r.col}]", (r.layer, float(y.iloc[0])), fontsize=7, color="#d62728",
-                                xytext=(4, 4), textcoords="offset points")
+                if len(y):
+                    it = int(getattr(r, "iteration", 0) or 0)
+                    right = r.layer > df["layer"].max() / 2  # keep the label inside the axes
+                    ax.annotate(f"[{r.row}, {r.col}] {r.role}" + (f", found at iteration {it}" if it else ""),
+                                (r.layer, float(y.iloc[0])), fontsize=6.5, xytext=(-4 if right else 4, 4 + 9 * it),
+                                textcoords="offset points", ha="right" if right else "left",
+                                color="#d62728" if r.role == "creates" else "#7f7f7f")
+    if directory is not None and (directory.get("iteration", pd.Series([0])) > 0).any():
+        fig.text(0.01, 0.005, "curves: the original model. A weight found at iteration k was found after zeroing "
+                 "the weights of the earlier iterations; its input/output in the directory are from that pass.",
+                 fontsize=6.5, color="#555555")
     return save(fig, out)
 
 
@@ -36,10 +44,15 @@ def fig3_down_proj(df: pd.DataFrame, model: str, out: Path, sw_directory: pd.Dat
 def fig4_layer_max(df: pd.DataFrame, model: str, out: Path) -> Path:
     """Max |decoder-layer output| per layer for each ablation condition (paper B Fig. 4)."""
     fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    colors = {"original": "#1f77b4", "prune_sw": "#d62728", "prune_non_sw": "#2ca02c", "prune_sw_restore_sa": "#9467bd"}
+    # the restored model follows the original exactly where the restore works: draw the original
+    # thick and underneath, the restore dashed with hollow markers on top, so both stay visible
+    styles = {"original": dict(color="#1f77b4", lw=3.2, alpha=0.55, zorder=1),
+              "prune_sw": dict(color="#d62728", lw=1.4, zorder=2),
+              "prune_non_sw": dict(color="#2ca02c", lw=1.4, zorder=2),
+              "prune_sw_restore_sa": dict(color="#9467bd", lw=1.2, ls="--", mfc="none", zorder=3)}
     for cond, g in df.groupby("condition", sort=False):
         g = g.sort_values("layer")
-        ax.plot(g["layer"], g["max_abs"], marker="o", ms=3, lw=1.4, label=cond, color=colors.get(cond))
+        ax.plot(g["layer"], g["max_abs"], marker="o", ms=3, label=cond, **styles.get(cond, {}))
     ax.set_xlabel("layer (0-based)")
     ax.set_ylabel("max |layer output|")
     ax.set_title(f"{model}: max activation per layer", fontsize=9)
@@ -50,20 +63,24 @@ def fig4_layer_max(df: pd.DataFrame, model: str, out: Path) -> Path:
 
 @figure("sw_weightquant", "sw_fig7_block_sizes", ("sw_weightquant_table",))
 def fig7_block_sizes(df: pd.DataFrame, model: str, out: Path) -> Path | None:
-    """Paper B Fig. 7: average zero-shot accuracy (and perplexity) vs block size, one line per
-    method, the unquantized model as a dashed line (nothing to draw without a quantized row)."""
+    """Paper B Fig. 7 / Table 6: average zero-shot accuracy (and perplexity) vs block size, one
+    line per method and super-weight scale (x1 solid, x1.5 dashed, x2 dotted), the unquantized
+    model as a black dashed line (nothing to draw without a quantized row)."""
     if not (df["method"] != "none").any():
         return None
     cols = [c for c in ("acc_mean",) if c in df and df[c].notna().any()]
     cols += [c for c in df.columns if c.startswith("ppl_")][:1]
     fig, axes = plt.subplots(1, len(cols), figsize=(4.6 * len(cols), 3.5), squeeze=False)
     styles = {"rtn": ("#d62728", "RTN"), "rtn_clip_restore": ("#1f77b4", "clip + restore SW (Ours)")}
+    dashes = {1.0: "-", 1.5: "--", 2.0: ":"}  # Table 6: the super weights amplified before quantizing
     base = df[df["method"] == "none"]
     for ax, col in zip(axes[0], cols, strict=True):
-        for method, g in df[(df["method"] != "none") & (df["sw_scale"] == 1)].groupby("method"):
+        for (method, scale), g in df[df["method"] != "none"].groupby(["method", "sw_scale"]):
             g = g.sort_values("block_size")
             color, label = styles.get(method, (None, method))
-            ax.plot(g["block_size"], g[col], marker="o", ms=4, lw=1.6, color=color, label=label)
+            label += "" if scale == 1 else f", SW x{scale:g}"
+            ax.plot(g["block_size"], g[col], marker="o", ms=4, lw=1.6, color=color, ls=dashes.get(scale, "-."),
+                    label=label)
         if len(base):
             ax.axhline(float(base[col].iloc[0]), color="k", ls="--", lw=1, label="unquantized")
         ax.set_xscale("log", base=2)
