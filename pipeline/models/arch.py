@@ -1,13 +1,14 @@
 """Where the interesting modules live in each causal-LM architecture (transformers 5).
 
 One :class:`ArchSpec` per ``config.model_type`` (never per model name). Every path below was
-read off a tiny model built from a config with transformers 5.23 (see ``tests/test_arch.py``).
+read off a tiny model built from a config with the pinned transformers 5.24 (``tests/test_arch.py``
+checks every one).
 
 Paths are dotted attribute names; integer parts index a ``ModuleList``. ``layers``,
 ``final_norm``, ``lm_head`` and ``embed`` start at the ``*ForCausalLM`` root (the object
 ``AutoModelForCausalLM`` returns); ``attn``, ``mlp`` and ``down_proj`` start at one decoder layer.
 
-Hook outputs (transformers 5.23): decoder layers return a plain Tensor (the residual stream after
+Hook outputs (transformers 5.24): decoder layers return a plain Tensor (the residual stream after
 the block) EXCEPT Falcon, which returns a tuple (hidden, None): always apply "Tensor, or element 0
 of a tuple". Attention modules return a tuple (output, weights-or-None). OPT's ``fc2`` and the MoE
 experts container return token-flattened (batch * seq, hidden) tensors; others (batch, seq, hidden).
