@@ -66,7 +66,7 @@ def load_bench_model(name: str):
     """(model config dict, model, tokenizer, device) for a conf/model name."""
     from omegaconf import OmegaConf
 
-    from pipeline.data.text import REPO_ROOT
+    from pipeline.core.paths import REPO_ROOT
     from pipeline.models.load import load_model
 
     cfg = OmegaConf.to_container(OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{name}.yaml"))

