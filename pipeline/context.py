@@ -18,7 +18,7 @@ from pipeline.core.loggers import Logger, build_logger
 from pipeline.core.paper import paper_numbers
 from pipeline.core.paths import REPO_ROOT
 from pipeline.core.results import ResultsWriter
-from pipeline.data.text import TextSource, build_source, data_config, token_windows
+from pipeline.data.text import TextSource, build_source, dataset_windows, token_windows
 from pipeline.models.arch import ArchSpec, get_arch
 from pipeline.models.load import load_model
 
@@ -41,9 +41,10 @@ class Context:
     seed: int
     catalog: Catalog = field(default_factory=Catalog.from_files)
 
-    def data_config(self, name: str, **overrides: Any) -> dict[str, Any]:
-        """A secondary dataset of this run (calibration, extra perplexity sets), as resolved."""
-        return data_config(name, self.catalog, **overrides)
+    def calibration_windows(self, name: str, split: str, seq_len: int, n: int) -> torch.Tensor:
+        """(n, seq_len) windows of catalog dataset ``name``'s ``split`` (held-in text for
+        calibration: set-to-mean values, the z search, SmoothQuant's maxima)."""
+        return dataset_windows(self.tokenizer, name, seq_len=seq_len, n_windows=n, catalog=self.catalog, split=split)
 
     def paper_numbers(self, paper: str) -> dict[str, Any] | None:
         """Published numbers of ``paper`` for this run's model (None unless it is a paper model)."""

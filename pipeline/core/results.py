@@ -127,9 +127,14 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     return pd.read_csv(buf, dtype=text, keep_default_na=False, na_values=na)
 
 
+def _merged_text(exp_dir: Path, table: str) -> pd.DataFrame:
+    """Every committed shard of ``table``, concatenated, cells as the text on disk."""
+    return concat([_read_text(p) for p in shard_paths(Path(exp_dir), table)], PROVENANCE_COLUMNS)
+
+
 def read_table(exp_dir: Path, table: str) -> pd.DataFrame:
     """Every committed row of ``table`` in ``results/<experiment>/`` (shards merged), typed."""
-    return _typed(concat([_read_text(p) for p in shard_paths(Path(exp_dir), table)], PROVENANCE_COLUMNS))
+    return _typed(_merged_text(exp_dir, table))
 
 
 def rebuild_views(exp_dir: Path, tables: list[str]) -> list[Path]:
@@ -142,7 +147,7 @@ def rebuild_views(exp_dir: Path, tables: list[str]) -> list[Path]:
     exp_dir = Path(exp_dir)
     with FileLock(str(exp_dir / ".views.lock"), timeout=120):
         for table in tables:
-            merged = concat([_read_text(p) for p in shard_paths(exp_dir, table)], PROVENANCE_COLUMNS)
+            merged = _merged_text(exp_dir, table)
             path = exp_dir / f"{table}.csv"
             atomic_write(path, lambda fh, m=merged: _write_csv(m, fh))
             written.append(path)

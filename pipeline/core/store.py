@@ -19,6 +19,8 @@ committed shards; a shard that does not parse cleanly is refused with one line n
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import shutil
 import socket
@@ -121,28 +123,22 @@ def clean_stale(exp_dir: Path) -> int:
 
 
 def read_csv_strict(path: Path, **kwargs) -> pd.DataFrame:
-    """``pd.read_csv`` that refuses a table that does not parse cleanly (a short or long row, a
-    truncated line): one line naming the file, never a silent repair."""
-    try:
-        df = pd.read_csv(path, on_bad_lines="error", **kwargs)
-        with open(path, encoding="utf-8", newline="") as fh:
-            text = fh.read()
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise PipelineError(f"refusing corrupt table {path}: {reason} (fix or move the file)") from err
-    if text and not text.endswith("\n"):
-        raise PipelineError(f"refusing corrupt table {path}: its last line is cut off (fix or move the file)")
-    n_cols = len(df.columns)
-    import csv
-    import io
+    """``pd.read_csv`` that refuses a table that does not parse cleanly (a short or long row, an
+    open quote, a truncated line): one line naming the file, never a silent repair."""
+    def refuse(reason: str) -> PipelineError:
+        return PipelineError(f"refusing corrupt table {path}: {reason} (fix or move the file)")
 
     try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            text = fh.read()
         widths = {len(r) for r in csv.reader(io.StringIO(text), strict=True) if r}
-    except csv.Error as err:
-        raise PipelineError(f"refusing corrupt table {path}: {err} (fix or move the file)") from err
-    if widths and widths != {n_cols}:
-        raise PipelineError(f"refusing corrupt table {path}: rows of {sorted(widths)} cells under a "
-                            f"{n_cols}-column header (fix or move the file)")
+        df = pd.read_csv(io.StringIO(text), on_bad_lines="error", **kwargs)
+    except (csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise refuse((str(err).strip().splitlines() or [type(err).__name__])[0]) from err
+    if not text.endswith("\n"):
+        raise refuse("its last line is cut off")
+    if widths != {len(df.columns)}:
+        raise refuse(f"rows of {sorted(widths)} cells under a {len(df.columns)}-column header")
     return df
 
 

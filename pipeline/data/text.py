@@ -109,6 +109,17 @@ def data_config(name: str, catalog: Catalog | None = None, **overrides: Any) -> 
     return cfg
 
 
+def dataset_windows(tokenizer: Any, name: str, *, seq_len: int, n_windows: int | str,
+                    catalog: Catalog | None = None, split: str | None = None) -> torch.LongTensor:
+    """Token windows of catalog dataset ``name`` (its BOS rule and joiner), the one way stages
+    cut calibration and evaluation text. ``split="train"`` for calibration (held-in text);
+    ``n_windows="protocol"``: the dataset's own ``eval_windows`` (default all)."""
+    cfg = data_config(name, catalog, **({"split": split} if split else {}))
+    n = cfg.get("eval_windows", "all") if n_windows == "protocol" else n_windows
+    return token_windows(tokenizer, build_source(cfg), seq_len=seq_len, n_windows=n,
+                         bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
+
+
 def build_source(cfg: Mapping[str, Any]) -> TextSource:
     """A TextSource from one ``conf/data/*.yaml`` mapping (dict or OmegaConf DictConfig)."""
     cfg = {str(k): cfg[k] for k in cfg}

@@ -17,7 +17,7 @@ import torch
 
 from pipeline.core.catalog import Catalog
 from pipeline.core.results import PROVENANCE_COLUMNS
-from pipeline.data.text import build_source, data_config, token_windows
+from pipeline.data.text import dataset_windows
 from pipeline.evaluation.perplexity import perplexity
 from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
 
@@ -26,16 +26,11 @@ PROBE = "Summer is warm. Winter is cold."
 
 def eval_windows(tokenizer, names, seq_len: int, n_windows: int | str, catalog: Catalog | None = None,
                  ) -> dict[str, torch.Tensor]:
-    """Evaluation windows for each named dataset of the catalog, with its BOS rule and joiner.
+    """Evaluation windows for each named dataset of the catalog (``dataset_windows``).
     ``n_windows="all"``: every whole window of each dataset; ``"protocol"``: each dataset's own
     ``eval_windows`` (paper A's code: WikiText-2 all, C4 and PG-19 100; default all)."""
-    out = {}
-    for name in names:
-        cfg = data_config(name, catalog)
-        n = cfg.get("eval_windows", "all") if n_windows == "protocol" else n_windows
-        out[name] = token_windows(tokenizer, build_source(cfg), seq_len=seq_len, n_windows=n,
-                                  bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
-    return out
+    return {name: dataset_windows(tokenizer, name, seq_len=seq_len, n_windows=n_windows, catalog=catalog)
+            for name in names}
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -21,7 +21,6 @@ from typing import Any
 from pipeline.analysis.massive import profile_layers, summarize
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.data.text import build_source, token_windows
 from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.positions import EDITABLE_ROLES, delimiter_test
@@ -35,10 +34,7 @@ CONDITIONS = ("original", "set_zero", "set_mean", "random_zero")
 def detect_sites(ctx, *, calib_data: str, calib_split: str, calib_sequences: int, calib_seq_len: int,
                  layer: int | str, min_frac: float, batch_size: int, **detector) -> tuple[int, list[dict]]:
     """The intervention layer and its massive (dim, token type) sites with calibration means."""
-    cfg = ctx.data_config(calib_data, split=calib_split)
-    windows = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len,
-                            n_windows=calib_sequences, bos=cfg.get("bos", "never"),
-                            joiner=cfg.get("joiner", "\n\n"))
+    windows = ctx.calibration_windows(calib_data, calib_split, calib_seq_len, calib_sequences)
     prof = profile_layers(ctx, windows, batch_size=batch_size, **detector)
     acts = prof.activation_rows()
     steady = [m for m in summarize(acts) if m["frac_sequences"] >= min_frac and m["token_type"] in EDITABLE_ROLES]

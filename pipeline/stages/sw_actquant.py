@@ -49,7 +49,6 @@ from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.data.text import build_source, token_windows
 from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.weights import WeightSite
@@ -140,9 +139,7 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smo
               "super_activation_aware": lambda: w8a8(ctx.model, modules, outliers, parts)}
     not_applicable = ""
     if "smoothquant" in conditions:
-        cfg = ctx.data_config(calib_data, split=calib_split)
-        calib = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len, n_windows=calib_windows,
-                              bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
+        calib = ctx.calibration_windows(calib_data, calib_split, calib_seq_len, calib_windows)
         try:
             factors = smoothing_factors(ctx.model, input_absmax(ctx.model, calib, ctx.device), alpha,
                                         smooth_down_proj)

@@ -41,7 +41,6 @@ from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.data.text import build_source, token_windows
 from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.weights import (
@@ -192,9 +191,7 @@ def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str]
         if z is not None:
             zs = {int(b): float(z) for b in block_sizes}
         else:
-            cfg = ctx.data_config(calib_data, split=calib_split)
-            calib = token_windows(ctx.tokenizer, build_source(cfg), seq_len=calib_seq_len, n_windows=calib_windows,
-                                  bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
+            calib = ctx.calibration_windows(calib_data, calib_split, calib_seq_len, calib_windows)
             inputs = calibration_inputs(ctx.model, calib, ctx.device, calib_max_tokens, ctx.seed)
             for b in block_sizes:
                 zs[int(b)], rows = choose_z(ctx.model, inputs, bits=bits, block_size=int(b), z_grid=z_grid,
