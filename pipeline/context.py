@@ -18,7 +18,7 @@ from pipeline.core.loggers import Logger, build_logger
 from pipeline.core.paper import paper_numbers
 from pipeline.core.paths import REPO_ROOT
 from pipeline.core.results import ResultsWriter
-from pipeline.data.text import TextSource, build_source, dataset_windows, token_windows
+from pipeline.data.text import TextSource, build_source, dataset_windows, encode_prompt, resolve_bos, token_windows
 from pipeline.models.arch import ArchSpec, get_arch
 from pipeline.models.load import load_model
 
@@ -40,11 +40,29 @@ class Context:
     experiment: str
     seed: int
     catalog: Catalog = field(default_factory=Catalog.from_files)
+    bos: str | None = None  # run.bos: overrides the BOS rule of every text of the run; None keeps each's
 
     def calibration_windows(self, name: str, split: str, seq_len: int, n: int) -> torch.Tensor:
         """(n, seq_len) windows of catalog dataset ``name``'s ``split`` (held-in text for
         calibration: set-to-mean values, the z search, SmoothQuant's maxima)."""
-        return dataset_windows(self.tokenizer, name, seq_len=seq_len, n_windows=n, catalog=self.catalog, split=split)
+        return dataset_windows(self.tokenizer, name, seq_len=seq_len, n_windows=n, catalog=self.catalog,
+                               split=split, bos=self.bos)
+
+    def eval_windows(self, names, seq_len: int, n_windows: int | str) -> dict[str, torch.Tensor]:
+        """Evaluation windows of each named catalog dataset. ``n_windows="all"``: every whole
+        window; ``"protocol"``: each dataset's own ``eval_windows`` (paper A's code: WikiText-2
+        all, C4 and PG-19 100; default all)."""
+        return {name: dataset_windows(self.tokenizer, name, seq_len=seq_len, n_windows=n_windows,
+                                      catalog=self.catalog, bos=self.bos) for name in names}
+
+    def encode(self, prompt: str, bos: str = "auto") -> torch.Tensor:
+        """(1, T) ids of one prompt: the run's BOS rule if set, else ``bos`` (default: follow the
+        tokenizer, so a model whose tokenizer adds a BOS sees it, as in training)."""
+        return encode_prompt(self.tokenizer, prompt, self.bos or bos)
+
+    def adds_bos(self) -> bool:
+        """Whether this run's texts start with the BOS token (lm-eval is told the same)."""
+        return resolve_bos(self.tokenizer, self.bos or "auto", "zero-shot") != "never"
 
     def paper_numbers(self, paper: str) -> dict[str, Any] | None:
         """Published numbers of ``paper`` for this run's model (None unless it is a paper model)."""
@@ -59,7 +77,7 @@ class Context:
         """(n, seq_len) token windows of the run's dataset, with the dataset's BOS rule."""
         return token_windows(
             self.tokenizer, self.source, seq_len=seq_len, n_windows=n,
-            bos=self.data_cfg.get("bos", "never"), sampling=sampling, seed=self.seed,
+            bos=self.bos or self.data_cfg.get("bos", "auto"), sampling=sampling, seed=self.seed,
             joiner=self.data_cfg.get("joiner", "\n\n"),
         )
 
@@ -126,4 +144,5 @@ def build_context(cfg: DictConfig) -> Context:
         model=model, tokenizer=tok, arch=arch, device=device, model_name=model_cfg["name"],
         paper_key=model_cfg.get("paper_key"), data_cfg=data_cfg, source=source, results=results,
         logger=logger, experiment=cfg.run.experiment, seed=int(cfg.run.seed), catalog=catalog,
+        bos=cfg.run.get("bos"),
     )

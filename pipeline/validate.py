@@ -122,6 +122,16 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise PipelineError(f"run.seed={seed!r}: expected an integer")
     results_root(cfg)
+    from pipeline.data.text import BOS_MODES
+
+    for where, rule in (("run.bos", cfg.run.get("bos")), ("data.bos", cfg.data.get("bos", "auto"))):
+        if rule is not None and rule not in BOS_MODES:
+            raise PipelineError(f"{where}={rule!r}: one of {', '.join(BOS_MODES)}"
+                                + (" (or null: each dataset's own rule)" if where == "run.bos" else ""))
+    for stage_name, key in (("ma_attention", "prompt_bos"), ("ma_profile", "fig1_bos")):
+        rule = cfg.stage.get(stage_name, {}).get(key, "auto")
+        if rule not in BOS_MODES:
+            raise PipelineError(f"stage.{stage_name}.{key}={rule!r}: one of {', '.join(BOS_MODES)}")
     shape = model_shape(OmegaConf.to_container(cfg.model, resolve=True))
     for stage, stage_cfg in cfg.stage.items():
         if "_target_" not in stage_cfg:

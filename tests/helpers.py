@@ -17,21 +17,25 @@ from pipeline.models.tiny import tiny_model
 TEXT = ("Summer is warm. Winter is cold. The cat sat on the mat. " * 40 + "\n") * 20
 
 
-def tiny(arch: str = "llama"):
-    return tiny_model({"arch": arch, "hidden_size": 64, "num_layers": 4, "init_seed": 0})
+def tiny(arch: str = "llama", add_bos: bool = False):
+    return tiny_model({"arch": arch, "hidden_size": 64, "num_layers": 4, "init_seed": 0, "add_bos": add_bos})
 
 
-def make_ctx(tmp_path: Path, arch: str = "llama", text: str = TEXT):
+def make_ctx(tmp_path: Path, arch: str = "llama", text: str = TEXT, add_bos: bool = False,
+             data_bos: str = "never", run_bos: str | None = None, catalog=None):
+    """A Context without Hydra. ``add_bos``: the tokenizer adds <bos>; ``data_bos``: the run
+    dataset's rule; ``run_bos``: the run-wide override (run.bos)."""
     from pipeline.context import Context
+    from pipeline.core.catalog import Catalog
 
-    model, tok = tiny(arch)
-    data_cfg = {"name": "tiny_text", "kind": "text", "text": text, "bos": "never", "joiner": "\n\n"}
+    model, tok = tiny(arch, add_bos)
+    data_cfg = {"name": "tiny_text", "kind": "text", "text": text, "bos": data_bos, "joiner": "\n\n"}
     results = ResultsWriter(tmp_path / "results", "test_exp", model=f"tiny_{arch}", revision=None,
                             dataset="tiny_text", seed=0, device="cpu")
     return Context(model=model, tokenizer=tok, arch=get_arch(model), device=torch.device("cpu"),
                    model_name=f"tiny_{arch}", paper_key=None, data_cfg=data_cfg,
                    source=build_source(data_cfg), results=results, logger=Logger(),
-                   experiment="test_exp", seed=0)
+                   experiment="test_exp", seed=0, bos=run_bos, catalog=catalog or Catalog.from_files())
 
 
 @contextmanager

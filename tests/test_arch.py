@@ -345,3 +345,39 @@ def test_residual_width_is_not_the_embedding_width() -> None:
     model = AutoModelForCausalLM.from_config(tiny_config("opt", word_embed_proj_dim=16)).eval()
     assert model.get_input_embeddings().weight.shape[1] == 16
     assert arch.residual_width(model) == H == _capture(arch.layer(model, 0), model).shape[-1]
+
+
+_NORMED = [t for t, s in sorted(arch.ARCH_SPECS.items()) if s.post_attn_norm or s.mlp_out_norm or s.attn_out_norm]
+
+
+@pytest.mark.parametrize("model_type", _NORMED)
+def test_norms_sit_where_the_spec_says(model_type: str) -> None:
+    """Measured on a forward, not read off names: ``post_attn_norm``'s output is the MLP's input,
+    ``mlp_out_norm``'s input is the MLP's output (and ``attn_out_norm``'s the attention's).
+    Defect: Gemma-2/3 named post_attention_layernorm (the attention OUTPUT's norm) as the norm
+    feeding the MLP."""
+    model = tiny_model(model_type)
+    spec = arch.get_arch(model)
+    block = arch.layer(model, 0)
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(key: str, kind: str):
+        def hook(_m, args, out):
+            t = args[0] if kind == "in" else (out[0] if isinstance(out, tuple) else out)
+            seen[key] = t.detach().reshape(-1, t.shape[-1]).clone()
+        return hook
+
+    pairs = [(spec.post_attn_norm, "out", spec.mlp, "in"), (spec.mlp_out_norm, "in", spec.mlp, "out"),
+             (spec.attn_out_norm, "in", spec.attn, "out")]
+    pairs = [p for p in pairs if p[0]]
+    handles = []
+    for j, (norm, nkind, mod, mkind) in enumerate(pairs):
+        handles.append(arch.resolve(block, norm).register_forward_hook(grab(f"n{j}", nkind)))
+        handles.append(arch.resolve(block, mod).register_forward_hook(grab(f"m{j}", mkind)))
+    try:
+        _run(model)
+    finally:
+        for h in handles:
+            h.remove()
+    for j, (norm, _, mod, _) in enumerate(pairs):
+        assert torch.allclose(seen[f"n{j}"], seen[f"m{j}"]), f"{model_type}: {norm} is not next to {mod}"

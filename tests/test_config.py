@@ -113,7 +113,7 @@ def test_catalog_composes_every_data_eval_and_paper_file_and_overrides_reach_sta
     assert catalog.get("data", "austen")["bos"] == "every"
     assert catalog.get("eval", "paper_b")["limit"] == 7
     assert catalog.used_entries()["data"]["austen"]["bos"] == "every"
-    assert Catalog.from_files().get("data", "austen")["bos"] == "never"
+    assert Catalog.from_files().get("data", "austen")["bos"] == "auto"
     from pipeline.core.errors import PipelineError
 
     with pytest.raises(PipelineError, match="unknown data 'nope'; known: austen"):

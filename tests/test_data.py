@@ -234,10 +234,10 @@ def test_all_windows_is_numel_floor_div_seq_len(tok, seq_len, bos):
 
 def test_protocol_windows_follow_each_dataset(tok):
     from pipeline.core.catalog import Catalog
-    from pipeline.evaluation.conditions import eval_windows
+    from pipeline.data.text import dataset_windows
 
     docs = {"kind": "text", "text": SAMPLE * 5, "bos": "never", "joiner": "\n\n"}
     catalog = Catalog({"data": {"a": {**docs, "name": "a", "eval_windows": 2}, "b": {**docs, "name": "b"}}})
-    got = eval_windows(tok, ["a", "b"], 16, "protocol", catalog)
+    got = {n: dataset_windows(tok, n, seq_len=16, n_windows="protocol", catalog=catalog) for n in ("a", "b")}
     full = token_windows(tok, data.build_source(docs), seq_len=16, n_windows="all")
     assert got["a"].shape == (2, 16) and torch.equal(got["b"], full)

@@ -262,7 +262,7 @@ def test_online_uses_lm_evals_task_names_from_their_folders(monkeypatch):
 
     seen = {}
 
-    def fake_run(model, tok, tasks, *, include_path, limit, batch_size, device):
+    def fake_run(model, tok, tasks, *, include_path, limit, batch_size, device, add_bos=None):
         manager = TaskManager(include_path=[str(p) for p in include_path], include_defaults=False)
         seen.update(tasks=tasks, known=set(manager.all_tasks), limit=limit)
         res = {t: {"acc,none": 0.25, "acc_stderr,none": "N/A"} for t in tasks}

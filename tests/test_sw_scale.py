@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from pipeline.core.errors import PipelineError
-from pipeline.evaluation.conditions import eval_windows
 from pipeline.evaluation.perplexity import perplexity
 from pipeline.figures import draw_experiment
 from pipeline.hooks.weights import scale_weights
@@ -35,7 +34,7 @@ def test_scale_one_is_the_original_model_bitwise(tmp_path):
 def test_scales_perplexity_tables_and_figure(tmp_path):
     ctx = planted_ctx(tmp_path)
     state = _state(ctx.model)
-    windows = eval_windows(ctx.tokenizer, ["wiki_summaries"], 48, 3)["wiki_summaries"]
+    windows = ctx.eval_windows(["wiki_summaries"], 48, 3)["wiki_summaries"]
     original_ppl = perplexity(ctx.model, windows, batch_size=2)["ppl"]
     out = sw_scale.run(ctx, scales=[0, 1, 2], **KW)
     assert all(torch.equal(v, state[k]) for k, v in ctx.model.state_dict().items())

@@ -159,7 +159,7 @@ def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str 
 
 def super_weights(ctx, *, prompt: str = DEFAULT_PROMPT, roles: tuple[str, ...] = ("creates",), **detect_kw) -> list[WeightSite]:
     """The super weights other stages act on (detected here, never hard-coded)."""
-    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    ids = ctx.encode(prompt).to(ctx.device)
     found = detect(ctx.model, ids, **detect_kw)[0]
     sites = [site(f) for f in found if f["role"] in roles]
     if not sites:

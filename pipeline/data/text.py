@@ -10,6 +10,7 @@ Split rule, the same for every offline corpus: sort the documents by name (Pytho
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,49 @@ from pipeline.data.offline import (  # noqa: F401  (re-exported: the split rule 
     wiki_source,
 )
 
-BOS_MODES = ("never", "first", "every")
+BOS_MODES = ("auto", "never", "first", "every")
+log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, str]] = set()
+
+
+def tokenizer_adds_bos(tokenizer: Any) -> bool:
+    """Whether encoding with special tokens puts the BOS token first (Llama-2-style tokenizers: yes;
+    SmolLM2, GPT-2: no), read off the tokenizer itself, not its name."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos_id
+
+
+def resolve_bos(tokenizer: Any, rule: str, what: str = "text") -> str:
+    """The one BOS rule of every text a run tokenizes. ``auto`` follows the model's tokenizer:
+    ``every`` (each window or prompt starts with BOS, as the model saw in training and as
+    lm-eval feeds it) when it adds one, else ``never``. An explicit ``never`` on a tokenizer
+    that adds a BOS is kept (paper protocols say so) but announced once: perplexity of such a
+    model without its BOS can be several times higher (156.5 vs 26.1 for one real 270M model)."""
+    if rule not in BOS_MODES:
+        raise PipelineError(f"bos must be one of {BOS_MODES}; got bos={rule!r}")
+    adds = tokenizer_adds_bos(tokenizer)
+    if rule == "auto":
+        return "every" if adds else "never"
+    key = (what, str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__)))
+    if rule == "never" and adds and key not in _WARNED:
+        _WARNED.add(key)
+        log.warning("%s: bos=never drops the BOS token this model's tokenizer adds; set bos=auto "
+                    "(or run.bos=auto) to follow the tokenizer", what)
+    return rule
+
+
+def encode_prompt(tokenizer: Any, prompt: str, rule: str = "auto") -> torch.LongTensor:
+    """(1, T) ids of one prompt under a BOS rule (``first`` and ``every`` coincide here)."""
+    bos = resolve_bos(tokenizer, rule, "prompt")
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if bos != "never":
+        if tokenizer.bos_token_id is None:
+            raise PipelineError(f"bos={rule!r} but the tokenizer has no BOS token; use bos=never")
+        ids = [tokenizer.bos_token_id, *ids]
+    return torch.tensor([ids], dtype=torch.long)
 SAMPLINGS = ("sequential", "random")
 
 
@@ -44,7 +87,7 @@ class TextSource:
 
     name: str
     load: Callable[[], Iterable[str]]
-    bos: str = "never"
+    bos: str = "auto"
     joiner: str = "\n\n"
 
     def documents(self) -> Iterator[str]:
@@ -110,14 +153,16 @@ def data_config(name: str, catalog: Catalog | None = None, **overrides: Any) -> 
 
 
 def dataset_windows(tokenizer: Any, name: str, *, seq_len: int, n_windows: int | str,
-                    catalog: Catalog | None = None, split: str | None = None) -> torch.LongTensor:
+                    catalog: Catalog | None = None, split: str | None = None,
+                    bos: str | None = None) -> torch.LongTensor:
     """Token windows of catalog dataset ``name`` (its BOS rule and joiner), the one way stages
     cut calibration and evaluation text. ``split="train"`` for calibration (held-in text);
-    ``n_windows="protocol"``: the dataset's own ``eval_windows`` (default all)."""
+    ``n_windows="protocol"``: the dataset's own ``eval_windows`` (default all); ``bos``: the
+    run's override of the dataset's rule (``run.bos``), None to keep it."""
     cfg = data_config(name, catalog, **({"split": split} if split else {}))
     n = cfg.get("eval_windows", "all") if n_windows == "protocol" else n_windows
     return token_windows(tokenizer, build_source(cfg), seq_len=seq_len, n_windows=n,
-                         bos=cfg.get("bos", "never"), joiner=cfg.get("joiner", "\n\n"))
+                         bos=bos or cfg.get("bos", "auto"), joiner=cfg.get("joiner", "\n\n"))
 
 
 def build_source(cfg: Mapping[str, Any]) -> TextSource:
@@ -134,7 +179,7 @@ def build_source(cfg: Mapping[str, Any]) -> TextSource:
         load = _text_source(cfg)
     else:
         raise PipelineError(f"unknown data kind '{kind}'; known kinds: {', '.join(KINDS)}")
-    return TextSource(name=str(cfg["name"]), load=load, bos=str(cfg.get("bos", "never")),
+    return TextSource(name=str(cfg["name"]), load=load, bos=str(cfg.get("bos", "auto")),
                       joiner=str(cfg.get("joiner", "\n\n")))
 
 
@@ -161,21 +206,22 @@ def stream_tokens(tokenizer: Any, source: TextSource, n_tokens: int | None, join
 
 
 def token_windows(tokenizer: Any, source: TextSource, *, seq_len: int, n_windows: int | str,
-                  bos: str = "never", sampling: str = "sequential", seed: int = 0,
+                  bos: str = "auto", sampling: str = "sequential", seed: int = 0,
                   joiner: str = "\n\n") -> torch.LongTensor:
     """``(n_windows, seq_len)`` int64 token windows cut from one stream of the source's documents.
 
     ``n_windows="all"``: every whole window of the stream, ``len(stream) // stream tokens per
     window`` of them (the official WikiText-2 perplexity protocol, ``numel // seqlen``).
 
-    bos: "never" no BOS; "first" one BOS at the very start of the stream (paper A's C4/PG-19
-    protocol); "every" each window = BOS + seq_len-1 stream tokens. sampling: "sequential" = the
+    bos: "auto" follow the tokenizer (:func:`resolve_bos`); "never" no BOS; "first" one BOS at
+    the very start of the stream (paper A's C4/PG-19 protocol); "every" each window = BOS +
+    seq_len-1 stream tokens. sampling: "sequential" = the
     first n non-overlapping windows; "random" = n non-overlapping windows at random sorted offsets
     (``torch.Generator`` seeded with ``seed``) within the first ``4 * n * seq_len`` tokens.
     """
-    if bos not in BOS_MODES or sampling not in SAMPLINGS:
-        raise PipelineError(f"bos must be one of {BOS_MODES} and sampling one of {SAMPLINGS}; "
-                            f"got bos={bos!r}, sampling={sampling!r}")
+    if sampling not in SAMPLINGS:
+        raise PipelineError(f"sampling must be one of {SAMPLINGS}; got sampling={sampling!r}")
+    bos = resolve_bos(tokenizer, bos, f"data '{source.name}'")
     if n_windows == "all":
         if sampling != "sequential":
             raise PipelineError("n_windows='all' takes every window in order: use sampling=sequential")
@@ -209,7 +255,7 @@ def token_windows(tokenizer: Any, source: TextSource, *, seq_len: int, n_windows
 
 def _all_windows(tokenizer: Any, source: TextSource, *, seq_len: int, bos: str, joiner: str) -> torch.LongTensor:
     """Every whole non-overlapping window of the whole stream (the tail shorter than a window is
-    dropped, as the official code's ``numel // seqlen``)."""
+    dropped, as the official code's ``numel // seqlen``); ``bos`` already resolved."""
     if seq_len < (2 if bos == "every" else 1):
         raise PipelineError(f"need seq_len >= 2 (got {seq_len})")
     bos_id = getattr(tokenizer, "bos_token_id", None)

@@ -17,20 +17,10 @@ import torch
 
 from pipeline.core.catalog import Catalog
 from pipeline.core.results import PROVENANCE_COLUMNS
-from pipeline.data.text import dataset_windows
 from pipeline.evaluation.perplexity import perplexity
 from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
 
 PROBE = "Summer is warm. Winter is cold."
-
-
-def eval_windows(tokenizer, names, seq_len: int, n_windows: int | str, catalog: Catalog | None = None,
-                 ) -> dict[str, torch.Tensor]:
-    """Evaluation windows for each named dataset of the catalog (``dataset_windows``).
-    ``n_windows="all"``: every whole window of each dataset; ``"protocol"``: each dataset's own
-    ``eval_windows`` (paper A's code: WikiText-2 all, C4 and PG-19 100; default all)."""
-    return {name: dataset_windows(tokenizer, name, seq_len=seq_len, n_windows=n_windows, catalog=catalog)
-            for name in names}
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -102,7 +92,8 @@ def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], Abst
                 wide[f"ppl_{name}"] = res["ppl"]
             if suite:
                 zs = zero_shot(ctx.model, ctx.tokenizer, suite, limit=zero_shot_limit,
-                               batch_size=eval_batch_size, device=ctx.device)
+                               batch_size=eval_batch_size, device=ctx.device,
+                               add_bos=ctx.adds_bos())
                 rows += [{"condition": cond, "eval": "zero_shot", "eval_data": r["task"], "metric": r["metric"],
                           "value": r["value"], "stderr": r["stderr"], "n": r["n"], "seq_len": math.nan}
                          for r in zs]

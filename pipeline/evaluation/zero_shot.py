@@ -76,11 +76,12 @@ def _quiet_and_seeded() -> Iterator[None]:
 def run_lm_eval(model: torch.nn.Module, tokenizer: Any, tasks: list[str], *,
                 include_path: Path | list[Path] | None = None, limit: int | None = None,
                 batch_size: int = 8, device: torch.device | str | None = None,
-                log_samples: bool = False) -> dict:
+                log_samples: bool = False, add_bos: bool | None = None) -> dict:
     """lm-eval's ``simple_evaluate`` on the live ``model``, 0-shot, fixed seeds; returns its
     raw results dict. ``include_path`` given: only tasks found there (fast, no Hub);
     otherwise lm-eval's bundled task index. Side effects of HFLM on what it is given:
-    ``model.eval()``, ``model.tie_weights()``, and a pad token set on a tokenizer without one."""
+    ``model.eval()``, ``model.tie_weights()``, and a pad token set on a tokenizer without one.
+    ``add_bos``: whether each request starts with BOS (the run's rule); None: the tokenizer's default."""
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
@@ -91,7 +92,7 @@ def run_lm_eval(model: torch.nn.Module, tokenizer: Any, tasks: list[str], *,
     with _quiet_and_seeded():
         log = logging.getLogger("lm_eval")
         log.setLevel(logging.ERROR)  # "pretrained is not a str": that is the point here
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=add_bos)
         log.setLevel(logging.WARNING)
         if device is not None:
             lm._device = torch.device(device)  # where HFLM puts its inputs
@@ -118,7 +119,7 @@ def _stderr(value: Any) -> float:
 
 def zero_shot(model: torch.nn.Module, tokenizer: Any, suite: Mapping, *, limit: int | None = None,
               batch_size: int = 8, offline: bool | None = None,
-              device: torch.device | str | None = None) -> list[dict]:
+              device: torch.device | str | None = None, add_bos: bool | None = None) -> list[dict]:
     """0-shot accuracy of the live ``model`` on every task of ``suite`` (see ``load_suite``).
 
     ``offline=None``: offline when the Hub is unreachable (``HF_HUB_OFFLINE=1`` counts). Offline,
@@ -146,7 +147,7 @@ def zero_shot(model: torch.nn.Module, tokenizer: Any, suite: Mapping, *, limit: 
         include = None if None in folders else sorted(root / f for f in folders)
         source = "lm-eval"
     out = run_lm_eval(model, tokenizer, list(names.values()), include_path=include, limit=limit,
-                      batch_size=batch_size, device=device)
+                      batch_size=batch_size, device=device, add_bos=add_bos)
     rows = []
     for name, lm_name in names.items():
         res, n = out["results"][lm_name], out["n-samples"][lm_name]["effective"]

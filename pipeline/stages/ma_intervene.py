@@ -21,7 +21,7 @@ from typing import Any
 from pipeline.analysis.massive import profile_layers, summarize
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, write_by_condition
+from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.positions import EDITABLE_ROLES, delimiter_test
 from pipeline.hooks.sites import Site, random_control, set_sites
@@ -82,7 +82,7 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
                     ";".join(f"{s.token_type}:{s.dim}={s.value:.4g}" for s in edits[c])} for c in conditions}
     rows, table = evaluate_conditions(
         ctx, STAGE, {c: condition(edits[c]) for c in conditions},
-        ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog), eval_suite=eval_suite,
+        ppl_sets=ctx.eval_windows(ppl_data, ppl_seq_len, ppl_windows), eval_suite=eval_suite,
         zero_shot_limit=zero_shot_limit, batch_size=batch_size, eval_batch_size=eval_batch_size, describe=describe,
         tables=("ma_intervene", "ma_intervene_table"))
     paths = {"ma_intervene_sites": ctx.results.write("ma_intervene_sites", sites, stage=STAGE),

@@ -29,9 +29,9 @@ STAGE = "ma_profile"
 
 
 @torch.inference_mode()
-def fig1_landscape(ctx, prompt: str, layer_idx: int) -> list[dict]:
-    """Fig. 1: |h| of one layer's output for every token and dim of ``prompt`` (no special tokens)."""
-    ids = ctx.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+def fig1_landscape(ctx, prompt: str, layer_idx: int, bos: str = "auto") -> list[dict]:
+    """Fig. 1: |h| of one layer's output for every token and dim of ``prompt`` (BOS rule ``bos``)."""
+    ids = ctx.encode(prompt, bos)
     grabbed: dict[str, torch.Tensor] = {}
     with capture({"h": layer(ctx.model, layer_idx)}, lambda _n, h: grabbed.__setitem__("h", h[0].float().cpu())):
         forward_without_logits(ctx.model, ids.to(ctx.device))
@@ -67,7 +67,7 @@ def compare_with_paper(paper: dict | None, layer_rows: list[dict], massive: list
 def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: str = "sequential",
         abs_threshold: float = 100.0, rel_threshold: float = 1000.0, max_hits: int = 64,
         delimiters: list[str] | tuple[str, ...] = (".", "\n"), fig1_prompt: str = "Summer is warm. Winter is cold.",
-        fig1_layer: int | str = "auto") -> dict[str, Any]:
+        fig1_layer: int | str = "auto", fig1_bos: str = "auto") -> dict[str, Any]:
     """Profile |hidden state| per layer, detect massive activations, and record the Fig. 1 layer."""
     windows = ctx.windows(seq_len, n_sequences, sampling)
     prof = profile_layers(ctx, windows, batch_size=batch_size, abs_threshold=abs_threshold,
@@ -78,7 +78,7 @@ def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: s
         fig1_layer = min((m["first_layer"] for m in massive), default=None)
         if fig1_layer is None:
             fig1_layer = max(layer_rows, key=lambda r: r["top1_over_median"])["layer"]
-    fig1 = fig1_landscape(ctx, fig1_prompt, int(fig1_layer))
+    fig1 = fig1_landscape(ctx, fig1_prompt, int(fig1_layer), fig1_bos)
     comparison = compare_with_paper(ctx.paper_numbers("massive_activations"), layer_rows, massive)
 
     paths = {}

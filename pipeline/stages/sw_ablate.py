@@ -26,7 +26,7 @@ import torch
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, write_by_condition
+from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.forward import as_tensor, capture, with_tensor
 from pipeline.hooks.moe import expert_down_io, routing_weight
@@ -145,7 +145,7 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, prompt: str = DEFAULT_PR
         with make():
             fig4 += [{"condition": cond, "layer": i, "max_abs": v} for i, v in enumerate(layer_max(ctx, ids))]
     rows, table = evaluate_conditions(
-        ctx, STAGE, chosen, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog),
+        ctx, STAGE, chosen, ppl_sets=ctx.eval_windows(ppl_data, ppl_seq_len, ppl_windows),
         eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
         eval_batch_size=eval_batch_size, describe=describe, tables=("sw_ablate", "sw_ablate_table"))
     paths = write_by_condition(ctx, STAGE, {"sw_ablate": rows, "sw_ablate_table": table, "sw_layer_max": fig4})

@@ -49,7 +49,7 @@ from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, write_by_condition
+from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.weights import WeightSite
 from pipeline.models.arch import decoder_layers, get_arch, layer_module, num_layers, resolve_or_none
@@ -158,7 +158,7 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smo
                                   "alpha": alpha if c == "smoothquant" else math.nan,
                                   "quantized": "" if c == "fp" else "+".join(parts), "note": ""}
                 for c in conditions if c in makers}
-    ppl_sets = eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog)
+    ppl_sets = ctx.eval_windows(ppl_data, ppl_seq_len, ppl_windows)
     rows, table = evaluate_conditions(ctx, STAGE, chosen, ppl_sets=ppl_sets, eval_suite=eval_suite,
                                       zero_shot_limit=zero_shot_limit, batch_size=batch_size,
                                       eval_batch_size=eval_batch_size, describe=describe,

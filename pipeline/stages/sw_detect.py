@@ -22,7 +22,7 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, threshold: float | str = "auto", r
         min_abs: float = 50.0, min_share: float = 0.5, max_iter: int = 10, abs_threshold: float = 100.0,
         rel_threshold: float = 1000.0) -> dict[str, Any]:
     """Detect the super weights of ``ctx.model`` and write the directory and the Fig. 3 table."""
-    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)  # as paper B: default special tokens
+    ids = ctx.encode(prompt).to(ctx.device)  # paper B: the tokenizer's default special tokens = auto
     found, maxima, hs, threshold = detect(ctx.model, ids, threshold=threshold, rel_spike=rel_spike,
                                           min_abs=min_abs, min_share=min_share, max_iter=max_iter)
     mdims = massive_dims(hs, abs_threshold, rel_threshold)

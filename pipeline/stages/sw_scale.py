@@ -23,7 +23,7 @@ from typing import Any
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.evaluation.conditions import eval_windows, evaluate_conditions
+from pipeline.evaluation.conditions import evaluate_conditions
 from pipeline.evaluation.summary import format_table
 from pipeline.hooks.weights import scale_weights
 
@@ -55,7 +55,7 @@ def run(ctx, *, scales: Sequence[float] = SCALES, eval_suite: str | None = "pape
     # each factor is written as it finishes (`condition` is provenance): an interrupted sweep keeps
     # its rows, and a re-run of the same setting resumes after them
     rows, table = evaluate_conditions(
-        ctx, STAGE, conditions, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog),
+        ctx, STAGE, conditions, ppl_sets=ctx.eval_windows(ppl_data, ppl_seq_len, ppl_windows),
         eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
         eval_batch_size=eval_batch_size, describe=describe, tables=("sw_scale", "sw_scale_table"),
         long_columns=("scale", "super_weights"))

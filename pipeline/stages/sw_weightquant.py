@@ -41,7 +41,7 @@ from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.evaluation.conditions import eval_windows, evaluate_conditions, write_by_condition
+from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.weights import (
     WeightSite,
@@ -214,7 +214,7 @@ def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str]
     for d in describe.values():
         d.update(bits=bits, tile="x".join(map(str, tile)) if tile else "", super_weights=sw_text)
     rows, table = evaluate_conditions(
-        ctx, STAGE, conditions, ppl_sets=eval_windows(ctx.tokenizer, ppl_data, ppl_seq_len, ppl_windows, ctx.catalog),
+        ctx, STAGE, conditions, ppl_sets=ctx.eval_windows(ppl_data, ppl_seq_len, ppl_windows),
         eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
         eval_batch_size=eval_batch_size, describe=describe, tables=("sw_weightquant", "sw_weightquant_table"))
     paths = write_by_condition(ctx, STAGE, {"sw_weightquant": rows, "sw_weightquant_table": table})
