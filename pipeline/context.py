@@ -18,7 +18,14 @@ from pipeline.core.loggers import Logger, build_logger
 from pipeline.core.paper import paper_numbers
 from pipeline.core.paths import REPO_ROOT
 from pipeline.core.results import ResultsWriter
-from pipeline.data.text import TextSource, build_source, dataset_windows, encode_prompt, resolve_bos, token_windows
+from pipeline.data.text import (
+    TextSource,
+    build_source,
+    dataset_windows,
+    encode_prompt,
+    resolve_bos,
+    token_windows,
+)
 from pipeline.models.arch import ArchSpec, get_arch
 from pipeline.models.load import load_model
 

@@ -12,8 +12,8 @@ import logging
 
 import pytest
 import torch
-
 from helpers import TEXT, make_ctx, tiny
+
 from pipeline.core.catalog import Catalog
 from pipeline.data import text as data
 from pipeline.data.text import build_source, encode_prompt, token_windows, tokenizer_adds_bos

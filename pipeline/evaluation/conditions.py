@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from pipeline.core.catalog import Catalog
 from pipeline.core.results import PROVENANCE_COLUMNS
 from pipeline.evaluation.perplexity import perplexity
 from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
