@@ -157,7 +157,7 @@ def test_gpt2_has_shares_but_no_decomposition(tmp_path):
 def test_no_massive_activation_falls_back_to_the_first_token_and_says_so(tmp_path):
     out = ma_attention.run(make_ctx(tmp_path), layers=[1])
     assert out["massive_layer"] is None and out["token_set"].startswith("first_token")
-    assert "no massive activations" in ma_attention.format_summary(out)
+    assert "no steady massive activation" in ma_attention.format_summary(out)
 
 
 def test_out_of_range_layer_is_a_clear_error(tmp_path):

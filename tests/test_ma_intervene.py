@@ -53,7 +53,7 @@ def test_with_zero_shot_suite(tmp_path):
 
 
 def test_no_massive_activations_is_a_clear_error(tmp_path):
-    with pytest.raises(PipelineError, match="no massive activations"):
+    with pytest.raises(PipelineError, match="no steady massive activations"):
         ma_intervene.run(make_ctx(tmp_path), **KW)
 
 

@@ -68,9 +68,9 @@ def test_paper_comparison_for_a_paper_model():
     layer_rows = [{"layer": i, "top1": t, "top2": t / 2, "top3": t / 4, "median": 0.2}
                   for i, t in enumerate([5.0, 2500.0, 2400.0])]
     # a made-up detection: the first published dim steady, another dim steady, dim 7 rare
-    massive = [{"dim": dims[0], "token_type": "first_token", "first_layer_1based": first + 1, "frac_sequences": 1.0},
-               {"dim": 11, "token_type": "first_delimiter", "first_layer_1based": first + 1, "frac_sequences": 0.9},
-               {"dim": 7, "token_type": "other", "first_layer_1based": 5, "frac_sequences": 0.1}]
+    massive = [{"dim": dims[0], "token_type": "first_token", "first_layer_1based": first + 1, "frac_sequences": 1.0, "steady": True},
+               {"dim": 11, "token_type": "first_delimiter", "first_layer_1based": first + 1, "frac_sequences": 0.9, "steady": True},
+               {"dim": 7, "token_type": "other", "first_layer_1based": 5, "frac_sequences": 0.1, "steady": False}]
     rows = {r["quantity"]: r for r in ma_profile.compare_with_paper(paper, layer_rows, massive)}
     assert rows["massive_dims"]["ours"] == str(sorted([dims[0], 11]))  # the rare dim 7 is not a steady one
     assert rows["massive_dims"]["paper"] == str(paper["massive_dims"]["value"])

@@ -43,6 +43,24 @@ def massive_mask(h: torch.Tensor, abs_threshold: float, rel_threshold: float) ->
     return mag > massive_threshold(float(lower_median(mag.reshape(1, -1))[0]), abs_threshold, rel_threshold)
 
 
+STEADY_LAYER_FRAC = 0.5  # of the layers from its first appearance to the last
+STEADY_SEQ_FRAC = 0.5    # of the sequences, at the layer where it first appears
+
+
+def is_steady(layers_present, n_layers: int, min_layer_frac: float = STEADY_LAYER_FRAC) -> bool:
+    """The one definition of a *steady* massive activation, the fixed bias paper A studies: from
+    the layer where it first appears to the last layer, it is massive in at least
+    ``min_layer_frac`` of them, and in two layers or more.
+    A transient spike in a few early layers (e.g. ~3e3 in layers 0-2 of one real model, before
+    the ~1e5 steady one appears at layer 3) is not: interventions, the attention stage's token
+    set and Fig. 1 must not pick it just because it comes first."""
+    present = sorted(set(layers_present))
+    if not present:
+        return False
+    span = n_layers - present[0]
+    return len(present) >= 2 and len(present) >= min_layer_frac * span
+
+
 def lower_median(mag: torch.Tensor) -> torch.Tensor:
     """Exact lower median of each row of a non-negative (B, N) tensor, equal to
     ``mag.median(dim=1).values``.
@@ -118,6 +136,10 @@ class LayerProfile:
         self.median_sum = torch.zeros(n_layers, dtype=torch.float64)
         self.top1_where: list[Counter] = [Counter() for _ in range(n_layers)]  # (dim, token type)
         self.hits: dict[tuple[int, int, str], HitStats] = defaultdict(HitStats)
+        # every (layer, dim, token type) among a sequence's top ``max_hits``, massive or not:
+        # [sum of signed values, count], so a dim's peak is found in layers where the ratio rule
+        # fails too (a median that grows faster than the dim hides it there)
+        self.seen: dict[tuple[int, int, str], list[float]] = defaultdict(lambda: [0.0, 0])
         self.truncated: set[int] = set()
         self.nonfinite = [0] * n_layers  # NaN/inf values seen per layer (excluded from the stats)
         self._pending: dict[int, tuple[torch.Tensor, ...]] = {}
@@ -164,8 +186,11 @@ class LayerProfile:
             pos, dim = divmod(i, self._dims)
             if j == 0:  # where the layer's largest magnitude sits, for the Fig. 3 table
                 self.top1_where[layer][(dim, types[pos])] += 1
+            seen = self.seen[(layer, dim, types[pos])]
+            seen[0] += s
+            seen[1] += 1
             if not v > threshold:
-                break
+                continue
             passed += 1
             self.hits[(layer, dim, types[pos])].add(s, v / max(median, 1e-30), seq, texts[pos], pos)
         if passed == len(vals):
@@ -189,6 +214,13 @@ class LayerProfile:
                 "truncated": layer in self.truncated, "n_nonfinite": self.nonfinite[layer],
             })
         return rows
+
+    def seen_values(self) -> dict[tuple[int, str], dict[int, float]]:
+        """(dim, token type) -> {layer: mean signed value when among the top values}."""
+        out: dict[tuple[int, str], dict[int, float]] = defaultdict(dict)
+        for (lay, dim, ttype), (total, n) in self.seen.items():
+            out[(dim, ttype)][lay] = total / n
+        return out
 
     def activation_rows(self) -> list[dict]:
         """One row per (layer, dim, token type) with hits: the raw material of the summary."""
@@ -220,22 +252,51 @@ def profile_layers(ctx, windows: torch.Tensor, *, batch_size: int, abs_threshold
     return prof
 
 
-def summarize(activation_rows: list[dict]) -> list[dict]:
-    """Group per-layer hits by (dim, token type): first/last layer and the value where it appears."""
+def summarize(activation_rows: list[dict], n_layers: int, seen: dict | None = None,
+              min_frac: float = STEADY_SEQ_FRAC) -> list[dict]:
+    """Group per-layer hits by (dim, token type): first/last layer, the value where it appears,
+    whether it is steady (:func:`is_steady`, and massive in ``min_frac`` of the sequences), and
+    its peak layer over every layer where it was among the top values (``seen``, from
+    :meth:`LayerProfile.seen_values`), not only where it passed the ratio rule."""
     groups: dict[tuple[int, str], list[dict]] = defaultdict(list)
     for r in activation_rows:
         groups[(r["dim"], r["token_type"])].append(r)
     rows = []
     for (dim, ttype), rs in groups.items():
         first = min(rs, key=lambda r: r["layer"])
-        peak = max(rs, key=lambda r: abs(r["value_mean"]))
+        layers = [r["layer"] for r in rs]
+        values = {r["layer"]: r["value_mean"] for r in rs} | dict((seen or {}).get((dim, ttype), {}))
+        peak_layer = max(values, key=lambda lay: abs(values[lay]))
         rows.append({
             "dim": dim, "token_type": ttype, "token_text": first["token_text"],
             "first_layer": first["layer"], "first_layer_1based": first["layer"] + 1,
-            "last_layer": max(r["layer"] for r in rs), "n_layers": len(rs),
+            "last_layer": max(layers), "n_layers": len(rs),
+            "steady": is_steady(layers, n_layers) and first["frac_sequences"] >= min_frac,
             "value_mean": first["value_mean"], "value_std": first["value_std"],
             "ratio_to_median": first["ratio_to_median_mean"],
-            "frac_sequences": first["frac_sequences"], "peak_layer": peak["layer"],
-            "peak_value_mean": peak["value_mean"],
+            "frac_sequences": first["frac_sequences"], "peak_layer": peak_layer,
+            "peak_value_mean": values[peak_layer],
         })
     return sorted(rows, key=lambda r: (r["first_layer"], -abs(r["value_mean"])))
+
+
+def _label(m: dict) -> str:
+    return (f"dim {m['dim']} {m['token_type']} (layers {m['first_layer']}-{m['last_layer']}, massive in "
+            f"{m['n_layers']}, {m['frac_sequences']:.0%} of sequences)")
+
+
+def steady_choice(massive: list[dict], what: str) -> tuple[int | None, str]:
+    """The first layer of the steady massive activations among ``massive`` (summary rows), and
+    one line saying what was chosen for ``what`` and which non-steady ones were skipped."""
+    steady = [m for m in massive if m["steady"]]
+    skipped = [m for m in massive if not m["steady"]]
+    if not steady:
+        line = f"{what}: no steady massive activation"
+        return None, line + (f" (not steady: {'; '.join(map(_label, skipped[:3]))})" if skipped else "")
+    first = min(m["first_layer"] for m in steady)
+    line = (f"{what}: layer {first}, where the steady massive activations first appear: "
+            + "; ".join(_label(m) for m in steady if m["first_layer"] == first))
+    if skipped:
+        line += f"; not steady, skipped: {'; '.join(map(_label, skipped[:3]))}" + (
+            f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    return first, line

@@ -36,6 +36,7 @@ from pipeline.analysis.attention import (
     massive_positions,
     uniform_share,
 )
+from pipeline.analysis.massive import is_steady
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
 from pipeline.hooks.positions import delimiter_test, token_types
@@ -59,6 +60,20 @@ def detect_massive(ctx, ids: torch.Tensor, abs_threshold: float, rel_threshold: 
             int(n), massive_positions(h[0], abs_threshold, rel_threshold))):
         forward_without_logits(ctx.model, ids.to(ctx.device))
     return [found[i] for i in range(len(modules))]
+
+
+def steady_positions(massive_by_layer: list[list[int]]) -> tuple[list[int], int | None, dict[int, list[int]]]:
+    """The token set S: positions holding a *steady* massive activation (:func:`is_steady`: in at
+    least half the layers from where it first appears), the first layer where one appears, and
+    the transient positions left out (position -> its layers)."""
+    layers_of: dict[int, list[int]] = {}
+    for i, positions in enumerate(massive_by_layer):
+        for p in positions:
+            layers_of.setdefault(p, []).append(i)
+    n = len(massive_by_layer)
+    steady = sorted(p for p, ls in layers_of.items() if is_steady(ls, n))
+    first = min((layers_of[p][0] for p in steady), default=None)
+    return steady, first, {p: ls for p, ls in sorted(layers_of.items()) if p not in steady}
 
 
 def choose_layers(model: torch.nn.Module, layers: list[int] | int | str, massive_layer: int | None) -> list[int]:
@@ -172,14 +187,18 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, layers: list[int] | int | str = "a
     ids = ctx.encode(prompt, prompt_bos)
     tokens = [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
     massive_by_layer = detect_massive(ctx, ids, abs_threshold, rel_threshold)
-    massive_layer = next((i for i, pos in enumerate(massive_by_layer) if pos), None)
+    keys, massive_layer, transient = steady_positions(massive_by_layer)
     notes = []
     if massive_layer is None:  # keep going on the starting token, and say so everywhere
-        keys, token_set = [0], "first_token (no massive activation found)"
-        notes.append("no massive activations on this prompt: S = {first token} as a stand-in")
+        keys, token_set = [0], "first_token (no steady massive activation found)"
+        notes.append("no steady massive activation on this prompt: S = {first token} as a stand-in")
         log.warning(notes[-1])
     else:
-        keys, token_set = massive_by_layer[massive_layer], "massive"
+        token_set = "massive"
+    if transient:
+        notes.append("not steady (massive in too few layers), left out of S: "
+                     + ", ".join(f"position {p} {tokens[p]!r} (layers {ls[0]}-{ls[-1]}, {len(ls)} of them)"
+                                 for p, ls in transient.items()))
     chosen = choose_layers(ctx.model, layers, massive_layer)
     decomp_at = chosen if decomp_layers == "layers" else choose_layers(ctx.model, decomp_layers, massive_layer)
     rec = record_attention(ctx, ids, sorted(set(chosen) | set(decomp_at)))
@@ -230,7 +249,7 @@ def format_summary(out: dict[str, Any]) -> str:
     toks = ", ".join(f"{t['position']} {t['token']!r} ({t['token_type']})" for t in out["massive_tokens"])
     lines.append(f"  token set S [{out['token_set']}]: {toks}")
     lines.append(f"  {'layer':>5} {'share on S':>11} {'control':>9} {'uniform':>9}"
-                 f"   {'cos S':>7} {'relvar S':>9} {'cos rest':>9} {'relvar rest':>12} {'|S|/|rest|':>11}")
+                 f"   {'cos S':>7} {'relvar S':>9} {'cos rest':>9} {'relvar rest':>12} {'|S|/|rest|':>11} {'queries':>8}")
     shares = {r["layer"]: r for r in out["share_rows"]}
     decomp = {r["layer"]: r for r in out["decomp_rows"]}
     for i in out["layers"]:
@@ -238,10 +257,14 @@ def format_summary(out: dict[str, Any]) -> str:
         line = f"  {i:>5} {s['share_massive']:>11.3f} {s['share_control']:>9.3f} {s['share_uniform']:>9.3f}"
         if d:
             line += (f"   {d['cos_massive']:>7.3f} {d['relvar_massive']:>9.3f} {d['cos_rest']:>9.3f}"
-                     f" {d['relvar_rest']:>12.3f} {d['norm_ratio']:>11.2f}")
+                     f" {d['relvar_rest']:>12.3f} {d['norm_ratio']:>11.2f} {d['n_queries']:>8}")
         lines.append(line)
     lines.append("  (share: mean over heads and queries after S of the attention mass on S; control: "
-                 "|S| random other visible keys)")
+                 "|S| random other visible keys; the decomposition uses the queries after the last of S)")
+    few = [r for r in out["decomp_rows"] if r["n_queries"] < 8]
+    if few:
+        lines.append(f"  warning: only {min(r['n_queries'] for r in few)} queries after S for the decomposition: "
+                     "its constancy numbers rest on very few points (use a longer prompt)")
     rows = out["decomp_rows"]
     if rows and {r["layer"] for r in rows} != set(out["layers"]):
         med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in ("cos_massive", "relvar_massive", "cos_rest", "relvar_rest")}

@@ -18,37 +18,43 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
-from pipeline.analysis.massive import profile_layers, summarize
+from pipeline.analysis.massive import profile_layers, steady_choice, summarize
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
 from pipeline.hooks.positions import EDITABLE_ROLES, delimiter_test
 from pipeline.hooks.sites import Site, random_control, set_sites
-from pipeline.models.arch import residual_width
+from pipeline.models.arch import num_layers, residual_width
 
 STAGE = "ma_intervene"
 CONDITIONS = ("original", "set_zero", "set_mean", "random_zero")
 
 
 def detect_sites(ctx, *, calib_data: str, calib_split: str, calib_sequences: int, calib_seq_len: int,
-                 layer: int | str, min_frac: float, batch_size: int, **detector) -> tuple[int, list[dict]]:
-    """The intervention layer and its massive (dim, token type) sites with calibration means."""
+                 layer: int | str, min_frac: float, batch_size: int, **detector) -> tuple[int, list[dict], str]:
+    """The intervention layer, its steady massive (dim, token type) sites with calibration
+    means, and one line saying what was chosen and why."""
     windows = ctx.calibration_windows(calib_data, calib_split, calib_seq_len, calib_sequences)
     prof = profile_layers(ctx, windows, batch_size=batch_size, **detector)
     acts = prof.activation_rows()
-    steady = [m for m in summarize(acts) if m["frac_sequences"] >= min_frac and m["token_type"] in EDITABLE_ROLES]
+    massive = [m for m in summarize(acts, num_layers(ctx.model), prof.seen_values(), min_frac)
+               if m["token_type"] in EDITABLE_ROLES]
+    first, why = steady_choice(massive, "intervention layer")
     if layer == "auto":
-        if not steady:
-            raise PipelineError(f"no massive activations on {EDITABLE_ROLES} in {calib_sequences} calibration "
-                                "sequences: nothing to intervene on (lower the thresholds or set layer)")
-        layer = min(m["first_layer"] for m in steady)
-    keys = {(m["dim"], m["token_type"]) for m in steady}
+        if first is None:
+            raise PipelineError(f"no steady massive activations on {EDITABLE_ROLES} in {calib_sequences} "
+                                f"calibration sequences: nothing to intervene on ({why}; set layer to force one)")
+        layer = first
+    else:
+        why = f"intervention layer: {layer} (set by hand); {why}"
+    keys = {(m["dim"], m["token_type"]) for m in massive if m["steady"]}
     sites = [dict(r, calib_data=calib_data, calib_sequences=calib_sequences, calib_seq_len=calib_seq_len)
              for r in acts if r["layer"] == int(layer) and (r["dim"], r["token_type"]) in keys]
     if not sites:
-        raise PipelineError(f"no steady massive activations at layer {layer} to intervene on")
-    return int(layer), sites
+        raise PipelineError(f"no steady massive activations at layer {layer} to intervene on ({why})")
+    print(f"[ma_intervene] {why}", flush=True)
+    return int(layer), sites, why
 
 
 def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int | str = "auto",
@@ -62,7 +68,7 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
     unknown = sorted(set(conditions) - set(CONDITIONS))
     if unknown:
         raise PipelineError(f"unknown conditions {unknown}; known: {', '.join(CONDITIONS)}")
-    layer_idx, sites = detect_sites(
+    layer_idx, sites, why = detect_sites(
         ctx, calib_data=calib_data, calib_split=calib_split, calib_sequences=calib_sequences,
         calib_seq_len=calib_seq_len, layer=layer, min_frac=min_frac, batch_size=batch_size,
         abs_threshold=abs_threshold, rel_threshold=rel_threshold, max_hits=max_hits, delimiters=list(delimiters))
@@ -90,9 +96,9 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
     comparison = compare_with_paper(ctx.paper_numbers("massive_activations"), table)
     if comparison:
         paths["ma_intervene_paper"] = ctx.results.write("ma_intervene_paper", comparison, stage=STAGE)
-    return {"layer": layer_idx, "sites": sites, "rows": rows, "table": table, "paths": paths,
+    return {"layer": layer_idx, "sites": sites, "why": why, "rows": rows, "table": table, "paths": paths,
             "comparison": comparison,
-            "zero_shot_limit": zero_shot_limit, "ppl_setting": f"{ppl_windows} x {ppl_seq_len} tokens"}
+            "zero_shot": eval_suite is not None, "zero_shot_limit": zero_shot_limit, "ppl_setting": f"{ppl_windows} x {ppl_seq_len} tokens"}
 
 
 def compare_with_paper(paper: dict | None, table: list[dict]) -> list[dict]:
@@ -116,9 +122,14 @@ def compare_with_paper(paper: dict | None, table: list[dict]) -> list[dict]:
 def format_summary(out: dict[str, Any]) -> str:
     """The paper-style table: conditions as rows, perplexities and mean zero-shot accuracy."""
     sites = ", ".join(f"{s['token_type']} dim {s['dim']} (mean {s['value_mean']:.1f})" for s in out["sites"])
+    limit = out["zero_shot_limit"]
+    zero_shot = (f"zero-shot on {'all documents' if limit is None else f'{limit} documents'} per task"
+                 if out.get("zero_shot", True) else "no zero-shot (eval_suite null)")
     lines = [f"interventions at layer {out['layer']} (0-based) on: {sites}",
-             f"  perplexity on {out['ppl_setting']}; zero-shot limit {out['zero_shot_limit']} per task",
+             f"  {out['why']}" if out.get("why") else "",
+             f"  perplexity on {out['ppl_setting']}; {zero_shot}",
              *format_table(out["table"])]
+    lines = [line for line in lines if line]
     if out.get("comparison"):
         lines.append("beside paper A (all its intervention numbers are RECALL, unverified):")
         for c in out["comparison"]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from pipeline.analysis.massive import profile_layers, summarize
+from pipeline.analysis.massive import massive_threshold, profile_layers, steady_choice, summarize
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
 from pipeline.models.arch import layer
@@ -48,7 +48,7 @@ def compare_with_paper(paper: dict | None, layer_rows: list[dict], massive: list
     """Our numbers beside the published ones (conf/paper/massive_activations.yaml)."""
     if not paper:
         return []
-    steady = [m for m in massive if m["frac_sequences"] >= 0.5]
+    steady = [m for m in massive if m["steady"]]
     peak = max(layer_rows, key=lambda r: r["top1"])
     ours = {
         "massive_dims": sorted({m["dim"] for m in steady}),
@@ -73,12 +73,20 @@ def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: s
     prof = profile_layers(ctx, windows, batch_size=batch_size, abs_threshold=abs_threshold,
                           rel_threshold=rel_threshold, max_hits=max_hits, delimiters=list(delimiters))
     layer_rows, act_rows = prof.layer_rows(), prof.activation_rows()
-    massive = summarize(act_rows)
-    if fig1_layer == "auto":  # the layer where massive activations first appear, else the peak layer
-        fig1_layer = min((m["first_layer"] for m in massive), default=None)
-        if fig1_layer is None:
-            fig1_layer = max(layer_rows, key=lambda r: r["top1_over_median"])["layer"]
+    massive = summarize(act_rows, len(layer_rows), prof.seen_values())
+    first, why = steady_choice(massive, "Fig. 1 layer")
+    if fig1_layer != "auto":
+        why = f"Fig. 1 layer: {fig1_layer} (set by hand)"
+    elif first is not None:
+        fig1_layer = first
+    else:  # nothing steady: the layer with the largest top-1 / median ratio
+        fig1_layer = max(layer_rows, key=lambda r: r["top1_over_median"])["layer"]
+        why += f"; drawn at layer {fig1_layer}, the largest top-1 / median ratio"
     fig1 = fig1_landscape(ctx, fig1_prompt, int(fig1_layer), fig1_bos)
+    mags = torch.tensor([r["abs_value"] for r in fig1])
+    fig1_massive = bool(mags.max() > massive_threshold(float(mags.median()), abs_threshold, rel_threshold))
+    if not fig1_massive:
+        why += f"; on the Fig. 1 prompt the layer-{fig1_layer} maximum ({float(mags.max()):.1f}) is NOT massive by the rule"
     comparison = compare_with_paper(ctx.paper_numbers("massive_activations"), layer_rows, massive)
 
     paths = {}
@@ -92,7 +100,7 @@ def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: s
     ctx.logger.log_table("ma_massive", _frame(massive))
     ctx.logger.log_table("ma_layer_stats", _frame(layer_rows))
     return {"metrics": metrics, "paths": paths, "massive": massive, "layer_rows": layer_rows,
-            "comparison": comparison, "fig1_layer": int(fig1_layer), "truncated": sorted(prof.truncated),
+            "comparison": comparison, "fig1_layer": int(fig1_layer), "fig1_why": why, "truncated": sorted(prof.truncated),
             "nonfinite": {i: n for i, n in enumerate(prof.nonfinite) if n},
             "setting": f"{n_sequences} x {seq_len} tokens of {ctx.data_cfg['name']}"}
 
@@ -111,15 +119,19 @@ def format_summary(out: dict[str, Any], max_rows: int = 12) -> str:
         lines.append("  none found")
     else:
         lines.append(f"  {'layer':>5} {'dim':>6}  {'token type':<16}{'token':<12}{'value':>12}{'std':>9}"
-                     f"{'ratio':>10}{'seqs':>6}  layers")
+                     f"{'ratio':>10}{'seqs':>6}  layers   steady  peak")
         for m in massive[:max_rows]:
             lines.append(
                 f"  {m['first_layer']:>5} {m['dim']:>6}  {m['token_type']:<16}{m['token_text']!r:<12}"
                 f"{m['value_mean']:>12.1f}{m['value_std']:>9.1f}{m['ratio_to_median']:>10.0f}"
-                f"{m['frac_sequences']:>6.0%}  {m['first_layer']}-{m['last_layer']}")
+                f"{m['frac_sequences']:>6.0%}  {m['first_layer']}-{m['last_layer']:<5} {'yes' if m['steady'] else 'no':<7}"
+                f" {m['peak_value_mean']:.4g} (layer {m['peak_layer']})")
         if len(massive) > max_rows:
             lines.append(f"  ... {len(massive) - max_rows} more in ma_massive.csv")
-    lines.append("  (layer: 0-based index of first appearance; paper A counts from 1)")
+    lines.append("  (layer: 0-based index of first appearance; paper A counts from 1; steady: massive in >= half"
+                 " the layers from there on and in >= half the sequences)")
+    if out.get("fig1_why"):
+        lines.append(f"  {out['fig1_why']}")
     if out.get("nonfinite"):
         lines.append(f"  warning: NaN/inf values left out of the statistics (layer: count) {out['nonfinite']}")
     if out["truncated"]:
