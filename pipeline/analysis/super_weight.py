@@ -17,6 +17,8 @@ B's Fig. 3). Downstream stages act on the ``creates`` ones by default.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from pipeline.analysis.massive import massive_mask
@@ -24,18 +26,20 @@ from pipeline.core.errors import PipelineError
 from pipeline.hooks.forward import as_tensor
 from pipeline.hooks.moe import expert_down_io, routed_calls
 from pipeline.hooks.weights import WeightSite, down_proj_matrix, scale_weights
-from pipeline.models.arch import decoder_layers, get_arch, layer_module, num_layers
+from pipeline.models.arch import decoder_layers, get_arch, layer_module, num_layers, resolve
 
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # paper B's analyze.py
 
 
 @torch.inference_mode()
-def down_proj_io(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict, dict, dict]:
+def down_proj_io(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict, dict, dict, dict]:
     """One forward: per down projection the input (T, in) and output (T, out) for row 0 of
     ``ids``, keyed by ``(layer, expert)`` (expert None on dense layers; on a mixture-of-experts
-    layer one key per expert that any token is routed to, recomputed by :mod:`pipeline.moe`), and
-    each decoder layer's output (T, d) (for the massive-activation cross-check)."""
-    xs, ys, hs, handles = {}, {}, {}, []
+    layer one key per expert that any token is routed to, recomputed by :mod:`pipeline.moe`),
+    each decoder layer's output (T, d) (for the massive-activation cross-check), and per dense
+    layer what the MLP adds to the residual stream (T, d): the output of the arch spec's
+    ``mlp_out_norm`` where the MLP output is normalised before it joins, else the output itself."""
+    xs, ys, hs, rs, handles = {}, {}, {}, {}, []
     calls: dict[int, list] = {}
     spec = get_arch(model)
     n_tok = ids.shape[1]
@@ -58,6 +62,10 @@ def down_proj_io(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict, dict,
                 ys[(_i, None)] = first(as_tensor(out)).float().cpu()
 
             handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+            if spec.mlp_out_norm:
+                norm = resolve(decoder_layers(model)[i], spec.mlp_out_norm, spec.model_type)
+                handles.append(norm.register_forward_hook(
+                    lambda _m, _a, out, _i=i: rs.__setitem__((_i, None), first(as_tensor(out)).float().cpu())))
         for i, lay in enumerate(decoder_layers(model)):
             handles.append(lay.register_forward_hook(
                 lambda _m, _a, out, _i=i: hs.__setitem__(_i, as_tensor(out)[0].float().cpu())))
@@ -72,19 +80,24 @@ def down_proj_io(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict, dict,
         for e in sorted(int(v) for v in top_index.unique() if 0 <= v < n_experts):
             _routed, x, y = expert_down_io(experts, spec.expert_down_param, hidden, top_index, e)
             xs[(i, e)], ys[(i, e)] = x.float().cpu(), y.float().cpu()
-    return xs, ys, hs
+    for key, y in ys.items():
+        rs.setdefault(key, y)  # no norm after the MLP: the output joins the residual as it is
+    return xs, ys, hs, rs
 
 
-def layer_maxima(xs: dict, ys: dict) -> list[dict]:
+def layer_maxima(xs: dict, ys: dict, rs: dict | None = None) -> list[dict]:
     """Fig. 3: the signed value at the max-|.| of each layer's down-projection input and output
-    (on a mixture-of-experts layer: over its experts, with the expert of each maximum)."""
+    (on a mixture-of-experts layer: over its experts, with the expert of each maximum), and the
+    largest value the MLP adds to the residual (``residual_max``: after a post-MLP norm, if any)."""
     rows: dict[int, dict] = {}
     for (i, e) in sorted(xs, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
-        x, y = xs[(i, e)], ys[(i, e)]
+        x, y, r = xs[(i, e)], ys[(i, e)], (rs or ys)[(i, e)]
         xt, xc = divmod(int(x.abs().argmax()), x.shape[1])
         yt, yc = divmod(int(y.abs().argmax()), y.shape[1])
+        rt, rc = divmod(int(r.abs().argmax()), r.shape[1])
         row = {"layer": i, "in_max": float(x[xt, xc]), "in_token": xt, "in_channel": xc,
-               "out_max": float(y[yt, yc]), "out_token": yt, "out_channel": yc}
+               "out_max": float(y[yt, yc]), "out_token": yt, "out_channel": yc,
+               "residual_max": float(r[rt, rc]), "residual_token": rt, "residual_channel": rc}
         if e is None:
             rows[i] = row
             continue
@@ -92,18 +105,26 @@ def layer_maxima(xs: dict, ys: dict) -> list[dict]:
         if abs(row["in_max"]) > abs(prev["in_max"]):
             prev.update({k: row[k] for k in ("in_max", "in_token", "in_channel")}, in_expert=e)
         if abs(row["out_max"]) > abs(prev["out_max"]):
-            prev.update({k: row[k] for k in ("out_max", "out_token", "out_channel")}, out_expert=e)
+            prev.update({k: row[k] for k in ("out_max", "out_token", "out_channel", "residual_max",
+                                             "residual_token", "residual_channel")}, out_expert=e)
     return [rows[i] for i in sorted(rows)]
 
 
-def explain_spike(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> dict:
-    """For the largest output |Y[t, row]|: the input channel ``col`` whose product X[t, col] *
-    W[row, col] contributes most, and the share of Y[t, row] that this one product explains."""
-    t, row = divmod(int(y.abs().argmax()), y.shape[1])
+def explain_spike(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, r: torch.Tensor | None = None,
+                  at: tuple[int, int] | None = None) -> dict:
+    """For the largest value the MLP adds to the residual, |R[t, row]| (``r``; R = Y where no norm
+    follows the MLP), or for ``at`` = (t, row): the input channel ``col`` whose product X[t, col]
+    * W[row, col] contributes most, and the share of the down-projection output Y[t, row] it
+    explains. A norm after the MLP scales a token's whole output vector, so that share is also
+    its share of R[t, row]; ``out_value`` is R[t, row] (where the weight's effect joins the
+    residual), ``down_out`` the raw Y[t, row]."""
+    r = y if r is None else r
+    t, row = at if at is not None else divmod(int(r.abs().argmax()), r.shape[1])
     products = x[t].double() * w[row].double().cpu()
     col = int(products.abs().argmax())
-    return {"token": t, "row": row, "col": col, "out_value": float(y[t, row]), "in_value": float(x[t, col]),
-            "weight": float(w[row, col]), "share": float(products[col] / y[t, row]) if y[t, row] != 0 else 0.0}
+    return {"token": t, "row": row, "col": col, "out_value": float(r[t, row]), "down_out": float(y[t, row]),
+            "in_value": float(x[t, col]), "weight": float(w[row, col]),
+            "share": float(products[col] / y[t, row]) if y[t, row] != 0 else 0.0}
 
 
 def massive_dims(hs: dict, abs_threshold: float, rel_threshold: float) -> set[int]:
@@ -116,51 +137,97 @@ def site(found: dict) -> WeightSite:
     return WeightSite(found["layer"], found["row"], found["col"], found.get("expert"))
 
 
+class Detection(NamedTuple):
+    found: list[dict]  # the directory: super weights, in the order found
+    maxima: list[dict]  # Fig. 3: per layer, on the original model
+    hs: dict  # the original pass's decoder-layer outputs
+    threshold: float  # output spike threshold
+    in_threshold: float  # input spike threshold
+    rebuilt: list[dict]  # candidates whose massive activation survives their removal (not super weights)
+
+
+def _cell_peak(hs: dict, token: int, row: int, start: int, sign: float) -> float:
+    """The largest value of the written sign at (token, row) from layer ``start`` on (a later
+    layer that overshoots to the opposite sign, as a cancelling weight does, is not a survival)."""
+    return max(sign * float(hs[i][token, row]) for i in hs if i >= start)
+
+
 def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str = "auto",
            rel_spike: float = 0.05, min_abs: float = 50.0, min_share: float = 0.5,
-           max_iter: int = 10) -> tuple[list[dict], list[dict], dict, float]:
-    """Iterative detection. Returns (directory rows, Fig. 3 maxima of the original model, the
-    original pass's decoder-layer outputs, the spike threshold used).
+           max_iter: int = 10, max_survive: float = 0.5) -> Detection:
+    """Iterative detection (paper B: zero the super weight found and repeat, so that super
+    weights hidden behind a larger one are found too).
 
-    ``threshold`` "auto" = max(``min_abs``, ``rel_spike`` x the largest |down-projection output|
-    of the original pass): paper B's fixed 50 suits LLaMA-7B (super activation about 1,300) but
-    not models whose activations run at another scale (SmolLM2: 24,000; with 50 the iteration
-    keeps finding moderate spikes of a few hundred and never ends). Input and output must both
-    exceed it, and one product X[t, col] * W[row, col] must explain ``min_share`` of the output.
+    ``threshold`` "auto" = max(``min_abs``, ``rel_spike`` x the largest value an MLP adds to the
+    residual in the original pass): paper B's fixed 50 suits LLaMA-7B (super activation about
+    1,300) but not models whose activations run at another scale (SmolLM2: 24,000; with 50 the
+    iteration keeps finding moderate spikes of a few hundred and never ends). The output is
+    measured where it joins the residual stream (after the arch spec's ``mlp_out_norm``, if any).
+    Without such a norm the input must exceed the same threshold (paper B: one threshold for
+    both); with one, the norm's gain (hundreds on one real model) separates the two scales, so
+    the input must exceed ``rel_spike`` x the largest down-projection input of the pass instead.
+    One product X[t, col] * W[row, col] must explain ``min_share`` of the output.
+
+    A candidate that writes a new value (not one cancelling the residual) must also be
+    essential, as paper B's super weights are: with it zeroed, the residual stream's largest
+    value of the written sign at (token, row) from its layer on must fall below ``max_survive``
+    of what it was.
+    One that later layers rebuild is set aside in ``rebuilt`` (never zeroed): without this test
+    the iteration chased a massive dim written by one MLP after another through the network.
     """
     found: list[dict] = []
-    maxima, hs0 = None, None
-    for it in range(max_iter + 1):
+    rebuilt: list[dict] = []
+    maxima, hs0, in_threshold = None, None, None
+    normed = get_arch(model).mlp_out_norm is not None
+    tries = 0
+    while True:
         with scale_weights(model, [site(f) for f in found], 0.0):  # the weights found so far, zeroed
-            xs, ys, hs = down_proj_io(model, ids)
+            xs, ys, hs, rs = down_proj_io(model, ids)
             cands = [{"layer": i, **({} if e is None else {"expert": e}),
-                      **explain_spike(xs[(i, e)], ys[(i, e)], down_proj_matrix(model, i, e)), "iteration": it}
-                     for (i, e) in xs]
+                      **explain_spike(xs[(i, e)], ys[(i, e)], down_proj_matrix(model, i, e), rs[(i, e)]),
+                      "iteration": len(found)} for (i, e) in xs]
         if maxima is None:
-            maxima, hs0 = layer_maxima(xs, ys), hs
+            maxima, hs0 = layer_maxima(xs, ys, rs), hs
             if threshold == "auto":
-                threshold = max(min_abs, rel_spike * max(abs(m["out_max"]) for m in maxima))
-        cands = [c for c in cands if abs(c["out_value"]) > threshold and abs(c["in_value"]) > threshold
-                 and c["share"] >= min_share]
+                threshold = max(min_abs, rel_spike * max(abs(m["residual_max"]) for m in maxima))
+            in_threshold = rel_spike * max(abs(m["in_max"]) for m in maxima) if normed else float(threshold)
+        set_aside = {(r["layer"], r.get("expert"), r["row"], r["col"]) for r in rebuilt}
+        cands = [c for c in cands if abs(c["out_value"]) > threshold and abs(c["in_value"]) > in_threshold
+                 and c["share"] >= min_share and (c["layer"], c.get("expert"), c["row"], c["col"]) not in set_aside]
         # the largest spike first: smaller ones downstream may be its consequences and vanish
         new = max(cands, key=lambda c: abs(c["out_value"]), default=None)
         if new is None:
             break
-        if it == max_iter:
+        tries += 1
+        if len(found) == max_iter or tries > max_iter + 4 * len(hs):
             raise PipelineError(f"super-weight detection did not converge in {max_iter} iterations "
                                 "(raise max_iter or the threshold)")
+        if not _cancels(new, hs):
+            sign = 1.0 if new["out_value"] > 0 else -1.0
+            before = _cell_peak(hs, new["token"], new["row"], new["layer"], sign)
+            with scale_weights(model, [site(f) for f in found + [new]], 0.0):
+                after = _cell_peak(down_proj_io(model, ids)[2], new["token"], new["row"], new["layer"], sign)
+            new["survives"] = max(after, 0.0) / before if before > 0 else 0.0
+            if new["survives"] >= max_survive:
+                rebuilt.append(new)
+                continue
         found.append(new)
     for f in found:  # on the ORIGINAL model: does the residual stream already hold this value?
-        f["residual_before"] = float(hs0[f["layer"] - 1][f["token"], f["row"]]) if f["layer"] else 0.0
-        cancels = f["residual_before"] * f["out_value"] < 0 and abs(f["residual_before"]) > 0.5 * abs(f["out_value"])
-        f["role"] = "cancels" if cancels else "creates"
-    return found, maxima, hs0, float(threshold)
+        f["role"] = "cancels" if _cancels(f, hs0) else "creates"
+    return Detection(found, maxima, hs0, float(threshold), float(in_threshold), rebuilt)
+
+
+def _cancels(f: dict, hs: dict) -> bool:
+    """The weight writes the opposite of a massive value the residual stream already holds (as
+    LLaMA-7B's layer 30 in paper B's Fig. 3); sets ``residual_before``."""
+    f["residual_before"] = float(hs[f["layer"] - 1][f["token"], f["row"]]) if f["layer"] else 0.0
+    return f["residual_before"] * f["out_value"] < 0 and abs(f["residual_before"]) > 0.5 * abs(f["out_value"])
 
 
 def super_weights(ctx, *, prompt: str = DEFAULT_PROMPT, roles: tuple[str, ...] = ("creates",), **detect_kw) -> list[WeightSite]:
     """The super weights other stages act on (detected here, never hard-coded)."""
     ids = ctx.encode(prompt).to(ctx.device)
-    found = detect(ctx.model, ids, **detect_kw)[0]
+    found = detect(ctx.model, ids, **detect_kw).found
     sites = [site(f) for f in found if f["role"] in roles]
     if not sites:
         raise PipelineError(f"no super weight ({'/'.join(roles)}) detected with prompt {prompt!r}; "

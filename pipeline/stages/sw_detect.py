@@ -4,8 +4,11 @@ The detector is :mod:`pipeline.analysis.super_weight` (the same one the other su
 stages call); this stage writes what it finds.
 
 Tables: ``sw_down_proj_max`` (Fig. 3: per layer, the max-|.| input and output with positions, on
-the original model) and ``sw_directory`` (Table 2: layer, row, col, weight, input and output
-spike, token, share of the output explained, and whether ``row`` is a massive-activation dim).
+the original model, and the largest value written into the residual), ``sw_directory`` (Table 2:
+layer, row, col, weight, input and output spike, token, share of the output explained, and
+whether ``row`` is a massive-activation dim), ``sw_structure`` (per steady massive activation: one
+super weight, several MLPs writing it, or none; computed, never empty when there is one) and
+``sw_writers`` (the MLPs that write each one, with their largest weight).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, detect, massive_dims
+from pipeline.analysis.writers import massive_structure
 from pipeline.core.registry import StageSpec, register_stage
 
 STAGE = "sw_detect"
@@ -23,19 +27,26 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, threshold: float | str = "auto", r
         rel_threshold: float = 1000.0) -> dict[str, Any]:
     """Detect the super weights of ``ctx.model`` and write the directory and the Fig. 3 table."""
     ids = ctx.encode(prompt).to(ctx.device)  # paper B: the tokenizer's default special tokens = auto
-    found, maxima, hs, threshold = detect(ctx.model, ids, threshold=threshold, rel_spike=rel_spike,
-                                          min_abs=min_abs, min_share=min_share, max_iter=max_iter)
+    found, maxima, hs, threshold, in_threshold, rebuilt = detect(
+        ctx.model, ids, threshold=threshold, rel_spike=rel_spike, min_abs=min_abs, min_share=min_share, max_iter=max_iter)
     mdims = massive_dims(hs, abs_threshold, rel_threshold)
     toks = [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
     directory = [{**f, "token_text": toks[f["token"]], "row_is_massive_dim": f["row"] in mdims} for f in found]
+    structure, writers = massive_structure(ctx.model, ids, found, rel_spike=rel_spike,
+                                           abs_threshold=abs_threshold, rel_threshold=rel_threshold)
+    for r in structure + writers:
+        r["token_text"] = toks[r["token"]]
     paths = {"sw_down_proj_max": ctx.results.write("sw_down_proj_max", maxima, stage=STAGE),
-             "sw_directory": ctx.results.write("sw_directory", directory, stage=STAGE)}
+             "sw_directory": ctx.results.write("sw_directory", directory, stage=STAGE),
+             "sw_structure": ctx.results.write("sw_structure", structure, stage=STAGE),
+             "sw_writers": ctx.results.write("sw_writers", writers, stage=STAGE)}
     comparison = compare_with_paper(ctx.paper_numbers("super_weight"), directory)
     if comparison:
         paths["sw_paper"] = ctx.results.write("sw_paper", comparison, stage=STAGE)
     ctx.logger.log_metrics({"sw/n_super_weights": len(directory)})
     return {"directory": directory, "maxima": maxima, "massive_dims": sorted(mdims), "paths": paths,
-            "comparison": comparison, "prompt": prompt, "threshold": threshold}
+            "comparison": comparison, "prompt": prompt, "threshold": threshold, "in_threshold": in_threshold,
+            "structure": structure, "normed": ctx.arch.mlp_out_norm is not None, "rebuilt": rebuilt}
 
 
 def compare_with_paper(paper: dict | None, directory: list[dict]) -> list[dict]:
@@ -50,7 +61,9 @@ def compare_with_paper(paper: dict | None, directory: list[dict]) -> list[dict]:
 
 
 def format_summary(out: dict[str, Any]) -> str:
-    lines = [f"super weights (prompt {out['prompt']!r}, spike threshold {out['threshold']:.1f}):"]
+    where = " (outputs after the post-MLP norm, where they join the residual)" if out.get("normed") else ""
+    lines = [f"super weights (prompt {out['prompt']!r}, spike thresholds: output {out['threshold']:.1f}{where}, "
+             f"input {out['in_threshold']:.1f}):"]
     if not out["directory"]:
         lines.append("  none found")
     for d in out["directory"]:
@@ -60,11 +73,20 @@ def format_summary(out: dict[str, Any]) -> str:
                      f"  {d['role']}"
                      f"{'  row = a massive-activation dim' if d['row_is_massive_dim'] else ''}")
     lines.append("  (layers 0-based, as paper B; W[row = output channel, col = input channel])")
+    if out["rebuilt"]:
+        lines.append(f"  set aside, not super weights: {len(out['rebuilt'])} spike(s) explained by one weight whose "
+                     "massive activation survives zeroing it (other MLPs keep it up or rebuild it): " + ", ".join(
+                         f"layer {r['layer']} W[{r['row']}, {r['col']}] ({r['survives']:.0%} left)" for r in out["rebuilt"][:6]))
+    if out["structure"]:
+        lines.append("how each steady massive activation is built:")
+    for r in out["structure"]:
+        lines.append(f"  dim {r['dim']} at token {r['token']} {r['token_text']!r} (peak {r['peak_value']:+.4g} at layer "
+                     f"{r['peak_layer']}): {r['structure']}")
     for c in out["comparison"]:
         lines.append(f"  paper B: layer {c['layer']} [{c['row']}, {c['col']}]  ours {'yes' if c['in_ours'] else 'no'}"
                      f"  paper {'yes' if c['in_paper'] else 'no'}")
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_down_proj_max', 'sw_directory', 'sw_paper'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_down_proj_max', 'sw_directory', 'sw_structure', 'sw_writers', 'sw_paper'),
                                 artefact='paper B §3.2: Table 2, Fig. 3'))
