@@ -78,3 +78,30 @@ def test_paper_comparison_for_a_paper_model():
     assert rows["table1_top"]["ours"] == "[2500.0, 1250.0, 625.0]" and not rows["table1_top"]["paper_verified"]
     assert ma_profile.compare_with_paper(None, layer_rows, massive) == []
     assert paper_numbers("massive_activations", None) is None
+
+
+def test_figure_labels_stay_legible():
+    """Defects: a whitespace token's red bold label was blank in the attention maps; Fig. 3's
+    integer layer axis showed 2.5 / 7.5 ticks; its title ran off the figure."""
+    import matplotlib
+    import pandas as pd
+
+    from pipeline.figures import massive as figs
+    from pipeline.figures.registry import token_label
+
+    assert token_label(" ") == "\u2423" and token_label("  ") == "\u2423\u2423" and token_label("") == "\u2205"
+    assert token_label("\n") == "\\n" and token_label(" the") == " the"
+    rows = pd.DataFrame([{"layer": i, "layer_1based": i + 1, "top1": 10.0 * (i + 1), "top2": 5.0, "top3": 4.0,
+                          "median": 1.0, "n_sequences": 2, "dataset": "wiki_summaries"} for i in range(8)])
+    seen = {}
+    orig = figs.save
+    figs.save = lambda fig, out: seen.setdefault("fig", fig) and out
+    try:
+        matplotlib.use("Agg")
+        figs.fig3_layers(rows, "a_model_with_a_long_name_to_fit", "unused.png")
+    finally:
+        figs.save = orig
+    ax = seen["fig"].axes[0]
+    seen["fig"].canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    assert "\n" in ax.get_title()  # two lines: model, then the setting

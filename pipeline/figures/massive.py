@@ -13,8 +13,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator  # layers are integers: no 2.5 / 7.5 ticks
 
-from pipeline.figures.registry import figure, save
+from pipeline.figures.registry import figure, save, token_label
 
 
 @figure("ma_profile", "fig3_layers", ("ma_layer_stats",), per_dataset=True)
@@ -28,9 +29,10 @@ def fig3_layers(df: pd.DataFrame, model: str, out: Path) -> Path:
         ax.plot(x, df[col], marker="o", ms=3, lw=1.6, color=color, label=col.replace("top", "top "))
     ax.set_yscale("log")
     ax.set_xlabel("layers (1-based, as in paper A)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("magnitudes (log scale)")
     n = int(df["n_sequences"].iloc[0])
-    ax.set_title(f"{model}: |hidden state| per layer ({n} seqs of {dataset})", fontsize=9)
+    ax.set_title(f"{model}: |hidden state| per layer\n({n} sequences of {dataset})", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(frameon=False, fontsize=8)
     return save(fig, out)
@@ -43,7 +45,7 @@ def fig1_landscape(df: pd.DataFrame, model: str, out: Path) -> Path:
     Right: every token's |h| over the dims on a log axis, where the smaller massive dims
     (SmolLM2's 247 at 1,800 beside 507 at 24,000) stay visible; the top dims are labelled."""
     layer = int(df["layer"].iloc[0])
-    tokens = [repr(str(t))[1:-1] for t in df.drop_duplicates("position").sort_values("position")["token"]]
+    tokens = [token_label(t) for t in df.drop_duplicates("position").sort_values("position")["token"]]
     top = df.groupby("dim")["abs_value"].max().nlargest(3)
     fig = plt.figure(figsize=(11, 4.6))
     ax = fig.add_subplot(1, 2, 1, projection="3d")
@@ -96,7 +98,7 @@ def fig_attention_maps(df: pd.DataFrame, model: str, out: Path) -> Path:
     layers = sorted(df["layer"].unique())
     n = int(df["query"].max()) + 1
     last = df[(df["layer"] == layers[0]) & (df["query"] == n - 1)].sort_values("key")
-    tokens = [repr(str(t))[1:-1] for t in last["key_token"]]
+    tokens = [token_label(t) for t in last["key_token"]]
     massive = set(last.loc[last["key_in_massive_set"].astype(str) == "True", "key"].astype(int))
     fig, axes = plt.subplots(2, len(layers), figsize=(4.4 * len(layers), 8.4), squeeze=False)
     rows = [("logprob", "mean over heads of log p\n(= mean logit - per-query constant)"),
@@ -135,6 +137,7 @@ def fig_attention_share(df: pd.DataFrame, model: str, out: Path) -> Path:
     if len(hits):
         ax.axvline(int(hits["layer_1based"].min()), color="k", lw=0.8, ls=":", label="massive layer")
     ax.set_xlabel("layers (1-based, as in paper A)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("attention share (mean over heads, queries)")
     ax.set_ylim(0, 1)
     ax.set_title(f"{model}: attention on S = tokens {df['massive_positions'].iloc[0]}", fontsize=9)
@@ -152,7 +155,7 @@ def fig5_stopwords(df: pd.DataFrame, model: str, out: Path, n_top: int = 10) -> 
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
     ax.bar(x - 0.2, top["prob_original"], 0.4, color="#1f77b4", label="original")
     ax.bar(x + 0.2, top["prob_no_sw"], 0.4, color="#d62728", label="no super weight")
-    ax.set_xticks(x, [repr(str(t))[1:-1] for t in top["token"]], fontsize=8)
+    ax.set_xticks(x, [token_label(t) for t in top["token"]], fontsize=8)
     ax.set_ylabel("average next-token probability")
     n, sw = int(top["n_prompts"].iloc[0]), str(top["super_weights"].iloc[0])
     ax.set_title(f"{model}: {n} LAMBADA prompts; pruned (layer:row:col) {sw}", fontsize=8)
@@ -201,6 +204,7 @@ def fig_attention_decomposition(df: pd.DataFrame, model: str, out: Path) -> Path
         ax.plot(x, df[col_s], marker="o", ms=3, color="#d62728", label="part from S (massive tokens)")
         ax.plot(x, df[col_r], marker="o", ms=3, color="#7f7f7f", label="part from the other keys")
         ax.set_xlabel("layers (1-based, as in paper A)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label, fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=7)

@@ -19,6 +19,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pipeline.core.errors import PipelineError  # noqa: E402
 
 
+def token_label(token: object) -> str:
+    """A token as a tick label that is never blank: escapes shown (\\n), a token of spaces
+    drawn as open boxes (a red bold ' ' was invisible in the attention maps), '' as a symbol."""
+    text = repr(str(token))[1:-1]
+    if not text.strip():
+        return "\u2423" * len(text) if text else "\u2205"
+    return text
+
+
 def save(fig, out: Path) -> Path:
     """Lay out, write as a 150-dpi PNG, free the figure (a full disk: one line, no traceback)."""
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+from matplotlib.ticker import MaxNLocator  # layers are integers: no 2.5 / 7.5 ticks
 
 from pipeline.figures.registry import figure, save
 
@@ -20,6 +21,7 @@ def fig3_down_proj(df: pd.DataFrame, model: str, out: Path, sw_directory: pd.Dat
         ax.plot(df["layer"], df[col], marker="o", ms=3, lw=1.4, color="#1f77b4")
         ax.axhline(0, color="k", lw=0.5)
         ax.set_xlabel("layer (0-based, as paper B)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("value at max |.|")
         ax.set_title(f"{model}: {title}", fontsize=9)
         ax.grid(alpha=0.3)
@@ -54,6 +56,7 @@ def fig4_layer_max(df: pd.DataFrame, model: str, out: Path) -> Path:
         g = g.sort_values("layer")
         ax.plot(g["layer"], g["max_abs"], marker="o", ms=3, label=cond, **styles.get(cond, {}))
     ax.set_xlabel("layer (0-based)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("max |layer output|")
     ax.set_title(f"{model}: max activation per layer", fontsize=9)
     ax.grid(alpha=0.3)
