@@ -72,3 +72,13 @@ def test_peak_layer_is_searched_in_every_layer(tmp_path):
         out = ma_profile.run(ctx, n_sequences=2, seq_len=32)
     dim7 = next(m for m in out["massive"] if m["dim"] == 7)
     assert dim7["last_layer"] == 2 and dim7["peak_layer"] == 3 and dim7["peak_value_mean"] > 50000
+
+
+def test_a_transient_dim_on_the_steady_token_does_not_move_the_massive_layer(tmp_path):
+    """On a real model the first token holds a transient dim from layer 0 and the steady one from
+    layer 3: the attention layers must follow the steady one."""
+    ctx = make_ctx(tmp_path)
+    with transient_then_steady(ctx.model, transient_position=0):
+        out = ma_attention.run(ctx, prompt="Summer is warm. Winter is cold. The cat sat on the mat.")
+    assert out["massive_layer"] == 1 and [t["position"] for t in out["massive_tokens"]] == [0]
+    assert out["layers"][0] == 2  # the layer after the massive layer

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.analysis.massive import massive_mask
 from pipeline.core.errors import PipelineError
 from pipeline.models.arch import get_arch, layer, resolve
 from pipeline.models.attention_impl import attention_implementation
@@ -86,12 +85,6 @@ def attention_site(model: nn.Module, i: int, which: str) -> nn.Module | None:
         raise PipelineError(f"'{path}' in the {spec.model_type} model is a {type(found).__name__}, "
                             "not a Linear; fix its ArchSpec in pipeline/models/arch.py")
     return found
-
-
-def massive_positions(h: torch.Tensor, abs_threshold: float, rel_threshold: float) -> list[int]:
-    """Positions of one sequence's hidden state ``h`` (T, D) holding a massive activation
-    (paper A's definition, :func:`pipeline.analysis.massive.massive_mask`)."""
-    return sorted(torch.nonzero(massive_mask(h, abs_threshold, rel_threshold).any(dim=-1)).flatten().tolist())
 
 
 def _queries(n: int, keys: Sequence[int]) -> range:

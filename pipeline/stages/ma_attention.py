@@ -33,10 +33,9 @@ from pipeline.analysis.attention import (
     eager_attention,
     expand_kv_heads,
     head_mean_logprobs,
-    massive_positions,
     uniform_share,
 )
-from pipeline.analysis.massive import is_steady
+from pipeline.analysis.massive import is_steady, massive_mask
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
 from pipeline.hooks.positions import delimiter_test, token_types
@@ -52,28 +51,34 @@ DEFAULT_PROMPT = ("The following are multiple choice questions (with answers) ab
 
 
 @torch.inference_mode()
-def detect_massive(ctx, ids: torch.Tensor, abs_threshold: float, rel_threshold: float) -> list[list[int]]:
-    """Per decoder layer, the positions of ``ids`` (1, T) whose output holds a massive activation."""
-    found: dict[int, list[int]] = {}
+def detect_massive(ctx, ids: torch.Tensor, abs_threshold: float, rel_threshold: float) -> list[list[tuple[int, int]]]:
+    """Per decoder layer, the (position, dim) cells of ``ids`` (1, T) holding a massive activation."""
+    found: dict[int, list[tuple[int, int]]] = {}
     modules = {str(i): m for i, m in enumerate(decoder_layers(ctx.model))}
     with capture(modules, lambda n, h: found.__setitem__(
-            int(n), massive_positions(h[0], abs_threshold, rel_threshold))):
+            int(n), [tuple(c) for c in torch.nonzero(massive_mask(h[0], abs_threshold, rel_threshold)).tolist()])):
         forward_without_logits(ctx.model, ids.to(ctx.device))
     return [found[i] for i in range(len(modules))]
 
 
-def steady_positions(massive_by_layer: list[list[int]]) -> tuple[list[int], int | None, dict[int, list[int]]]:
-    """The token set S: positions holding a *steady* massive activation (:func:`is_steady`: in at
-    least half the layers from where it first appears), the first layer where one appears, and
-    the transient positions left out (position -> its layers)."""
-    layers_of: dict[int, list[int]] = {}
-    for i, positions in enumerate(massive_by_layer):
-        for p in positions:
-            layers_of.setdefault(p, []).append(i)
-    n = len(massive_by_layer)
-    steady = sorted(p for p, ls in layers_of.items() if is_steady(ls, n))
-    first = min((layers_of[p][0] for p in steady), default=None)
-    return steady, first, {p: ls for p, ls in sorted(layers_of.items()) if p not in steady}
+def steady_positions(cells_by_layer: list[list[tuple[int, int]]]) -> tuple[list[int], int | None, dict[int, list[int]]]:
+    """The token set S: positions holding a *steady* massive activation in some dim
+    (:func:`is_steady` per (position, dim): in at least half the layers from where it first
+    appears), the first layer where a steady one appears (a transient dim on the same token
+    earlier does not count), and the positions left out (position -> the layers it was massive)."""
+    layers_of: dict[tuple[int, int], list[int]] = {}
+    for i, cells in enumerate(cells_by_layer):
+        for cell in cells:
+            layers_of.setdefault(cell, []).append(i)
+    n = len(cells_by_layer)
+    steady = {c: ls for c, ls in layers_of.items() if is_steady(ls, n)}
+    keys = sorted({p for p, _ in steady})
+    first = min((ls[0] for ls in steady.values()), default=None)
+    left_out: dict[int, set[int]] = {}
+    for (p, _), ls in layers_of.items():
+        if p not in keys:
+            left_out.setdefault(p, set()).update(ls)
+    return keys, first, {p: sorted(ls) for p, ls in sorted(left_out.items())}
 
 
 def choose_layers(model: torch.nn.Module, layers: list[int] | int | str, massive_layer: int | None) -> list[int]:
@@ -186,8 +191,9 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, layers: list[int] | int | str = "a
     """
     ids = ctx.encode(prompt, prompt_bos)
     tokens = [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
-    massive_by_layer = detect_massive(ctx, ids, abs_threshold, rel_threshold)
-    keys, massive_layer, transient = steady_positions(massive_by_layer)
+    cells_by_layer = detect_massive(ctx, ids, abs_threshold, rel_threshold)
+    keys, massive_layer, transient = steady_positions(cells_by_layer)
+    massive_by_layer = [sorted({p for p, _ in cells}) for cells in cells_by_layer]
     notes = []
     if massive_layer is None:  # keep going on the starting token, and say so everywhere
         keys, token_set = [0], "first_token (no steady massive activation found)"
