@@ -50,7 +50,7 @@ def test_attention_token_set_is_the_steady_position(tmp_path):
         out = ma_attention.run(ctx, prompt="Summer is warm. Winter is cold. The cat sat on the mat.", layers=[2])
     assert out["massive_layer"] == 1 and [t["position"] for t in out["massive_tokens"]] == [0]
     summary = ma_attention.format_summary(out)
-    assert "left out of S: position 2" in summary and "queries" in summary
+    assert "left out of S: 1 position(s): 2 " in summary and "queries" in summary
 
 
 def test_fig1_is_drawn_where_the_steady_dim_appears(tmp_path):

@@ -202,9 +202,10 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, layers: list[int] | int | str = "a
     else:
         token_set = "massive"
     if transient:
-        notes.append("not steady (massive in too few layers), left out of S: "
-                     + ", ".join(f"position {p} {tokens[p]!r} (layers {ls[0]}-{ls[-1]}, {len(ls)} of them)"
-                                 for p, ls in transient.items()))
+        shown = list(transient.items())[:6]
+        notes.append(f"not steady (massive in too few layers), left out of S: {len(transient)} position(s): "
+                     + ", ".join(f"{p} {tokens[p]!r} (layers {ls[0]}-{ls[-1]})" for p, ls in shown)
+                     + (", ..." if len(transient) > len(shown) else ""))
     chosen = choose_layers(ctx.model, layers, massive_layer)
     decomp_at = chosen if decomp_layers == "layers" else choose_layers(ctx.model, decomp_layers, massive_layer)
     rec = record_attention(ctx, ids, sorted(set(chosen) | set(decomp_at)))
