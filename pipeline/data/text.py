@@ -63,7 +63,7 @@ def resolve_bos(tokenizer: Any, rule: str, what: str = "text") -> str:
     key = (what, str(getattr(tokenizer, "name_or_path", type(tokenizer).__name__)))
     if rule == "never" and adds and key not in _WARNED:
         _WARNED.add(key)
-        log.warning("%s: bos=never drops the BOS token this model's tokenizer adds; set bos=auto "
+        log.warning("warning: %s: bos=never drops the BOS token this model's tokenizer adds; set bos=auto "
                     "(or run.bos=auto) to follow the tokenizer", what)
     return rule
 
