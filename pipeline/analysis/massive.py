@@ -43,6 +43,7 @@ def massive_mask(h: torch.Tensor, abs_threshold: float, rel_threshold: float) ->
     return mag > massive_threshold(float(lower_median(mag.reshape(1, -1))[0]), abs_threshold, rel_threshold)
 
 
+SEEN_TOP = 64  # per sequence and layer, the top entries a dim's peak is searched among
 STEADY_LAYER_FRAC = 0.5  # of the layers from its first appearance to the last
 STEADY_SEQ_FRAC = 0.5    # of the sequences, at the layer where it first appears
 
@@ -127,7 +128,7 @@ class LayerProfile:
     """
 
     def __init__(self, n_layers: int, *, abs_threshold: float = 100.0, rel_threshold: float = 1000.0,
-                 max_hits: int = 64, topk: int = 3):
+                 max_hits: int = 1024, topk: int = 3):
         self.n_layers, self.k = n_layers, topk
         self.abs_threshold, self.rel_threshold, self.max_hits = abs_threshold, rel_threshold, max_hits
         self.n_seq = 0
@@ -136,7 +137,7 @@ class LayerProfile:
         self.median_sum = torch.zeros(n_layers, dtype=torch.float64)
         self.top1_where: list[Counter] = [Counter() for _ in range(n_layers)]  # (dim, token type)
         self.hits: dict[tuple[int, int, str], HitStats] = defaultdict(HitStats)
-        # every (layer, dim, token type) among a sequence's top ``max_hits``, massive or not:
+        # every (layer, dim, token type) among a sequence's top SEEN_TOP values, massive or not:
         # [sum of signed values, count], so a dim's peak is found in layers where the ratio rule
         # fails too (a median that grows faster than the dim hides it there)
         self.seen: dict[tuple[int, int, str], list[float]] = defaultdict(lambda: [0.0, 0])
@@ -186,10 +187,13 @@ class LayerProfile:
             pos, dim = divmod(i, self._dims)
             if j == 0:  # where the layer's largest magnitude sits, for the Fig. 3 table
                 self.top1_where[layer][(dim, types[pos])] += 1
-            seen = self.seen[(layer, dim, types[pos])]
-            seen[0] += s
-            seen[1] += 1
+            if j < SEEN_TOP:
+                seen = self.seen[(layer, dim, types[pos])]
+                seen[0] += s
+                seen[1] += 1
             if not v > threshold:
+                if j >= SEEN_TOP:
+                    break  # sorted: nothing further passes, and the peak search has its top entries
                 continue
             passed += 1
             self.hits[(layer, dim, types[pos])].add(s, v / max(median, 1e-30), seq, texts[pos], pos)

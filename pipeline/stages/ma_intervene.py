@@ -62,7 +62,7 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
         calib_seq_len: int = 512, min_frac: float = 0.5, ppl_data: list[str] | tuple[str, ...] = ("wiki_summaries",),
         ppl_seq_len: int = 1024, ppl_windows: int | str = 16, eval_suite: str | None = "paper_a",
         zero_shot_limit: int | None = 100, batch_size: int = 1, eval_batch_size: int = 8,
-        abs_threshold: float = 100.0, rel_threshold: float = 1000.0, max_hits: int = 64,
+        abs_threshold: float = 100.0, rel_threshold: float = 1000.0, max_hits: int = 1024,
         delimiters: list[str] | tuple[str, ...] = (".", "\n"), seed: int = 0) -> dict[str, Any]:
     """Run every condition; returns the paper-style table and where it was written."""
     unknown = sorted(set(conditions) - set(CONDITIONS))

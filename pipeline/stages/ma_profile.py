@@ -65,7 +65,7 @@ def compare_with_paper(paper: dict | None, layer_rows: list[dict], massive: list
 
 
 def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: str = "sequential",
-        abs_threshold: float = 100.0, rel_threshold: float = 1000.0, max_hits: int = 64,
+        abs_threshold: float = 100.0, rel_threshold: float = 1000.0, max_hits: int = 1024,
         delimiters: list[str] | tuple[str, ...] = (".", "\n"), fig1_prompt: str = "Summer is warm. Winter is cold.",
         fig1_layer: int | str = "auto", fig1_bos: str = "auto") -> dict[str, Any]:
     """Profile |hidden state| per layer, detect massive activations, and record the Fig. 1 layer."""
