@@ -25,6 +25,12 @@ def fig3_down_proj(df: pd.DataFrame, model: str, out: Path, sw_directory: pd.Dat
         ax.set_ylabel("value at max |.|")
         ax.set_title(f"{model}: {title}", fontsize=9)
         ax.grid(alpha=0.3)
+        if col == "out_max" and "residual_max" in df and not (df["residual_max"] - df["out_max"]).abs().lt(
+                1e-3 * df["out_max"].abs().max()).all():  # a norm after the MLP: what joins the residual
+            twin = ax.twinx()
+            twin.plot(df["layer"], df["residual_max"], marker="s", ms=3, lw=1.2, ls="--", color="#ff7f0e")
+            twin.set_ylabel("after the post-MLP norm (joins the residual)", color="#ff7f0e", fontsize=8)
+            ax.set_title(f"{model}: {title} (blue) and what the MLP adds to the residual (orange)", fontsize=8)
         if directory is not None:
             for r in directory.itertuples():
                 y = df.loc[df["layer"] == r.layer, col]
