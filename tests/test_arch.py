@@ -61,6 +61,7 @@ CONFIG_KWARGS: dict[str, dict] = {
         mm_tokens_per_image=4,
     ),
     "gpt2": dict(n_embd=H, n_layer=2, n_head=4, n_positions=64, vocab_size=128, **TOKENS),
+    "ma_gpt2": dict(n_embd=H, n_layer=2, n_head=4, n_positions=64, vocab_size=128, attn_bias=True, **TOKENS),
     "opt": dict(
         hidden_size=H,
         ffn_dim=64,
@@ -305,7 +306,7 @@ def test_attention_value_and_output_projections(model_type: str) -> None:
     o_proj = arch.resolve(block, spec.o_proj)
     assert isinstance(o_proj, nn.Linear) and o_proj.out_features == text.hidden_size
     assert o_proj.in_features % text.num_attention_heads == 0
-    if model_type == "phi3":  # fused qkv_proj
+    if model_type in ("phi3", "ma_gpt2"):  # fused qkv_proj / c_attn
         assert spec.v_proj is None
         return
     v_proj = arch.resolve(block, spec.v_proj)

@@ -188,6 +188,25 @@ _SPECS: list[ArchSpec] = [
         attn_inputs=("attn.c_attn",),
         mlp_inputs=("mlp.c_fc",),
     ),
+    # paper A's GPT-2 variants (pipeline/models/ma_gpt2.py): nanoGPT layout with nn.Linear, fused
+    # qkv; the sink variant's learnable tokens come before the text and carry no position
+    ArchSpec(
+        model_type="ma_gpt2",
+        layers="transformer.h",
+        attn="attn",
+        mlp="mlp",
+        down_proj="mlp.c_proj",
+        final_norm="transformer.ln_f",
+        lm_head="lm_head",
+        embed="transformer.wte",
+        gated_mlp=False,
+        o_proj="attn.c_proj",
+        input_norm="ln_1",
+        post_attn_norm="ln_2",
+        attn_inputs=("attn.c_attn",),
+        mlp_inputs=("mlp.c_fc",),
+        prefix_tokens=(("sink", "sink_tokens"),),
+    ),
     ArchSpec(
         model_type="opt",
         layers="model.decoder.layers",
