@@ -14,6 +14,7 @@ from pipeline.hooks.forward import patch
 from pipeline.models.arch import get_arch, layer
 from pipeline.models.tiny import tiny_model
 
+ROOT = Path(__file__).resolve().parents[1]
 TEXT = ("Summer is warm. Winter is cold. The cat sat on the mat. " * 40 + "\n") * 20
 
 
@@ -94,3 +95,31 @@ def snapshot(model) -> dict:
 def unchanged(model, state: dict) -> bool:
     """True when every tensor equals its snapshot bit for bit."""
     return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def tiny_training(ckpt_dir, max_steps: int = 12, kill_at: int | None = None, **cfg_kw):
+    """Train a tiny GPT-2 variant on random tokens (the SIGKILL test runs this in a child
+    process: ``kill_at`` = the step at which it kills itself, after a checkpoint)."""
+    import os
+    import signal
+
+    import numpy as np
+
+    from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
+    from pipeline.train.data import TokenBatches
+    from pipeline.train.loop import TrainConfig, train
+
+    torch.manual_seed(0)
+    model = MAGPTForCausalLM(MAGPTConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4))
+    rng = np.random.RandomState(0)
+    source = TokenBatches({"train": rng.randint(0, 64, 5000), "val": rng.randint(0, 64, 1000)},
+                          micro_batch=4, block_size=16, seed=0)
+    cfg = TrainConfig(**{"max_steps": max_steps, "warmup_steps": 2, "decay_steps": max_steps, "eval_every": 1,
+                         "ckpt_every": 4, "lr": 3e-3, "grad_accum": 2, **cfg_kw})
+
+    def on_eval(step):
+        if kill_at is not None and step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return {"val_loss": float(model(input_ids=source.batch("val", 0), labels=source.batch("val", 0)).loss)}
+
+    return model, train(model, source.batch, cfg, Path(ckpt_dir), device=torch.device("cpu"), on_eval=on_eval)

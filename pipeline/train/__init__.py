@@ -1,0 +1,1 @@
+"""Training: the loop (``loop``), batches that make resume exact (``data``)."""

@@ -1,0 +1,71 @@
+"""The training loop on a tiny model, CPU: schedule, exact resume after SIGKILL, NaN stop with
+the last good checkpoint kept, freeze_until, checkpoints that load as models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from pipeline.core.errors import PipelineError
+from pipeline.train.loop import TrainConfig, frozen_at, lr_at
+from tests.helpers import ROOT, tiny_training
+
+
+def test_warmup_then_cosine():
+    cfg = TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=4, decay_steps=14)
+    lrs = [lr_at(s, cfg) for s in range(16)]
+    assert lrs[:4] == sorted(lrs[:4]) and lrs[3] < 1.0 and lrs[4] == pytest.approx(1.0)
+    assert lrs[4:15] == sorted(lrs[4:15], reverse=True) and lrs[14] == lrs[15] == 0.1
+
+
+def test_resume_after_sigkill_gives_the_same_curve(tmp_path):
+    _, straight = tiny_training(tmp_path / "straight")
+    child = subprocess.run([sys.executable, "-c", "from tests.helpers import tiny_training; "
+                            f"tiny_training({str(tmp_path / 'killed')!r}, kill_at=10)"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert child.returncode == -9, child.stderr[-2000:]  # killed by SIGKILL, mid-run
+    state = json.loads((tmp_path / "killed" / "train_state.json").read_text())
+    assert state["step"] == 8  # the last checkpoint before the kill
+    _, resumed = tiny_training(tmp_path / "killed")
+    assert [r["step"] for r in resumed] == list(range(1, 13))
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]  # bit for bit
+    assert [r["val_loss"] for r in resumed] == [r["val_loss"] for r in straight]
+
+
+def test_a_nan_loss_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    model, _ = tiny_training(tmp_path / "ok", max_steps=4)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.fill_(float("nan"))
+    model.save_pretrained(tmp_path / "ok")  # the next run resumes from poisoned weights ...
+    state = json.loads((tmp_path / "ok" / "train_state.json").read_text())
+    with pytest.raises(PipelineError, match="loss is nan at step 4: stopped; the last good checkpoint is kept"):
+        tiny_training(tmp_path / "ok", max_steps=8)
+    assert json.loads((tmp_path / "ok" / "train_state.json").read_text()) == state  # ... which is untouched
+
+
+def test_freeze_until_holds_a_parameter_then_releases_it(tmp_path):
+    assert frozen_at(2, ("3:transformer.h.1", "1:lm_head")) == ["transformer.h.1"]
+    with pytest.raises(PipelineError, match="STEP:parameter.prefix"):
+        frozen_at(0, ("later:h.1",))
+    model, _ = tiny_training(tmp_path / "a", max_steps=3, freeze_until=("3:transformer.h.1.attn",))
+    torch.manual_seed(0)
+    from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
+
+    init = MAGPTForCausalLM(MAGPTConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4))
+    assert torch.equal(model.transformer.h[1].attn.c_attn.weight, init.transformer.h[1].attn.c_attn.weight)
+    assert not torch.equal(model.transformer.h[0].attn.c_attn.weight, init.transformer.h[0].attn.c_attn.weight)
+    model, _ = tiny_training(tmp_path / "a", max_steps=5, freeze_until=("3:transformer.h.1.attn",))
+    assert not torch.equal(model.transformer.h[1].attn.c_attn.weight, init.transformer.h[1].attn.c_attn.weight)
+
+
+def test_a_checkpoint_is_a_model(tmp_path):
+    model, _ = tiny_training(tmp_path / "c", max_steps=4)
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "c").eval()
+    ids = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(model.eval()(ids).logits, again(ids).logits)
