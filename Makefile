@@ -15,7 +15,7 @@ EXP    ?= massive_activations_default
 PYTEST := $(PY) -m pytest -q -m "not gpu"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-gpu lint repro record sweep figures bench clean assets
+.PHONY: help setup run test test-fast test-gpu lint repro record sweep train figures bench clean assets
 
 help: ## list the targets and the experiments
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ repro: setup ## run one paper artefact into outputs/results/: make repro EXP=mas
 
 record: setup ## run one paper artefact INTO THE COMMITTED RECORD results/ (no debug, no tiny models)
 	$(PY) -m pipeline experiment=$(EXP) run.record=true $(ARGS)
+
+train: setup ## train from scratch into outputs/: make train EXP=massive_activations_gpt2_attn_bias (ARGS='debug=cpu': seconds)
+	$(PY) -m pipeline experiment=$(EXP) $(ARGS)
 
 sweep: setup ## multirun, e.g. make sweep ARGS='model=llama2_7b,mistral_7b hydra/launcher=slurm'
 	$(PY) -m pipeline -m experiment=$(EXP) $(ARGS)

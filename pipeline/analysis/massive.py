@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from pipeline.hooks.forward import capture
 from pipeline.hooks.positions import delimiter_test, token_types
-from pipeline.models.arch import decoder_layers, num_layers
+from pipeline.models.arch import decoder_layers, num_layers, prefix_roles
 from pipeline.models.load import forward_without_logits
 
 
@@ -237,20 +237,22 @@ class LayerProfile:
 
 @torch.inference_mode()
 def profile_layers(ctx, windows: torch.Tensor, *, batch_size: int, abs_threshold: float,
-                   rel_threshold: float, max_hits: int, delimiters: list[str]) -> LayerProfile:
+                   rel_threshold: float, max_hits: int, delimiters: list[str], quiet: bool = False) -> LayerProfile:
     """Run ``windows`` (N, L) through ``ctx.model`` with the reducing hooks on every decoder layer
     (``ctx``: anything with ``model``, ``tokenizer`` and ``device``)."""
     prof = LayerProfile(num_layers(ctx.model), abs_threshold=abs_threshold,
                         rel_threshold=rel_threshold, max_hits=max_hits)
     is_delim = delimiter_test(ctx.tokenizer, delimiters)
     texts_of: dict[int, str] = {}
+    prefix = prefix_roles(ctx.model)  # tokens the model puts before the text (a sink token)
     modules = {str(i): m for i, m in enumerate(decoder_layers(ctx.model))}
     with capture(modules, lambda name, h: prof.observe(int(name), h)):
-        for start in tqdm(range(0, len(windows), batch_size), desc="ma_profile", unit="batch"):
+        for start in tqdm(range(0, len(windows), batch_size), desc="ma_profile", unit="batch", disable=quiet):
             ids = windows[start:start + batch_size]
             for tid in set(ids.flatten().tolist()) - texts_of.keys():
                 texts_of[tid] = ctx.tokenizer.decode([tid])
-            prof.begin_batch(token_types(ids, is_delim), [[texts_of[t] for t in r] for r in ids.tolist()])
+            prof.begin_batch([prefix + t for t in token_types(ids, is_delim)],
+                             [[f"<{p}>" for p in prefix] + [texts_of[t] for t in r] for r in ids.tolist()])
             forward_without_logits(ctx.model, ids.to(ctx.device))
             prof.end_batch()
     return prof

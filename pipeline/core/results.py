@@ -184,14 +184,17 @@ class ResultsWriter:
         return self.exp_dir / f"{table}.csv"
 
     def write(self, table: str, rows: list[dict], *, stage: str, condition: str = "default",
-              step: int | None = None) -> Path:
+              step: int | str | None = None) -> Path:
         """Upsert ``rows`` of (stage, condition, step) into this run's staged ``table``.
 
-        Provenance columns come first. An empty ``rows`` deletes those rows. Raises ValueError if
-        a row uses a provenance name, PipelineError (one line) if the file cannot be written.
+        ``step="rows"``: each row carries its own ``step`` (a training curve), all upserted in one
+        rewrite. Provenance columns come first. An empty ``rows`` deletes those rows. Raises
+        ValueError if a row uses a provenance name, PipelineError (one line) if the file cannot be
+        written.
         """
+        per_row = step == "rows"
         for row in rows:
-            clash = sorted(set(row) & set(PROVENANCE_COLUMNS))
+            clash = sorted(set(row) & set(PROVENANCE_COLUMNS) - ({"step"} if per_row else set()))
             if clash:
                 raise ValueError(f"row keys {clash} collide with provenance columns")
         self.path(table)  # validates the name
@@ -209,7 +212,12 @@ class ResultsWriter:
             old = _read_text(path)
             if len(old):
                 key = {"stage": stage, "condition": condition, "step": "" if step is None else str(step)}
-                mine = (old.reindex(columns=list(ROW_KEY), fill_value="") == pd.Series(key)).all(axis=1)
+                cols = old.reindex(columns=list(ROW_KEY), fill_value="")
+                if per_row:  # every step these rows carry
+                    steps = {str(r["step"]) for r in rows}
+                    mine = (cols["stage"] == stage) & (cols["condition"] == condition) & cols["step"].isin(steps)
+                else:
+                    mine = (cols == pd.Series(key)).all(axis=1)
                 old = old.loc[~mine]
             merged = concat([old, new], PROVENANCE_COLUMNS)
             atomic_write(path, lambda fh: _write_csv(merged, fh))

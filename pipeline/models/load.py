@@ -7,6 +7,9 @@ Sources:
            dequantised once into a safetensors cache so later loads take seconds.
   local -- a directory saved with ``save_pretrained``.
   tiny  -- a random 2-4 layer model built from a config (tests, ``debug``).
+  init  -- a randomly initialised model to train: ``model_type`` + ``init`` (its config
+           keywords, seeded by ``init_seed``) and ``tokenizer: {bpe: vocab size, datasets: [...]}``
+           (a BPE trained in-process on the offline train splits).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.hub import require_hub
 from pipeline.models.gguf import converted_cache
 
-SOURCES = ("hub", "gguf", "local", "tiny")
+SOURCES = ("hub", "gguf", "local", "tiny", "init")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -60,6 +63,26 @@ def resolve_dtype(spec: str | None, device: torch.device) -> torch.dtype:
     return _DTYPES[spec]
 
 
+def _init_model(cfg: Mapping[str, Any], device: torch.device) -> tuple[torch.nn.Module, Any, torch.device]:
+    """A fresh model of ``model_type`` (weights from its own initialiser, seeded) and its tokenizer."""
+    from transformers import AutoConfig
+
+    from pipeline.data.bpe import offline_bpe
+
+    spec = dict(cfg.get("tokenizer") or {})
+    if "bpe" not in spec:
+        raise PipelineError(f"model '{cfg['name']}' (source init) needs tokenizer: {{bpe: <vocab size>, datasets: [...]}}")
+    tok = offline_bpe(int(spec["bpe"]), list(spec.get("datasets", ["wiki_summaries", "shakespeare", "austen"])))
+    try:
+        config = AutoConfig.for_model(str(cfg["model_type"]), vocab_size=len(tok), **dict(cfg.get("init") or {}))
+    except (KeyError, ValueError) as err:
+        raise PipelineError(f"model '{cfg['name']}': cannot build model_type {cfg.get('model_type')!r}: {err}") from err
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg.get("init_seed", 0)))
+        model = AutoModelForCausalLM.from_config(config)
+    return model.to(device=device, dtype=resolve_dtype(cfg.get("dtype"), device)).eval(), tok, device
+
+
 def _hub_path(cfg: Mapping[str, Any]) -> tuple[str, dict]:
     """The id to pass to from_pretrained, and kwargs (local_files_only when cached)."""
     from huggingface_hub import snapshot_download
@@ -94,6 +117,9 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.devi
 
         model, tok = tiny_model(cfg)
         return model.to(device=device, dtype=resolve_dtype(cfg.get("dtype"), device)), tok, device
+
+    if source == "init":
+        return _init_model(cfg, device)
 
     dtype = resolve_dtype(cfg.get("dtype"), device)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": config_bool(cfg, "trust_remote_code")}

@@ -10,4 +10,5 @@ from pipeline.stages import (  # noqa: F401
     sw_scale,
     sw_stopwords,
     sw_weightquant,
+    train_lm,
 )

@@ -1,0 +1,133 @@
+"""Stage ``train_lm``: train the run's model from scratch (paper A §4.3's GPT-2 variants) and
+record, every ``eval_every`` steps, the validation loss and the massive-activation profile of a
+fixed validation batch (the same streaming reducer ``ma_profile`` uses): the **emergence curve**.
+
+Tables: ``train_curve`` (per step: loss, lr; on evaluation steps the validation loss, the largest
+top-1 / median ratio over layers and where it sits, attention shares on the first token / the
+sink / the k' slot) and ``train_profile`` (per evaluation step and layer: top-1/2/3, median, ratio,
+where the top-1 sits). The trained model and its tokenizer are saved with ``save_pretrained``
+under ``checkpoint_dir`` (default ``outputs/checkpoints/<experiment>/<run key with setting>``) and load like any
+model: ``model.source=local model.path=<that dir>`` runs every other stage on it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.analysis.attention import capture_attention_weights
+from pipeline.analysis.massive import profile_layers
+from pipeline.core.paths import CACHE_DIR, REPO_ROOT
+from pipeline.core.registry import StageSpec, register_stage
+from pipeline.data.text import build_source, data_config, stream_tokens
+from pipeline.models.arch import layer_module, num_layers, prefix_roles
+from pipeline.models.attention_impl import attention_implementation
+from pipeline.train.data import TokenBatches, read_tokens, write_tokens
+from pipeline.train.loop import TrainConfig, train
+
+STAGE = "train_lm"
+PROFILE_COLUMNS = ("top1", "top2", "top3", "median", "top1_over_median", "top1_dim", "top1_token_type")
+
+
+def token_arrays(ctx, datasets: list[str]) -> dict[str, np.ndarray]:
+    """The train / val token streams of ``datasets`` (their train / eval splits) under the run's
+    tokenizer, tokenized once and cached as memory-mapped files."""
+    name = Path(str(getattr(ctx.tokenizer, "name_or_path", "tok"))).name or "tok"
+    folder = CACHE_DIR / "train_data" / f"{name}-{len(ctx.tokenizer)}-{'-'.join(datasets)}"
+    out = {}
+    for split, data_split in (("train", "train"), ("val", "eval")):
+        path = folder / f"{split}.bin"
+        if not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            ids: list[int] = []
+            for d in datasets:
+                cfg = data_config(d, ctx.catalog, split=data_split)
+                ids += stream_tokens(ctx.tokenizer, build_source(cfg), None, cfg.get("joiner", "\n\n"))
+            write_tokens(path, ids, len(ctx.tokenizer))
+        out[split] = read_tokens(path)
+    return out
+
+
+def attention_shares(ctx, ids: torch.Tensor) -> dict[str, float]:
+    """Mean attention (over layers, heads and queries) on the first text token, on the sink
+    token(s) and on the k' slot, wherever the model has them."""
+    n_prefix = len(prefix_roles(ctx.model))
+    sums = {"first": [], "sink": [], "kprime": []}
+
+    def on_probs(_name: str, p: torch.Tensor) -> None:
+        extra = p.shape[-1] - p.shape[-2]  # 1 when an explicit key/value slot comes first
+        if extra:
+            sums["kprime"].append(float(p[..., :extra].sum(-1).mean()))
+        if n_prefix:
+            sums["sink"].append(float(p[..., extra:extra + n_prefix].sum(-1).mean()))
+        sums["first"].append(float(p[..., n_prefix + 1:, extra + n_prefix].mean()))
+
+    attn = {str(i): layer_module(ctx.model, i, "attn") for i in range(num_layers(ctx.model))}
+    with attention_implementation(ctx.model, "eager"), capture_attention_weights(attn, on_probs):
+        ctx.model(input_ids=ids.to(ctx.device))
+    return {f"attn_share_{k}": (sum(v) / len(v) if v else float("nan")) for k, v in sums.items()}
+
+
+def run(ctx, *, steps: int = 300, micro_batch: int = 8, grad_accum: int = 1, block_size: int = 256,
+        optimizer: str = "adamw", lr: float = 1e-3, min_lr: float = 1e-4, warmup_steps: int = 30,
+        weight_decay: float = 0.1, grad_clip: float = 1.0, eval_every: int = 25, ckpt_every: int = 50,
+        eval_batches: int = 4, profile_sequences: int = 4, data: list[str] | tuple[str, ...] = ("wiki_summaries", "shakespeare", "austen"),
+        checkpoint_dir: str | None = None, abs_threshold: float = 100.0, rel_threshold: float = 1000.0,
+        freeze_until: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Train ``ctx.model``; write the curves; save the model where other stages can load it."""
+    source = TokenBatches(token_arrays(ctx, list(data)), micro_batch=micro_batch, block_size=block_size, seed=ctx.seed)
+    val = [source.batch("val", 0, i) for i in range(eval_batches)]  # fixed: the same every evaluation
+    probe = source.batch("val", 1, 0)[:profile_sequences]
+    model = ctx.model
+
+    def on_eval(step: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"val_loss": sum(float(model(input_ids=v.to(ctx.device), labels=v.to(ctx.device)).loss)
+                                               for v in val) / len(val)}
+        prof = profile_layers(ctx, probe, batch_size=len(probe), abs_threshold=abs_threshold,
+                              rel_threshold=rel_threshold, max_hits=64, delimiters=[".", "\n"], quiet=True)
+        layers = prof.layer_rows()
+        peak = max(layers, key=lambda r: r["top1_over_median"])
+        row.update(ratio_max=peak["top1_over_median"], ratio_max_layer=peak["layer"], top1_max=peak["top1"],
+                   top1_dim=peak["top1_dim"], top1_token_type=peak["top1_token_type"],
+                   massive=any(r["n_massive"] > 0 for r in layers), **attention_shares(ctx, probe))
+        for r in layers:  # kept in the history (and so in the checkpoint) for the per-layer table
+            row.update({f"L{r['layer']}_{k}": r[k] for k in PROFILE_COLUMNS})
+        return row
+
+    cfg = TrainConfig(max_steps=steps, micro_batch=micro_batch, grad_accum=grad_accum, block_size=block_size,
+                      optimizer=optimizer, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, decay_steps=steps,
+                      weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
+                      ckpt_every=ckpt_every, seed=ctx.seed, freeze_until=tuple(freeze_until))
+    # keyed by the run's setting: a run resumes only its own checkpoint, never another setting's
+    where = Path(checkpoint_dir) if checkpoint_dir else REPO_ROOT / "outputs" / "checkpoints" / ctx.experiment / ctx.results.key
+    history = train(model, source.batch, cfg, where / "last", device=ctx.device, on_eval=on_eval, desc=STAGE)
+    model.save_pretrained(where / "final")
+    ctx.tokenizer.save_pretrained(where / "final")
+    curve = [{k: v for k, v in r.items() if not k.startswith("L")} for r in history]
+    profile = [{"step": r["step"], "layer": i, "layer_1based": i + 1, **{k: r[f"L{i}_{k}"] for k in PROFILE_COLUMNS}}
+               for r in history if "val_loss" in r for i in range(num_layers(model))]
+    paths = {"train_curve": ctx.results.write("train_curve", curve, stage=STAGE, step="rows"),
+             "train_profile": ctx.results.write("train_profile", profile, stage=STAGE, step="rows")}
+    last = next(r for r in reversed(history) if "val_loss" in r)
+    ctx.logger.log_metrics({"train/val_loss": last["val_loss"], "train/ratio_max": last["ratio_max"]})
+    return {"paths": paths, "last": last, "checkpoint": str(where / "final"), "steps": steps,
+            "tokens": steps * grad_accum * micro_batch * block_size, "n_params": sum(p.numel() for p in model.parameters())}
+
+
+def format_summary(out: dict[str, Any]) -> str:
+    r = out["last"]
+    lines = [f"trained {out['n_params'] / 1e6:.1f}M parameters for {out['steps']} steps ({out['tokens']:,} tokens): "
+             f"val loss {r['val_loss']:.3f}",
+             f"  largest top-1 / median: {r['ratio_max']:.0f} at layer {r['ratio_max_layer']} (dim {r['top1_dim']}, "
+             f"{r['top1_token_type']}); massive by paper A's rule (> 100 and > 1000 x median): {'yes' if r['massive'] else 'no'}",
+             "  attention share on the first token {:.3f}, the sink {:.3f}, the k' slot {:.3f}".format(
+                 r["attn_share_first"], r["attn_share_sink"], r["attn_share_kprime"]),
+             f"  model saved for the other stages: model.source=local model.path={out['checkpoint']}"]
+    return "\n".join(lines)
+
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=("train_curve", "train_profile"),
+                                artefact="paper A §4.3: GPT-2 with default / sink / explicit attention bias"))

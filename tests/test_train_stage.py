@@ -1,0 +1,61 @@
+"""Stage train_lm on tiny GPT-2 variants: curves with steps, the emergence profile, attention
+shares on the first token / sink / k', and a trained checkpoint that the other stages load."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.context import Context
+from pipeline.core.catalog import Catalog
+from pipeline.core.loggers import Logger
+from pipeline.core.results import ResultsWriter
+from pipeline.data.text import build_source
+from pipeline.models.arch import get_arch
+from pipeline.models.load import load_model
+from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
+from pipeline.models.tiny import tiny_tokenizer
+from pipeline.stages import ma_profile, train_lm
+from tests.helpers import TEXT
+
+DATA = {"kind": "text", "text": TEXT, "joiner": "\n\n", "bos": "never"}
+VARIANTS = {"default": {}, "sink": {"sink_tokens": 1}, "attn_bias": {"attn_bias": True}}
+
+
+def context(tmp_path, model, tok, name):
+    data_cfg = {**DATA, "name": "tinytext"}
+    results = ResultsWriter(tmp_path / "results", "gpt2", model=name, revision=None, dataset="tinytext", seed=0,
+                            device="cpu")
+    return Context(model=model, tokenizer=tok, arch=get_arch(model), device=torch.device("cpu"), model_name=name,
+                   paper_key=None, data_cfg=data_cfg, source=build_source(data_cfg), results=results,
+                   logger=Logger(), experiment="gpt2", seed=0, catalog=Catalog({"data": {"tinytext": data_cfg}}))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_train_then_profile_the_checkpoint(tmp_path, monkeypatch, variant):
+    monkeypatch.setattr(train_lm, "CACHE_DIR", tmp_path / "cache")
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = MAGPTForCausalLM(MAGPTConfig(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                         **VARIANTS[variant]))
+    ctx = context(tmp_path, model, tok, variant)
+    out = train_lm.run(ctx, steps=4, micro_batch=2, block_size=32, eval_every=2, ckpt_every=2, eval_batches=1,
+                       profile_sequences=2, data=["tinytext"], checkpoint_dir=str(tmp_path / "ckpt"))
+    curve = ctx.results.read("train_curve")
+    assert list(curve["step"]) == [1, 2, 3, 4] and curve["val_loss"].notna().tolist() == [False, True, False, True]
+    assert len(ctx.results.read("train_profile")) == 2 * 2  # two evaluations x two layers
+    last = out["last"]
+    assert math.isnan(last["attn_share_kprime"]) == (variant != "attn_bias")
+    assert math.isnan(last["attn_share_sink"]) == (variant != "sink")
+    assert 0 < last["attn_share_first"] < 1
+    assert "massive by paper A's rule" in train_lm.format_summary(out)
+    # the trained model is a model like any other: load it and profile it
+    loaded, ltok, dev = load_model({"name": variant, "source": "local", "path": out["checkpoint"],
+                                    "dtype": "float32", "device": "cpu"})
+    prof = ma_profile.run(context(tmp_path / "p", loaded, ltok, variant), n_sequences=2, seq_len=32)
+    assert len(prof["layer_rows"]) == 2
+    first = ma_profile.fig1_landscape(context(tmp_path / "f", loaded, ltok, variant), "Summer is warm.", 0)[0]
+    text_first = ltok.decode(ltok("Summer is warm.", add_special_tokens=False).input_ids[:1])
+    assert first["token"] == ("<sink_1>" if variant == "sink" else text_first)  # the sink comes first, labelled
