@@ -22,11 +22,22 @@ def _compose(overrides, hydra_cfg=False):
         return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
 
 
+def group_choices(experiment: str) -> dict:
+    """The config-group choices an experiment makes (hydra.runtime.choices)."""
+    cfg = _compose([f"experiment={experiment}"], hydra_cfg=True)
+    return {k: v for k, v in cfg.hydra.runtime.choices.items() if v not in (None, "null")}
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_with_debug_cpu(experiment):
     cfg = _compose([f"experiment={experiment}", "debug=cpu"])
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    assert cfg.run.experiment == experiment
+    # results go to <results>/<run.experiment>/: the file's own name, except for the variants of
+    # one experiment (GPT-2 default / sink / attn_bias), which share a folder so that their
+    # tables and figures sit side by side: <experiment>_<variant>.yaml with variant=<variant>
+    variant = (group_choices(experiment) or {}).get("variant")
+    expected = experiment.removesuffix(f"_{variant}") if variant else experiment
+    assert cfg.run.experiment == expected
     from pipeline.__main__ import selected_stages
 
     assert selected_stages(cfg), "an experiment selects at least one stage"
@@ -42,7 +53,9 @@ def test_model_configs_have_required_keys(model):
     for key in ("name", "source", "dtype", "device", "trust_remote_code", "paper_key"):
         assert key in cfg, f"{model}: missing {key}"
     assert cfg.name == model and cfg.trust_remote_code is False
-    assert cfg.source in ("hub", "gguf", "local", "tiny")
+    from pipeline.models.load import SOURCES
+
+    assert cfg.source in SOURCES
 
 
 def test_slurm_and_joblib_launchers_compose():

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # before any pyplot import: figures are files, there is n
 
 from pipeline.core.results import read_table, rebuild_views  # noqa: E402
 from pipeline.core.store import tables_of  # noqa: E402
-from pipeline.figures import massive, super_weight  # noqa: E402, F401  (register their figures)
+from pipeline.figures import massive, super_weight, training  # noqa: E402, F401  (register their figures)
 from pipeline.figures.registry import FIGURES, FigureSpec  # noqa: E402
 
 
@@ -24,6 +24,10 @@ def _draw_one(spec: FigureSpec, out_dir: Path, fig_dir: Path) -> list[Path]:
             if col in df:
                 df[col] = df[col].fillna("").astype(str)
     written = []
+    if spec.across_models:
+        path = spec.draw(tables[spec.reads[0]], "all", fig_dir / f"{spec.stem}.png",
+                         **{t: tables.get(t) for t in spec.reads[1:]})
+        return [path] if path is not None else []
     for model, rows in tables[spec.reads[0]].groupby("model"):
         datasets = list(dict.fromkeys(rows["dataset"])) if spec.per_dataset else [rows["dataset"].iloc[0]]
         for dataset in datasets:

@@ -54,15 +54,17 @@ class FigureSpec:
     draw: Callable[..., Path | None]
     per_dataset: bool = False
     text_columns: tuple[str, ...] = ()
+    across_models: bool = False  # one figure of every model's rows (variants side by side)
 
 
 FIGURES: list[FigureSpec] = []
 
 
 def figure(stage: str, stem: str, reads: tuple[str, ...], *, per_dataset: bool = False,
-           text_columns: tuple[str, ...] = ()):
-    """Decorator: register ``fn(rows, model, out, **others)`` as a figure of ``stage``."""
+           text_columns: tuple[str, ...] = (), across_models: bool = False):
+    """Decorator: register ``fn(rows, model, out, **others)`` as a figure of ``stage``
+    (``across_models``: ``fn(rows, "all", out, **others)`` once, with every model's rows)."""
     def register(fn: Callable[..., Path | None]):
-        FIGURES.append(FigureSpec(stage, stem, reads, fn, per_dataset, text_columns))
+        FIGURES.append(FigureSpec(stage, stem, reads, fn, per_dataset, text_columns, across_models))
         return fn
     return register
