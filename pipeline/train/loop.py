@@ -46,6 +46,7 @@ class TrainConfig:
     eval_every: int = 50
     ckpt_every: int = 50
     seed: int = 0
+    save_at_end: bool = True      # False only for benchmarks timing the steps alone
     freeze_until: tuple[str, ...] = field(default_factory=tuple)  # "300:layers.1.wo": frozen before step 300
 
 
@@ -178,7 +179,7 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
         history.append(row)
         rate = tokens / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{rate:,.0f}")
-        if done % cfg.ckpt_every == 0 or done == cfg.max_steps:
+        if done % cfg.ckpt_every == 0 or (done == cfg.max_steps and cfg.save_at_end):
             save_checkpoint(ckpt_dir, model, opt, done, history, cfg)
     model.eval()
     return history
