@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,3 +70,20 @@ def test_a_checkpoint_is_a_model(tmp_path):
     ids = torch.randint(0, 64, (2, 16))
     with torch.no_grad():
         assert torch.equal(model.eval()(ids).logits, again(ids).logits)
+
+
+@pytest.mark.slow
+def test_ddp_on_two_processes_equals_gradient_accumulation(tmp_path):
+    """torchrun with 2 CPU processes (gloo), one micro-batch each, gives the losses of one process
+    accumulating the same 2 micro-batches: the ranks take distinct batches and average them."""
+    torchrun = ROOT / ".venv" / "bin" / "torchrun"
+    if not torchrun.exists():
+        torchrun = Path(sys.executable).with_name("torchrun")
+    code = ("from tests.helpers import tiny_training; "
+            f"tiny_training({str(tmp_path / 'ddp')!r}, max_steps=6, grad_accum=1)")
+    child = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "tests.run_code", code],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "train_state.json").read_text())["history"]
+    _, single = tiny_training(tmp_path / "one", max_steps=6, grad_accum=2)
+    assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in single], rel=1e-5)

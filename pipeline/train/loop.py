@@ -12,6 +12,7 @@ A NaN or inf loss stops the run with one line; the last good checkpoint is kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -128,6 +129,21 @@ def load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimize
 
 
 # --- the loop ---------------------------------------------------------------------------------
+def distributed() -> tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) the process group is started here:
+    NCCL on GPUs (one per process, LOCAL_RANK), gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
 def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor],
           cfg: TrainConfig, ckpt_dir: Path, *, device: torch.device,
           on_eval: Callable[[int], dict[str, Any]] | None = None, desc: str = "train") -> list[dict]:
@@ -138,15 +154,22 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
     returns extra columns (validation loss, the massive-activation profile, ...) every
     ``eval_every`` steps and at the end. Returns the history: one row per step with ``loss`` and
     ``lr``, evaluation columns on the evaluation steps."""
+    rank, world = distributed()
     model.to(device).train()
     opt = make_optimizer(model, cfg)
     start, history = load_checkpoint(ckpt_dir, model, opt)
+    net = model
+    if world > 1:  # each rank takes its own micro-batches: global index micro * world + rank
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if start:
         print(f"[train] resuming at step {start} from {ckpt_dir}", flush=True)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
     names = dict(model.named_parameters())
-    bar = tqdm(range(start, cfg.max_steps), desc=desc, unit="step", initial=start, total=cfg.max_steps)
+    bar = tqdm(range(start, cfg.max_steps), desc=desc, unit="step", initial=start, total=cfg.max_steps,
+               disable=rank != 0)
     t0, tokens = time.perf_counter(), 0
     for step in bar:
         frozen = frozen_at(step, cfg.freeze_until)
@@ -154,14 +177,20 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
             p.requires_grad_(not any(name.startswith(f) for f in frozen))
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
-        total = 0.0
+        total = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum):
-            x = batch("train", step, micro).to(device)
-            with autocast:
-                loss = model(input_ids=x, labels=x).loss / cfg.grad_accum
-            loss.backward()
-            total += float(loss.detach())
-            tokens += x.numel()
+            x = batch("train", step, micro * world + rank).to(device)
+            sync = micro == cfg.grad_accum - 1 or world == 1  # DDP: all-reduce once, on the last micro-batch
+            with contextlib.nullcontext() if sync else net.no_sync():
+                with autocast:
+                    loss = net(input_ids=x, labels=x).loss / cfg.grad_accum
+                loss.backward()
+            total += loss.detach()
+            tokens += x.numel() * world
+        if world > 1:  # the logged loss is the mean over ranks
+            torch.distributed.all_reduce(total)
+            total /= world
+        total = float(total)
         if not math.isfinite(total):
             raise PipelineError(f"loss is {total} at step {step}: stopped; the last good checkpoint is kept in "
                                 f"{ckpt_dir} (lower the learning rate or check the data)")
@@ -171,7 +200,7 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
         opt.zero_grad(set_to_none=True)
         row: dict[str, Any] = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg)}
         done = step + 1
-        if on_eval and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+        if on_eval and rank == 0 and (done % cfg.eval_every == 0 or done == cfg.max_steps):
             model.eval()
             with torch.no_grad():
                 row.update(on_eval(done))
@@ -179,7 +208,7 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
         history.append(row)
         rate = tokens / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{rate:,.0f}")
-        if done % cfg.ckpt_every == 0 or (done == cfg.max_steps and cfg.save_at_end):
+        if rank == 0 and (done % cfg.ckpt_every == 0 or (done == cfg.max_steps and cfg.save_at_end)):
             save_checkpoint(ckpt_dir, model, opt, done, history, cfg)
     model.eval()
     return history
