@@ -130,6 +130,12 @@ _MOE: dict[str, object] = dict(
     mlp_inputs=(), mlp_up=None,  # the experts' inputs are not module inputs (see the docstring)
 )
 
+_GPT2: dict[str, object] = dict(  # GPT-2 / nanoGPT module names
+    layers="transformer.h", attn="attn", mlp="mlp", down_proj="mlp.c_proj", final_norm="transformer.ln_f",
+    lm_head="lm_head", embed="transformer.wte", gated_mlp=False, o_proj="attn.c_proj", input_norm="ln_1",
+    post_attn_norm="ln_2", attn_inputs=("attn.c_attn",), mlp_inputs=("mlp.c_fc",),
+)
+
 _SANDWICH: dict[str, object] = dict(
     post_attn_norm="pre_feedforward_layernorm", attn_out_norm="post_attention_layernorm",
     mlp_out_norm="post_feedforward_layernorm",
@@ -171,42 +177,10 @@ _SPECS: list[ArchSpec] = [
     ),
     _llama_like("phi", down_proj="mlp.fc2", final_norm="model.final_layernorm", gated_mlp=False,
                 o_proj="self_attn.dense", post_attn_norm=None, mlp_inputs=("mlp.fc1",), mlp_up=None),
-    ArchSpec(
-        model_type="gpt2",
-        layers="transformer.h",
-        attn="attn",
-        mlp="mlp",
-        down_proj="mlp.c_proj",
-        final_norm="transformer.ln_f",
-        lm_head="lm_head",
-        embed="transformer.wte",
-        weights_in_out=True,
-        gated_mlp=False,
-        o_proj="attn.c_proj",
-        input_norm="ln_1",
-        post_attn_norm="ln_2",
-        attn_inputs=("attn.c_attn",),
-        mlp_inputs=("mlp.c_fc",),
-    ),
-    # paper A's GPT-2 variants (pipeline/models/ma_gpt2.py): nanoGPT layout with nn.Linear, fused
-    # qkv; the sink variant's learnable tokens come before the text and carry no position
-    ArchSpec(
-        model_type="ma_gpt2",
-        layers="transformer.h",
-        attn="attn",
-        mlp="mlp",
-        down_proj="mlp.c_proj",
-        final_norm="transformer.ln_f",
-        lm_head="lm_head",
-        embed="transformer.wte",
-        gated_mlp=False,
-        o_proj="attn.c_proj",
-        input_norm="ln_1",
-        post_attn_norm="ln_2",
-        attn_inputs=("attn.c_attn",),
-        mlp_inputs=("mlp.c_fc",),
-        prefix_tokens=(("sink", "sink_tokens"),),
-    ),
+    ArchSpec(model_type="gpt2", **_GPT2, weights_in_out=True),  # type: ignore[arg-type]  (Conv1D: (in, out))
+    # paper A's GPT-2 variants (pipeline/models/ma_gpt2.py): the same layout with nn.Linear; the
+    # sink variant's learnable tokens come before the text and carry no position
+    ArchSpec(model_type="ma_gpt2", **_GPT2, prefix_tokens=(("sink", "sink_tokens"),)),  # type: ignore[arg-type]
     ArchSpec(
         model_type="opt",
         layers="model.decoder.layers",
