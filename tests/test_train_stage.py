@@ -17,7 +17,7 @@ from pipeline.models.arch import get_arch
 from pipeline.models.load import load_model
 from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
 from pipeline.models.tiny import tiny_tokenizer
-from pipeline.stages import ma_profile, train_lm
+from pipeline.stages import ma_attention, ma_profile, sw_detect, train_lm
 from tests.helpers import TEXT
 
 DATA = {"kind": "text", "text": TEXT, "joiner": "\n\n", "bos": "never"}
@@ -59,3 +59,12 @@ def test_train_then_profile_the_checkpoint(tmp_path, monkeypatch, variant):
     first = ma_profile.fig1_landscape(context(tmp_path / "f", loaded, ltok, variant), "Summer is warm.", 0)[0]
     text_first = ltok.decode(ltok("Summer is warm.", add_special_tokens=False).input_ids[:1])
     assert first["token"] == ("<sink_1>" if variant == "sink" else text_first)  # the sink comes first, labelled
+    # the attention stage and the super-weight detector run on every variant: the k' column is
+    # split off the probabilities (its share reported), the sink leads the token list
+    actx = context(tmp_path / "a", loaded, ltok, variant)
+    att = ma_attention.run(actx, prompt="Summer is warm. Winter is cold. The cat sat on the mat.", layers=[1])
+    assert (att["tokens"][0] == "<sink_1>") == (variant == "sink")
+    extra = [r["share_extra_slot"] for r in att["share_rows"]]
+    assert all(0 < x < 1 for x in extra) if variant == "attn_bias" else all(math.isnan(x) for x in extra)
+    det = sw_detect.run(actx)
+    assert len(det["maxima"]) == 2

@@ -26,7 +26,14 @@ from pipeline.core.errors import PipelineError
 from pipeline.hooks.forward import as_tensor
 from pipeline.hooks.moe import expert_down_io, routed_calls
 from pipeline.hooks.weights import WeightSite, down_proj_matrix, scale_weights
-from pipeline.models.arch import decoder_layers, get_arch, layer_module, num_layers, resolve
+from pipeline.models.arch import (
+    decoder_layers,
+    get_arch,
+    layer_module,
+    num_layers,
+    prefix_roles,
+    resolve,
+)
 
 DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # paper B's analyze.py
 
@@ -42,7 +49,7 @@ def down_proj_io(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict, dict,
     xs, ys, hs, rs, handles = {}, {}, {}, {}, []
     calls: dict[int, list] = {}
     spec = get_arch(model)
-    n_tok = ids.shape[1]
+    n_tok = ids.shape[1] + len(prefix_roles(model))  # a sink token leads the hidden states
 
     def first(t):  # batch row 0 of a (B, T, .) or token-flattened (B * T, .) tensor
         return t.reshape(-1, n_tok, t.shape[-1])[0]

@@ -19,6 +19,7 @@ Tables written (``results/<experiment>/``):
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ from pipeline.analysis.massive import is_steady, massive_mask
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
 from pipeline.hooks.positions import delimiter_test, token_types
-from pipeline.models.arch import decoder_layers, layer, layer_module, num_layers
+from pipeline.models.arch import decoder_layers, layer, layer_module, num_layers, prefix_roles
 from pipeline.models.load import forward_without_logits
 
 STAGE = "ma_attention"
@@ -102,10 +103,14 @@ def record_attention(ctx, ids: torch.Tensor, chosen: list[int]) -> dict[str, dic
     """One eager forward: head-mean probabilities (T, T) of every layer (reduced in the hook);
     for the ``chosen`` layers also the per-head probabilities (H, T, T), the values (T, KV*d) and
     the output projection's output (T, D). All on the CPU in float32 (the prompt is short)."""
-    rec: dict[str, dict[int, torch.Tensor]] = {"mean": {}, "probs": {}, "v": {}, "o": {}}
+    rec: dict[str, dict[int, torch.Tensor]] = {"mean": {}, "probs": {}, "v": {}, "o": {}, "extra": {}}
 
     def on_probs(name: str, w: torch.Tensor) -> None:
         i, p = int(name), w[0].detach().float()
+        extra = p.shape[-1] - p.shape[-2]  # an explicit key/value slot (k') before the tokens
+        if extra:
+            rec["extra"][i] = float(p[..., :extra].sum(-1).mean())
+            p = p[..., extra:]  # the maps, shares and decomposition are over the tokens
         rec["mean"][i] = p.mean(0).cpu()
         if i in chosen:
             rec["probs"][i] = p.cpu()
@@ -133,7 +138,7 @@ def share_rows(rec: dict, keys: list[int], massive_by_layer: list[list[int]], to
         rows.append({"layer": i, "layer_1based": i + 1, "share_massive": attention_share(p, keys),
                      "share_control": control_share(p, keys), "share_uniform": uniform_share(p.shape[-1], keys),
                      "n_massive_tokens": len(keys), "massive_positions": " ".join(map(str, keys)),
-                     "token_set": token_set,
+                     "token_set": token_set, "share_extra_slot": rec["extra"].get(i, math.nan),
                      "massive_positions_at_output": " ".join(map(str, massive_by_layer[i]))})
     return rows
 
@@ -164,7 +169,8 @@ def decomposition_row(ctx, i: int, rec: dict, keys: list[int]) -> dict | None:
             "cos_massive": cos_s, "relvar_massive": var_s, "cos_rest": cos_r, "relvar_rest": var_r,
             "norm_massive": norm_s, "norm_rest": norm_r, "norm_ratio": norm_s / max(norm_r, 1e-30),
             "share_massive_queries": float(probs[:, q][:, :, keys].double().sum(-1).mean()),
-            "max_recon_rel_err": float(err), "o_proj_bias_in_neither_part": o_proj.bias is not None}
+            "max_recon_rel_err": float(err), "o_proj_bias_in_neither_part": o_proj.bias is not None,
+            "extra_slot_in_neither_part": i in rec["extra"]}
 
 
 def map_rows(rec: dict, chosen: list[int], tokens: list[str], keys: list[int]) -> list[dict]:
@@ -190,7 +196,8 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, layers: list[int] | int | str = "a
     same choices, or "layers" for the heat-map layers. Out-of-range layers raise PipelineError.
     """
     ids = ctx.encode(prompt, prompt_bos)
-    tokens = [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
+    prefix = prefix_roles(ctx.model)  # tokens the model puts before the text (a sink) lead its hidden states
+    tokens = [f"<{r}>" for r in prefix] + [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
     cells_by_layer = detect_massive(ctx, ids, abs_threshold, rel_threshold)
     keys, massive_layer, transient = steady_positions(cells_by_layer)
     massive_by_layer = [sorted({p for p, _ in cells}) for cells in cells_by_layer]
@@ -210,7 +217,7 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, layers: list[int] | int | str = "a
     decomp_at = chosen if decomp_layers == "layers" else choose_layers(ctx.model, decomp_layers, massive_layer)
     rec = record_attention(ctx, ids, sorted(set(chosen) | set(decomp_at)))
 
-    types = token_types(ids, delimiter_test(ctx.tokenizer, list(delimiters)))[0]
+    types = prefix + token_types(ids, delimiter_test(ctx.tokenizer, list(delimiters)))[0]
     massive_tokens = [{"position": p, "token": tokens[p], "token_type": types[p]} for p in keys]
     shares = share_rows(rec, keys, massive_by_layer, token_set)
     decomp = [r for i in decomp_at if (r := decomposition_row(ctx, i, rec, keys)) is not None]

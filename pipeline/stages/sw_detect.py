@@ -18,6 +18,7 @@ from typing import Any
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, detect, massive_dims
 from pipeline.analysis.writers import massive_structure
 from pipeline.core.registry import StageSpec, register_stage
+from pipeline.models.arch import prefix_roles
 
 STAGE = "sw_detect"
 
@@ -30,7 +31,7 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, threshold: float | str = "auto", r
     found, maxima, hs, threshold, in_threshold, rebuilt = detect(
         ctx.model, ids, threshold=threshold, rel_spike=rel_spike, min_abs=min_abs, min_share=min_share, max_iter=max_iter)
     mdims = massive_dims(hs, abs_threshold, rel_threshold)
-    toks = [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
+    toks = [f"<{r}>" for r in prefix_roles(ctx.model)] + [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
     directory = [{**f, "token_text": toks[f["token"]], "row_is_massive_dim": f["row"] in mdims} for f in found]
     structure, writers = massive_structure(ctx.model, ids, found, rel_spike=rel_spike,
                                            abs_threshold=abs_threshold, rel_threshold=rel_threshold)
