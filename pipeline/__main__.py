@@ -60,6 +60,8 @@ def run(cfg) -> dict:
         figures = draw_experiment(ctx.out_dir, list(outputs)) if cfg.run.figures else []
     finally:
         ctx.logger.finish()
+    if int(os.environ.get("RANK", "0")):
+        return outputs  # torchrun: ranks > 0 wrote to a scratch folder; rank 0 reports
     _report(outputs, ctx.out_dir, manifest, figures)
     return outputs
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,8 +131,13 @@ def results_root(cfg: DictConfig) -> Path:
 def build_context(cfg: DictConfig) -> Context:
     """Load model, data source, results writer and logger for one run."""
     root = results_root(cfg)  # before anything loads
+    rank = int(os.environ.get("RANK", "0"))  # under torchrun every rank runs this; rank 0 alone records
+    if rank:
+        root = Path(tempfile.mkdtemp(prefix=f"pipeline-rank{rank}-"))
     seed_everything(int(cfg.run.seed))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if "LOCAL_RANK" in os.environ and model_cfg.get("device") in (None, "auto") and torch.cuda.is_available():
+        model_cfg["device"] = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per process
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     source = build_source(data_cfg)  # fails fast on a bad dataset, before the model loads
     model, tok, device = load_model(model_cfg)
@@ -141,7 +148,7 @@ def build_context(cfg: DictConfig) -> Context:
         device=str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
         setting=run_setting(cfg, model_cfg, data_cfg, str(next(model.parameters()).dtype)),
     )
-    logger = build_logger(
+    logger = Logger() if rank else build_logger(
         OmegaConf.to_container(cfg.logger, resolve=True),
         run_name=f"{cfg.run.experiment}/{model_cfg['name']}/{data_cfg['name']}",
         run_config=OmegaConf.to_container(cfg, resolve=True),

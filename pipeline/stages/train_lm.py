@@ -26,7 +26,7 @@ from pipeline.data.text import build_source, data_config, stream_tokens
 from pipeline.models.arch import layer_module, num_layers, prefix_roles
 from pipeline.models.attention_impl import attention_implementation
 from pipeline.train.data import TokenBatches, read_tokens, write_tokens
-from pipeline.train.loop import TrainConfig, train
+from pipeline.train.loop import TrainConfig, distributed, train
 
 STAGE = "train_lm"
 PROFILE_COLUMNS = ("top1", "top2", "top3", "median", "top1_over_median", "top1_dim", "top1_token_type")
@@ -104,17 +104,19 @@ def run(ctx, *, steps: int = 300, micro_batch: int = 8, grad_accum: int = 1, blo
     # keyed by the run's setting: a run resumes only its own checkpoint, never another setting's
     where = Path(checkpoint_dir) if checkpoint_dir else REPO_ROOT / "outputs" / "checkpoints" / ctx.experiment / ctx.results.key
     history = train(model, source.batch, cfg, where / "last", device=ctx.device, on_eval=on_eval, desc=STAGE)
-    model.save_pretrained(where / "final")
-    ctx.tokenizer.save_pretrained(where / "final")
+    if distributed()[0] == 0:  # under torchrun only rank 0 writes the model
+        model.save_pretrained(where / "final")
+        ctx.tokenizer.save_pretrained(where / "final")
     curve = [{k: v for k, v in r.items() if not k.startswith("L")} for r in history]
     profile = [{"step": r["step"], "layer": i, "layer_1based": i + 1, **{k: r[f"L{i}_{k}"] for k in PROFILE_COLUMNS}}
                for r in history if "val_loss" in r for i in range(num_layers(model))]
     paths = {"train_curve": ctx.results.write("train_curve", curve, stage=STAGE, step="rows"),
              "train_profile": ctx.results.write("train_profile", profile, stage=STAGE, step="rows")}
-    last = next(r for r in reversed(history) if "val_loss" in r)
-    ctx.logger.log_metrics({"train/val_loss": last["val_loss"], "train/ratio_max": last["ratio_max"]})
+    last = next((r for r in reversed(history) if "val_loss" in r), {})  # ranks > 0 of torchrun: none
+    if last:
+        ctx.logger.log_metrics({"train/val_loss": last["val_loss"], "train/ratio_max": last["ratio_max"]})
     return {"paths": paths, "last": last, "checkpoint": str(where / "final"), "steps": steps,
-            "tokens": steps * grad_accum * micro_batch * block_size, "n_params": sum(p.numel() for p in model.parameters())}
+            "tokens": steps * grad_accum * micro_batch * block_size * distributed()[1], "n_params": sum(p.numel() for p in model.parameters())}
 
 
 def format_summary(out: dict[str, Any]) -> str:
