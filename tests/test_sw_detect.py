@@ -25,7 +25,7 @@ def test_detects_exactly_the_planted_super_weight(arch):
     model, tok = tiny(arch)
     plant_super_weight(model, layer_idx=1, row=5, col=9)
     state = snapshot(model)
-    found, maxima, _hs, threshold, _, _ = super_weight.detect(model, _ids(tok))
+    found, maxima, _hs, threshold, *_ = super_weight.detect(model, _ids(tok))
     assert [(f["layer"], f["row"], f["col"]) for f in found] == [(1, 5, 9)]
     assert found[0]["role"] == "creates" and found[0]["share"] > 0.9
     assert maxima[1]["out_channel"] == 5 and maxima[1]["in_channel"] == 9

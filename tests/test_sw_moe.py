@@ -69,7 +69,7 @@ def test_detects_the_planted_super_weight_in_its_expert():
     expert = _routed_expert(model)
     _plant(model, expert)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    found, maxima, _hs, threshold, _, _ = super_weight.detect(model, IDS)
+    found, maxima, _hs, threshold, *_ = super_weight.detect(model, IDS)
     assert [(f["layer"], f.get("expert"), f["row"], f["col"]) for f in found] == [(LAYER, expert, ROW, COL)]
     assert found[0]["role"] == "creates" and found[0]["share"] > 0.9
     assert maxima[LAYER]["out_expert"] == expert and maxima[LAYER]["out_channel"] == ROW

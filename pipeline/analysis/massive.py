@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.hooks.forward import capture
-from pipeline.hooks.positions import delimiter_test, token_types
+from pipeline.hooks.positions import delimiter_test, prefix_labels, token_types
 from pipeline.models.arch import decoder_layers, num_layers, prefix_roles
 from pipeline.models.load import forward_without_logits
 
@@ -41,6 +41,22 @@ def massive_mask(h: torch.Tensor, abs_threshold: float, rel_threshold: float) ->
     """Boolean mask of the massive activations of one sequence's hidden state ``h`` (T, D)."""
     mag = h.detach().float().abs()
     return mag > massive_threshold(float(lower_median(mag.reshape(1, -1))[0]), abs_threshold, rel_threshold)
+
+
+def massive_cells(h: torch.Tensor, abs_threshold: float, rel_threshold: float) -> list[tuple[int, int]]:
+    """The (position, dim) cells of one sequence's hidden state ``h`` (T, D) that are massive."""
+    return [(int(t), int(d)) for t, d in torch.nonzero(massive_mask(h, abs_threshold, rel_threshold)).tolist()]
+
+
+def cell_layers(cells_by_layer) -> dict[tuple[int, int], list[int]]:
+    """(position, dim) -> the layers where it is massive, from each layer's massive cells in
+    layer order (a list, or a dict keyed by layer index)."""
+    items = cells_by_layer.items() if isinstance(cells_by_layer, dict) else enumerate(cells_by_layer)
+    out: dict[tuple[int, int], list[int]] = {}
+    for i, cells in sorted(items):
+        for cell in cells:
+            out.setdefault(cell, []).append(i)
+    return out
 
 
 SEEN_TOP = 64  # per sequence and layer, the top entries a dim's peak is searched among
@@ -252,7 +268,7 @@ def profile_layers(ctx, windows: torch.Tensor, *, batch_size: int, abs_threshold
             for tid in set(ids.flatten().tolist()) - texts_of.keys():
                 texts_of[tid] = ctx.tokenizer.decode([tid])
             prof.begin_batch([prefix + t for t in token_types(ids, is_delim)],
-                             [[f"<{p}>" for p in prefix] + [texts_of[t] for t in r] for r in ids.tolist()])
+                             [prefix_labels(ctx.model) + [texts_of[t] for t in r] for r in ids.tolist()])
             forward_without_logits(ctx.model, ids.to(ctx.device))
             prof.end_batch()
     return prof

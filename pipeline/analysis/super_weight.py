@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from pipeline.analysis.massive import massive_mask
+from pipeline.analysis.massive import massive_cells
 from pipeline.core.errors import PipelineError
 from pipeline.hooks.forward import as_tensor
 from pipeline.hooks.moe import expert_down_io, routed_calls
@@ -136,7 +136,7 @@ def explain_spike(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, r: torch.Te
 
 def massive_dims(hs: dict, abs_threshold: float, rel_threshold: float) -> set[int]:
     """Dims holding a massive activation (paper A's definition) in any layer's output."""
-    return {int(d) for h in hs.values() for d in torch.nonzero(massive_mask(h, abs_threshold, rel_threshold))[:, 1]}
+    return {d for h in hs.values() for _, d in massive_cells(h, abs_threshold, rel_threshold)}
 
 
 def site(found: dict) -> WeightSite:
@@ -151,6 +151,7 @@ class Detection(NamedTuple):
     threshold: float  # output spike threshold
     in_threshold: float  # input spike threshold
     rebuilt: list[dict]  # candidates whose massive activation survives their removal (not super weights)
+    original: tuple[dict, dict, dict, dict]  # down_proj_io of the original model: (xs, ys, hs, rs)
 
 
 def _cell_peak(hs: dict, token: int, row: int, start: int, sign: float) -> float:
@@ -184,7 +185,7 @@ def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str 
     """
     found: list[dict] = []
     rebuilt: list[dict] = []
-    maxima, hs0, in_threshold = None, None, None
+    maxima, original, in_threshold = None, None, None
     normed = get_arch(model).mlp_out_norm is not None
     tries = 0
     while True:
@@ -194,7 +195,7 @@ def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str 
                       **explain_spike(xs[(i, e)], ys[(i, e)], down_proj_matrix(model, i, e), rs[(i, e)]),
                       "iteration": len(found)} for (i, e) in xs]
         if maxima is None:
-            maxima, hs0 = layer_maxima(xs, ys, rs), hs
+            maxima, original = layer_maxima(xs, ys, rs), (xs, ys, hs, rs)
             if threshold == "auto":
                 threshold = max(min_abs, rel_spike * max(abs(m["residual_max"]) for m in maxima))
             in_threshold = rel_spike * max(abs(m["in_max"]) for m in maxima) if normed else float(threshold)
@@ -220,8 +221,8 @@ def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str 
                 continue
         found.append(new)
     for f in found:  # on the ORIGINAL model: does the residual stream already hold this value?
-        f["role"] = "cancels" if _cancels(f, hs0) else "creates"
-    return Detection(found, maxima, hs0, float(threshold), float(in_threshold), rebuilt)
+        f["role"] = "cancels" if _cancels(f, original[2]) else "creates"
+    return Detection(found, maxima, original[2], float(threshold), float(in_threshold), rebuilt, original)
 
 
 def _cancels(f: dict, hs: dict) -> bool:

@@ -10,34 +10,31 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.analysis.massive import is_steady, massive_mask
-from pipeline.analysis.super_weight import down_proj_io, explain_spike, site
+from pipeline.analysis.massive import cell_layers, is_steady, massive_cells
+from pipeline.analysis.super_weight import Detection, down_proj_io, explain_spike, site
 from pipeline.hooks.weights import WeightSite, down_proj_matrix, scale_weights
 
 
-def _massive_cells(hs: dict, abs_threshold: float, rel_threshold: float) -> dict[tuple[int, int], list[int]]:
-    """(token, dim) -> layers where the residual stream holds a massive activation there."""
-    cells: dict[tuple[int, int], list[int]] = {}
-    for i in sorted(hs):
-        for t, d in torch.nonzero(massive_mask(hs[i], abs_threshold, rel_threshold)).tolist():
-            cells.setdefault((t, d), []).append(i)
-    return cells
-
-
 @torch.inference_mode()
-def massive_structure(model: torch.nn.Module, ids: torch.Tensor, found: list[dict], *, rel_spike: float = 0.05,
+def massive_structure(model: torch.nn.Module, ids: torch.Tensor, detection: Detection, *, rel_spike: float = 0.05,
                       abs_threshold: float = 100.0, rel_threshold: float = 1000.0) -> tuple[list[dict], list[dict]]:
     """How each steady massive activation of the residual stream is built, whether or not one
     super weight explains it. Per steady (token, dim): the MLPs that write at least ``rel_spike``
     of its peak value into the residual (each with its one largest weight and that weight's
     share), what remains of the peak after zeroing the detected ``creates`` super weights, and
     after zeroing only the largest writer's top weight (later layers may rebuild it). Returns
-    (one row per massive activation with a computed ``structure`` verdict, one row per writer)."""
-    xs, ys, hs, rs = down_proj_io(model, ids)
-    cells = _massive_cells(hs, abs_threshold, rel_threshold)
+    (one row per massive activation with a computed ``structure`` verdict, one row per writer).
+    The original pass is the detection's own; zeroing the detected weights is one more pass."""
+    xs, ys, hs, rs = detection.original
+    found = detection.found
+    cells = cell_layers({i: massive_cells(h, abs_threshold, rel_threshold) for i, h in hs.items()})
     steady = {c: ls for c, ls in cells.items() if is_steady(ls, len(hs))}
     summary, writers = [], []
     creates = [site(f) for f in found if f["role"] == "creates"]
+    without_detected = None
+    if steady and creates:
+        with scale_weights(model, creates, 0.0):
+            without_detected = down_proj_io(model, ids)[2]
     for (t, d), layers in sorted(steady.items(), key=lambda kv: -max(abs(float(hs[i][kv[0]])) for i in kv[1])):
         peak = max(range(len(hs)), key=lambda i: abs(float(hs[i][t, d])))
         value = float(hs[peak][t, d])
@@ -51,12 +48,12 @@ def massive_structure(model: torch.nn.Module, ids: torch.Tensor, found: list[dic
                                                                                     "down_out", "share")},
                              "written": w["out_value"], "written_frac_of_peak": w["out_value"] / value})
         remaining = {}
+        if without_detected is not None:
+            remaining["detected"] = float(without_detected[peak][t, d]) / value
         top = max(mine, key=lambda m: abs(m["written"]), default=None)
-        tries = {"detected": creates, "top_writer": [WeightSite(top["layer"], d, top["col"])] if top else []}
-        for what, sites in tries.items():
-            if sites:
-                with scale_weights(model, sites, 0.0):
-                    remaining[what] = float(down_proj_io(model, ids)[2][peak][t, d]) / value
+        if top:
+            with scale_weights(model, [WeightSite(top["layer"], d, top["col"])], 0.0):
+                remaining["top_writer"] = float(down_proj_io(model, ids)[2][peak][t, d]) / value
         summary.append({"token": t, "dim": d, "first_layer": layers[0], "peak_layer": peak, "peak_value": value,
                         "n_layers_massive": len(layers), "n_writers": len(mine),
                         "writer_layers": " ".join(str(m["layer"]) for m in mine),

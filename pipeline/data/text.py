@@ -54,7 +54,7 @@ def resolve_bos(tokenizer: Any, rule: str, what: str = "text") -> str:
     ``every`` (each window or prompt starts with BOS, as the model saw in training and as
     lm-eval feeds it) when it adds one, else ``never``. An explicit ``never`` on a tokenizer
     that adds a BOS is kept (paper protocols say so) but announced once: perplexity of such a
-    model without its BOS can be several times higher (156.5 vs 26.1 for one real 270M model)."""
+    model without its BOS can be several times higher (results/any_model/bos_perplexity/)."""
     if rule not in BOS_MODES:
         raise PipelineError(f"bos must be one of {BOS_MODES}; got bos={rule!r}")
     adds = tokenizer_adds_bos(tokenizer)

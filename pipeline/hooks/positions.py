@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from pipeline.core.errors import PipelineError
+from pipeline.models.arch import prefix_roles
 
 EDITABLE_ROLES = ("first_token", "first_delimiter")
 TOKEN_TYPES = (*EDITABLE_ROLES, "other")
@@ -58,6 +59,18 @@ def first_positions(ids: torch.Tensor, is_delimiter: IsDelimiter,
         delims.append(next((t for t in range(start + 1, len(row))
                             if (mask is None or mask[t]) and is_delimiter(row[t])), None))
     return {"first_token": firsts, "first_delimiter": delims}
+
+
+def prefix_labels(model: Any) -> list[str]:
+    """Labels of the positions a model puts before the text in its hidden states (a learnable
+    sink token: ``"<sink_1>"``), from its arch spec; [] for most models."""
+    return [f"<{r}>" for r in prefix_roles(model)]
+
+
+def position_tokens(model: Any, tokenizer: Any, ids_row: list[int]) -> list[str]:
+    """The text of every position of ``model``'s hidden states for one row of token ids: its
+    prefix tokens first, then each decoded token."""
+    return prefix_labels(model) + [tokenizer.decode([t]) for t in ids_row]
 
 
 def token_types(ids: torch.Tensor, is_delimiter: IsDelimiter) -> list[list[str]]:

@@ -40,19 +40,12 @@ SPECIAL = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "un
 @functools.cache
 def tiny_tokenizer(vocab_size: int = 384, add_bos: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``_CORPUS`` (deterministic). ``add_bos``: encoding
-    with special tokens prepends ``<bos>``, as the Llama-2 and Gemma tokenizers do."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    with special tokens prepends ``<bos>``, as Llama-2-style tokenizers do."""
+    from tokenizers import processors
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIAL.values()),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    from pipeline.data.bpe import byte_level_bpe
+
+    tok = byte_level_bpe([_CORPUS] * 4, vocab_size, list(SPECIAL.values()))
     if add_bos:
         bos = ("<bos>", tok.token_to_id("<bos>"))
         tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B",

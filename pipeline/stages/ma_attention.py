@@ -36,10 +36,10 @@ from pipeline.analysis.attention import (
     head_mean_logprobs,
     uniform_share,
 )
-from pipeline.analysis.massive import is_steady, massive_mask
+from pipeline.analysis.massive import cell_layers, is_steady, massive_cells
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
-from pipeline.hooks.positions import delimiter_test, token_types
+from pipeline.hooks.positions import delimiter_test, position_tokens, token_types
 from pipeline.models.arch import decoder_layers, layer, layer_module, num_layers, prefix_roles
 from pipeline.models.load import forward_without_logits
 
@@ -57,7 +57,7 @@ def detect_massive(ctx, ids: torch.Tensor, abs_threshold: float, rel_threshold: 
     found: dict[int, list[tuple[int, int]]] = {}
     modules = {str(i): m for i, m in enumerate(decoder_layers(ctx.model))}
     with capture(modules, lambda n, h: found.__setitem__(
-            int(n), [tuple(c) for c in torch.nonzero(massive_mask(h[0], abs_threshold, rel_threshold)).tolist()])):
+            int(n), massive_cells(h[0], abs_threshold, rel_threshold))):
         forward_without_logits(ctx.model, ids.to(ctx.device))
     return [found[i] for i in range(len(modules))]
 
@@ -67,10 +67,7 @@ def steady_positions(cells_by_layer: list[list[tuple[int, int]]]) -> tuple[list[
     (:func:`is_steady` per (position, dim): in at least half the layers from where it first
     appears), the first layer where a steady one appears (a transient dim on the same token
     earlier does not count), and the positions left out (position -> the layers it was massive)."""
-    layers_of: dict[tuple[int, int], list[int]] = {}
-    for i, cells in enumerate(cells_by_layer):
-        for cell in cells:
-            layers_of.setdefault(cell, []).append(i)
+    layers_of = cell_layers(cells_by_layer)
     n = len(cells_by_layer)
     steady = {c: ls for c, ls in layers_of.items() if is_steady(ls, n)}
     keys = sorted({p for p, _ in steady})
@@ -197,7 +194,7 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, layers: list[int] | int | str = "a
     """
     ids = ctx.encode(prompt, prompt_bos)
     prefix = prefix_roles(ctx.model)  # tokens the model puts before the text (a sink) lead its hidden states
-    tokens = [f"<{r}>" for r in prefix] + [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
+    tokens = position_tokens(ctx.model, ctx.tokenizer, ids[0].tolist())
     cells_by_layer = detect_massive(ctx, ids, abs_threshold, rel_threshold)
     keys, massive_layer, transient = steady_positions(cells_by_layer)
     massive_by_layer = [sorted({p for p, _ in cells}) for cells in cells_by_layer]

@@ -22,7 +22,8 @@ import torch
 from pipeline.analysis.massive import massive_threshold, profile_layers, steady_choice, summarize
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
-from pipeline.models.arch import layer, prefix_roles
+from pipeline.hooks.positions import position_tokens
+from pipeline.models.arch import layer
 from pipeline.models.load import forward_without_logits
 
 STAGE = "ma_profile"
@@ -35,8 +36,7 @@ def fig1_landscape(ctx, prompt: str, layer_idx: int, bos: str = "auto") -> list[
     grabbed: dict[str, torch.Tensor] = {}
     with capture({"h": layer(ctx.model, layer_idx)}, lambda _n, h: grabbed.__setitem__("h", h[0].float().cpu())):
         forward_without_logits(ctx.model, ids.to(ctx.device))
-    # tokens the model puts before the text (a sink) come first in its hidden states
-    toks = [f"<{r}>" for r in prefix_roles(ctx.model)] + [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
+    toks = position_tokens(ctx.model, ctx.tokenizer, ids[0].tolist())  # a sink token comes first
     h = grabbed["h"]
     return [
         {"layer": layer_idx, "layer_1based": layer_idx + 1, "position": p, "token": toks[p], "dim": d,

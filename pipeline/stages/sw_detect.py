@@ -18,7 +18,7 @@ from typing import Any
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, detect, massive_dims
 from pipeline.analysis.writers import massive_structure
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.models.arch import prefix_roles
+from pipeline.hooks.positions import position_tokens
 
 STAGE = "sw_detect"
 
@@ -28,12 +28,13 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, threshold: float | str = "auto", r
         rel_threshold: float = 1000.0) -> dict[str, Any]:
     """Detect the super weights of ``ctx.model`` and write the directory and the Fig. 3 table."""
     ids = ctx.encode(prompt).to(ctx.device)  # paper B: the tokenizer's default special tokens = auto
-    found, maxima, hs, threshold, in_threshold, rebuilt = detect(
-        ctx.model, ids, threshold=threshold, rel_spike=rel_spike, min_abs=min_abs, min_share=min_share, max_iter=max_iter)
+    detection = detect(ctx.model, ids, threshold=threshold, rel_spike=rel_spike, min_abs=min_abs,
+                       min_share=min_share, max_iter=max_iter)
+    found, maxima, hs, threshold, in_threshold, rebuilt = detection[:6]
     mdims = massive_dims(hs, abs_threshold, rel_threshold)
-    toks = [f"<{r}>" for r in prefix_roles(ctx.model)] + [ctx.tokenizer.decode([t]) for t in ids[0].tolist()]
+    toks = position_tokens(ctx.model, ctx.tokenizer, ids[0].tolist())  # a sink token leads the hidden states
     directory = [{**f, "token_text": toks[f["token"]], "row_is_massive_dim": f["row"] in mdims} for f in found]
-    structure, writers = massive_structure(ctx.model, ids, found, rel_spike=rel_spike,
+    structure, writers = massive_structure(ctx.model, ids, detection, rel_spike=rel_spike,
                                            abs_threshold=abs_threshold, rel_threshold=rel_threshold)
     for r in structure + writers:
         r["token_text"] = toks[r["token"]]
