@@ -15,7 +15,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.loggers import argv_has_secret
 from pipeline.core.paths import CONF_DIR
 
-CHECKED_GROUPS = ("model", "data", "experiment", "logger", "debug", "stage")
+CHECKED_GROUPS = ("model", "data", "experiment", "logger", "debug", "stage", "variant", "tier")
 
 
 def check_choices(argv: list[str]) -> None:
@@ -45,7 +45,10 @@ def run(cfg) -> dict:
     from pipeline.figures import draw_experiment
     from pipeline.validate import validate
 
+    from pipeline.core.ranks import adopt_slurm_env, process_rank
+
     t0 = time.perf_counter()
+    adopt_slurm_env()  # a SLURM job with N tasks (submitit launcher) is one DDP run of N ranks
     validate(cfg)  # the config alone: one line, before the model loads
     ctx = build_context(cfg)
     outputs = {}
@@ -60,8 +63,8 @@ def run(cfg) -> dict:
         figures = draw_experiment(ctx.out_dir, list(outputs)) if cfg.run.figures else []
     finally:
         ctx.logger.finish()
-    if int(os.environ.get("RANK", "0")):
-        return outputs  # torchrun: ranks > 0 wrote to a scratch folder; rank 0 reports
+    if process_rank()[0]:
+        return outputs  # torchrun / SLURM tasks: ranks > 0 wrote to a scratch folder; rank 0 reports
     _report(outputs, ctx.out_dir, manifest, figures)
     return outputs
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import tempfile
 from collections.abc import Mapping
@@ -19,6 +18,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.loggers import Logger, build_logger
 from pipeline.core.paper import paper_numbers
 from pipeline.core.paths import REPO_ROOT
+from pipeline.core.ranks import process_rank
 from pipeline.core.results import ResultsWriter
 from pipeline.data.text import (
     TextSource,
@@ -131,13 +131,13 @@ def results_root(cfg: DictConfig) -> Path:
 def build_context(cfg: DictConfig) -> Context:
     """Load model, data source, results writer and logger for one run."""
     root = results_root(cfg)  # before anything loads
-    rank = int(os.environ.get("RANK", "0"))  # under torchrun every rank runs this; rank 0 alone records
+    rank, local_rank, world = process_rank()  # under DDP every rank runs this; rank 0 alone records
     if rank:
         root = Path(tempfile.mkdtemp(prefix=f"pipeline-rank{rank}-"))
     seed_everything(int(cfg.run.seed))
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    if "LOCAL_RANK" in os.environ and model_cfg.get("device") in (None, "auto") and torch.cuda.is_available():
-        model_cfg["device"] = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # one GPU per process
+    if world > 1 and model_cfg.get("device") in (None, "auto") and torch.cuda.is_available():
+        model_cfg["device"] = f"cuda:{local_rank}"  # one GPU per process
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
     source = build_source(data_cfg)  # fails fast on a bad dataset, before the model loads
     model, tok, device = load_model(model_cfg)

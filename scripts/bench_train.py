@@ -27,6 +27,7 @@ from pipeline.core.results import ResultsWriter
 from pipeline.data.text import build_source, data_config
 from pipeline.models.arch import get_arch
 from pipeline.stages import train_lm
+from pipeline.train.corpus import corpus_tokens
 from pipeline.train.data import TokenBatches
 from pipeline.train.loop import TrainConfig, make_optimizer, train
 
@@ -44,7 +45,7 @@ def main() -> None:
     ctx = Context(model=model, tokenizer=tok, arch=get_arch(model), device=device, model_name=args.model,
                   paper_key=None, data_cfg=data_cfg, source=build_source(data_cfg), results=results,
                   logger=Logger(), experiment="bench", seed=0, catalog=Catalog.from_files())
-    source = TokenBatches(train_lm.token_arrays(ctx, [args.data]), micro_batch=args.batch, block_size=args.seq_len)
+    source = TokenBatches(corpus_tokens(tok, [args.data], ctx.catalog), micro_batch=args.batch, block_size=args.seq_len)
     cfg = TrainConfig(max_steps=args.steps, micro_batch=args.batch, block_size=args.seq_len, warmup_steps=2,
                       decay_steps=args.steps, eval_every=10**9, ckpt_every=10**9, save_at_end=False)
     model.train()

@@ -100,3 +100,31 @@ def test_a_checkpoint_loads_like_any_model(tmp_path, flags):
         assert torch.equal(model(x).logits, again(x).logits) and torch.equal(model(x).logits, loaded(x).logits)
     assert type(again) is MAGPTForCausalLM and again.config.attn_bias == bool(flags.get("attn_bias"))
     assert again.lm_head.weight.data_ptr() == again.transformer.wte.weight.data_ptr()  # tied
+
+
+def test_interventions_address_the_sink_and_shift_text_roles_past_it():
+    """set_sites on the sink variant: role 'sink_1' is hidden-state position 0 and the first text
+    token is position 1 (the input_ids index shifted past the sink); on exit nothing remains."""
+    from pipeline.hooks.sites import Site, set_sites
+
+    torch.manual_seed(0)
+    model = MAGPTForCausalLM(MAGPTConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                         sink_tokens=1)).eval()
+    ids = torch.randint(0, 64, (2, 8))
+    seen = {}
+    probe = layer(model, 1).register_forward_pre_hook(lambda _m, args: seen.__setitem__("h", args[0].clone()))
+    with torch.no_grad():
+        before = model(ids).logits
+        clean = seen["h"]
+        with set_sites(model, {0: [Site("sink_1", 3, 0.0), Site("first_token", 5, 7.0)]}, lambda t: False):
+            model(ids)
+        edited = seen["h"]
+        after = model(ids).logits
+    probe.remove()
+    assert clean.shape[1] == 9 and torch.all(edited[:, 0, 3] == 0) and torch.all(edited[:, 1, 5] == 7.0)
+    changed = (edited != clean).nonzero()[:, 1:].unique(dim=0).tolist()
+    assert changed == [[0, 3], [1, 5]]  # nothing else was touched
+    assert torch.equal(before, after)
+    with pytest.raises(Exception, match="reg_1"):
+        with set_sites(model, {0: [Site("reg_1", 0, 0.0)]}, lambda t: False):
+            pass

@@ -80,7 +80,7 @@ def test_ddp_on_two_processes_equals_gradient_accumulation(tmp_path):
     if not torchrun.exists():
         torchrun = Path(sys.executable).with_name("torchrun")
     code = ("from tests.helpers import tiny_training; "
-            f"tiny_training({str(tmp_path / 'ddp')!r}, max_steps=6, grad_accum=1)")
+            f"tiny_training({str(tmp_path / 'ddp')!r}, max_steps=6, grad_accum=2)")
     child = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "tests.run_code", code],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-3000:]

@@ -17,7 +17,8 @@ from pipeline.models.arch import get_arch
 from pipeline.models.load import load_model
 from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
 from pipeline.models.tiny import tiny_tokenizer
-from pipeline.stages import ma_attention, ma_profile, sw_detect, train_lm
+from pipeline.stages import ma_attention, ma_intervene, ma_profile, sw_detect, train_lm
+from pipeline.train import corpus
 from tests.helpers import TEXT
 
 DATA = {"kind": "text", "text": TEXT, "joiner": "\n\n", "bos": "never"}
@@ -35,7 +36,7 @@ def context(tmp_path, model, tok, name):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_train_then_profile_the_checkpoint(tmp_path, monkeypatch, variant):
-    monkeypatch.setattr(train_lm, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(corpus, "CACHE_DIR", tmp_path / "cache")
     tok = tiny_tokenizer()
     torch.manual_seed(0)
     model = MAGPTForCausalLM(MAGPTConfig(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
@@ -68,3 +69,20 @@ def test_train_then_profile_the_checkpoint(tmp_path, monkeypatch, variant):
     assert all(0 < x < 1 for x in extra) if variant == "attn_bias" else all(math.isnan(x) for x in extra)
     det = sw_detect.run(actx)
     assert len(det["maxima"]) == 2
+
+
+def test_intervention_on_a_massive_activation_held_by_the_sink(tmp_path):
+    """A sink variant whose sink token holds a planted massive activation: ma_intervene finds the
+    site on role sink_1 (not on a text token), zeroing it changes the perplexity, and setting it to
+    its mean does not."""
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = MAGPTForCausalLM(MAGPTConfig(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=3, n_head=4,
+                                         sink_tokens=1)).eval()
+    with torch.no_grad():
+        model.transformer.sink[0, 0, 7] = 5000.0  # carried by the residual stream through every block
+    out = ma_intervene.run(context(tmp_path, model, tok, "sink"), calib_data="tinytext", calib_sequences=2,
+                           calib_seq_len=32, ppl_data=["tinytext"], ppl_windows=2, ppl_seq_len=32, eval_suite=None)
+    assert {(s["token_type"], s["dim"]) for s in out["sites"]} == {("sink_1", 7)}
+    ppl = {r["condition"]: r["value"] for r in out["rows"] if r["metric"] == "ppl"}
+    assert ppl["set_mean"] == pytest.approx(ppl["original"], rel=1e-4) and abs(ppl["set_zero"] - ppl["original"]) > 1e-3

@@ -20,14 +20,15 @@ import torch
 from pipeline.core.errors import PipelineError
 from pipeline.hooks.forward import patch
 from pipeline.hooks.positions import EDITABLE_ROLES, IsDelimiter, RoleTracker
-from pipeline.models.arch import layer
+from pipeline.models.arch import layer, prefix_roles
 
 AT = ("output", "input")
 
 
 @dataclass(frozen=True)
 class Site:
-    """One edit: at the token of ``token_type``, feature ``dim`` (None: the whole hidden vector)
+    """One edit: at the token of ``token_type`` (a text role, or a prefix token's role such as
+    ``sink_1`` / ``reg_3``), feature ``dim`` (None: the whole hidden vector)
     is set to ``value`` (a float, or a vector of the hidden size when ``dim`` is None)."""
 
     token_type: str
@@ -45,6 +46,11 @@ def _write(h: torch.Tensor, positions: list[int | None], site: Site) -> None:
             h[b, p, site.dim] = site.value
 
 
+def editable_roles(model: torch.nn.Module) -> tuple[str, ...]:
+    """The token roles an edit can name on ``model``: the text roles, then its prefix tokens'."""
+    return (*EDITABLE_ROLES, *prefix_roles(model))
+
+
 @contextmanager
 def set_sites(model: torch.nn.Module, sites: Mapping[int, Sequence[Site]], is_delimiter: IsDelimiter,
               at: str = "output") -> Iterator[None]:
@@ -54,28 +60,40 @@ def set_sites(model: torch.nn.Module, sites: Mapping[int, Sequence[Site]], is_de
     """
     if at not in AT:
         raise PipelineError(f"at must be one of {AT} (got {at!r})")
-    bad = sorted({s.token_type for ss in sites.values() for s in ss} - set(EDITABLE_ROLES))
+    prefix = prefix_roles(model)  # tokens the model puts before the text: a sink, CLS, registers
+    wanted = {s.token_type for ss in sites.values() for s in ss}
+    bad = sorted(wanted - set(editable_roles(model)))
     if bad:
-        raise PipelineError(f"cannot intervene on token types {bad}; supported: {EDITABLE_ROLES}")
+        raise PipelineError(f"cannot intervene on token types {bad}; supported: {list(editable_roles(model))}")
     targets = {i: layer(model, i) for i in sites}  # out-of-range layers fail here, before any hook
     roles = RoleTracker(is_delimiter)
+
+    def positions(role: str, batch: int) -> list[int | None]:
+        """Where ``role`` sits in the hidden states: a prefix token at its own index; a text role
+        where the tracker found it in input_ids, shifted past the prefix."""
+        if role in prefix:
+            return [prefix.index(role)] * batch
+        return [None if p is None else p + len(prefix) for p in roles.current[role]]
 
     def editor(i: int):
         def edit(_name: str, h: torch.Tensor) -> torch.Tensor:
             h = h.clone()
             for s in sites[i]:
-                _write(h, roles.current[s.token_type], s)
+                _write(h, positions(s.token_type, h.shape[0]), s)
             return h
         return edit
 
-    handle = model.register_forward_pre_hook(roles.hook(), with_kwargs=True)
+    # text roles are read off input_ids; prefix roles need no tracker (a ViT has no input_ids)
+    handle = (model.register_forward_pre_hook(roles.hook(), with_kwargs=True) if wanted & set(EDITABLE_ROLES)
+              else None)
     try:
         with ExitStack() as stack:
             for i, target in targets.items():
                 stack.enter_context(patch({f"layer{i}": target}, editor(i), inputs=at == "input"))
             yield
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
 
 
 def random_control(sites: Sequence[Site], hidden_size: int, seed: int) -> list[Site]:

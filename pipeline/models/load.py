@@ -8,8 +8,9 @@ Sources:
   local -- a directory saved with ``save_pretrained``.
   tiny  -- a random 2-4 layer model built from a config (tests, ``debug``).
   init  -- a randomly initialised model to train: ``model_type`` + ``init`` (its config
-           keywords, seeded by ``init_seed``) and ``tokenizer: {bpe: vocab size, datasets: [...]}``
-           (a BPE trained in-process on the offline train splits).
+           keywords, seeded by ``init_seed``; ``vocab_size`` defaults to the tokenizer's) and
+           ``tokenizer: {bpe: vocab size, datasets: [...]}`` (a BPE trained in-process on the
+           offline train splits) or ``tokenizer: {hub_id: gpt2}`` (a published one).
 """
 
 from __future__ import annotations
@@ -70,11 +71,22 @@ def _init_model(cfg: Mapping[str, Any], device: torch.device) -> tuple[torch.nn.
     from pipeline.data.bpe import offline_bpe
 
     spec = dict(cfg.get("tokenizer") or {})
-    if "bpe" not in spec:
-        raise PipelineError(f"model '{cfg['name']}' (source init) needs tokenizer: {{bpe: <vocab size>, datasets: [...]}}")
-    tok = offline_bpe(int(spec["bpe"]), list(spec.get("datasets", ["wiki_summaries", "shakespeare", "austen"])))
+    if "hub_id" in spec:  # a published tokenizer (paper A: GPT-2's), from the local cache or the Hub
+        path, extra = _hub_path({"name": f"{cfg['name']} tokenizer", "hub_id": spec["hub_id"],
+                                 "revision": spec.get("revision")})
+        tok = AutoTokenizer.from_pretrained(path, **extra)
+    elif "bpe" in spec:
+        tok = offline_bpe(int(spec["bpe"]), list(spec.get("datasets", ["wiki_summaries", "shakespeare", "austen"])))
+    else:
+        raise PipelineError(f"model '{cfg['name']}' (source init) needs tokenizer: {{bpe: <vocab size>, datasets: [...]}} "
+                            "or {hub_id: <tokenizer id>}")
+    init = dict(cfg.get("init") or {})
+    init.setdefault("vocab_size", len(tok))  # paper A pads GPT-2's 50,257 to 50,304 (a multiple of 64)
+    if int(init["vocab_size"]) < len(tok):
+        raise PipelineError(f"model '{cfg['name']}': init.vocab_size={init['vocab_size']} is smaller than "
+                            f"its tokenizer ({len(tok)} tokens)")
     try:
-        config = AutoConfig.for_model(str(cfg["model_type"]), vocab_size=len(tok), **dict(cfg.get("init") or {}))
+        config = AutoConfig.for_model(str(cfg["model_type"]), **init)
     except (KeyError, ValueError) as err:
         raise PipelineError(f"model '{cfg['name']}': cannot build model_type {cfg.get('model_type')!r}: {err}") from err
     with torch.random.fork_rng(devices=[]):

@@ -23,8 +23,8 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
-from pipeline.hooks.positions import EDITABLE_ROLES, delimiter_test
-from pipeline.hooks.sites import Site, random_control, set_sites
+from pipeline.hooks.positions import delimiter_test
+from pipeline.hooks.sites import Site, editable_roles, random_control, set_sites
 from pipeline.models.arch import num_layers, residual_width
 
 STAGE = "ma_intervene"
@@ -38,12 +38,13 @@ def detect_sites(ctx, *, calib_data: str, calib_split: str, calib_sequences: int
     windows = ctx.calibration_windows(calib_data, calib_split, calib_seq_len, calib_sequences)
     prof = profile_layers(ctx, windows, batch_size=batch_size, **detector)
     acts = prof.activation_rows()
+    roles = editable_roles(ctx.model)  # a trained sink token is one of them
     massive = [m for m in summarize(acts, num_layers(ctx.model), prof.seen_values(), min_frac)
-               if m["token_type"] in EDITABLE_ROLES]
+               if m["token_type"] in roles]
     first, why = steady_choice(massive, "intervention layer")
     if layer == "auto":
         if first is None:
-            raise PipelineError(f"no steady massive activations on {EDITABLE_ROLES} in {calib_sequences} "
+            raise PipelineError(f"no steady massive activations on {list(roles)} in {calib_sequences} "
                                 f"calibration sequences: nothing to intervene on ({why}; set layer to force one)")
         layer = first
     else:

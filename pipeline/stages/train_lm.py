@@ -15,40 +15,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline.analysis.attention import capture_attention_weights
 from pipeline.analysis.massive import profile_layers
-from pipeline.core.paths import CACHE_DIR, REPO_ROOT
+from pipeline.core.paths import REPO_ROOT
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.data.text import build_source, data_config, stream_tokens
 from pipeline.models.arch import layer_module, num_layers, prefix_roles
 from pipeline.models.attention_impl import attention_implementation
-from pipeline.train.data import TokenBatches, read_tokens, write_tokens
+from pipeline.train.corpus import corpus_tokens
+from pipeline.train.data import TokenBatches
 from pipeline.train.loop import TrainConfig, distributed, train
 
 STAGE = "train_lm"
 PROFILE_COLUMNS = ("top1", "top2", "top3", "median", "top1_over_median", "top1_dim", "top1_token_type")
-
-
-def token_arrays(ctx, datasets: list[str]) -> dict[str, np.ndarray]:
-    """The train / val token streams of ``datasets`` (their train / eval splits) under the run's
-    tokenizer, tokenized once and cached as memory-mapped files."""
-    name = Path(str(getattr(ctx.tokenizer, "name_or_path", "tok"))).name or "tok"
-    folder = CACHE_DIR / "train_data" / f"{name}-{len(ctx.tokenizer)}-{'-'.join(datasets)}"
-    out = {}
-    for split, data_split in (("train", "train"), ("val", "eval")):
-        path = folder / f"{split}.bin"
-        if not path.exists():
-            folder.mkdir(parents=True, exist_ok=True)
-            ids: list[int] = []
-            for d in datasets:
-                cfg = data_config(d, ctx.catalog, split=data_split)
-                ids += stream_tokens(ctx.tokenizer, build_source(cfg), None, cfg.get("joiner", "\n\n"))
-            write_tokens(path, ids, len(ctx.tokenizer))
-        out[split] = read_tokens(path)
-    return out
 
 
 def attention_shares(ctx, ids: torch.Tensor) -> dict[str, float]:
@@ -71,14 +51,14 @@ def attention_shares(ctx, ids: torch.Tensor) -> dict[str, float]:
     return {f"attn_share_{k}": (sum(v) / len(v) if v else float("nan")) for k, v in sums.items()}
 
 
-def run(ctx, *, steps: int = 300, micro_batch: int = 8, grad_accum: int = 1, block_size: int = 256,
+def run(ctx, *, steps: int = 300, decay_steps: int | None = None, micro_batch: int = 8, grad_accum: int = 1, block_size: int = 256,
         optimizer: str = "adamw", lr: float = 1e-3, min_lr: float = 1e-4, warmup_steps: int = 30,
         weight_decay: float = 0.1, grad_clip: float = 1.0, eval_every: int = 25, ckpt_every: int = 50,
         eval_batches: int = 4, profile_sequences: int = 4, data: list[str] | tuple[str, ...] = ("wiki_summaries", "shakespeare", "austen"),
         checkpoint_dir: str | None = None, abs_threshold: float = 100.0, rel_threshold: float = 1000.0,
         freeze_until: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Train ``ctx.model``; write the curves; save the model where other stages can load it."""
-    source = TokenBatches(token_arrays(ctx, list(data)), micro_batch=micro_batch, block_size=block_size, seed=ctx.seed)
+    source = TokenBatches(corpus_tokens(ctx.tokenizer, list(data), ctx.catalog), micro_batch=micro_batch, block_size=block_size, seed=ctx.seed)
     val = [source.batch("val", 0, i) for i in range(eval_batches)]  # fixed: the same every evaluation
     probe = source.batch("val", 1, 0)[:profile_sequences]
     model = ctx.model
@@ -98,7 +78,8 @@ def run(ctx, *, steps: int = 300, micro_batch: int = 8, grad_accum: int = 1, blo
         return row
 
     cfg = TrainConfig(max_steps=steps, micro_batch=micro_batch, grad_accum=grad_accum, block_size=block_size,
-                      optimizer=optimizer, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, decay_steps=steps,
+                      optimizer=optimizer, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
+                      decay_steps=decay_steps or steps,
                       weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
                       ckpt_every=ckpt_every, seed=ctx.seed, freeze_until=tuple(freeze_until))
     # keyed by the run's setting: a run resumes only its own checkpoint, never another setting's
@@ -116,7 +97,7 @@ def run(ctx, *, steps: int = 300, micro_batch: int = 8, grad_accum: int = 1, blo
     if last:
         ctx.logger.log_metrics({"train/val_loss": last["val_loss"], "train/ratio_max": last["ratio_max"]})
     return {"paths": paths, "last": last, "checkpoint": str(where / "final"), "steps": steps,
-            "tokens": steps * grad_accum * micro_batch * block_size * distributed()[1], "n_params": sum(p.numel() for p in model.parameters())}
+            "tokens": steps * grad_accum * micro_batch * block_size, "n_params": sum(p.numel() for p in model.parameters())}
 
 
 def format_summary(out: dict[str, Any]) -> str:

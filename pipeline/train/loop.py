@@ -27,13 +27,14 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.ranks import process_rank
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     max_steps: int = 200
     micro_batch: int = 8          # sequences per forward
-    grad_accum: int = 1           # forwards per optimizer step (nanoGPT: 40 on 1 GPU = 5 x 8)
+    grad_accum: int = 1           # micro-batches per optimizer step over ALL ranks (nanoGPT: 40 = 5 per GPU x 8)
     block_size: int = 128
     optimizer: str = "adamw"      # adamw | sgd
     lr: float = 6e-4
@@ -130,16 +131,17 @@ def load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimize
 
 # --- the loop ---------------------------------------------------------------------------------
 def distributed() -> tuple[int, int]:
-    """(rank, world size). Under torchrun (WORLD_SIZE > 1) the process group is started here:
+    """(rank, world size). Under torchrun or a multi-task SLURM job (WORLD_SIZE > 1, see
+    :mod:`pipeline.core.ranks`) the process group is started here:
     NCCL on GPUs (one per process, LOCAL_RANK), gloo on CPUs."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    _, local_rank, world = process_rank()
     if world == 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
         if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
 
@@ -155,6 +157,10 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
     ``eval_every`` steps and at the end. Returns the history: one row per step with ``loss`` and
     ``lr``, evaluation columns on the evaluation steps."""
     rank, world = distributed()
+    if cfg.grad_accum % world:
+        raise PipelineError(f"grad_accum={cfg.grad_accum} micro-batches per step cannot be shared by {world} ranks: "
+                            "make it a multiple of the number of GPUs")
+    accum = cfg.grad_accum // world  # this rank's share: tokens per step do not depend on the GPU count
     model.to(device).train()
     opt = make_optimizer(model, cfg)
     start, history = load_checkpoint(ckpt_dir, model, opt)
@@ -178,12 +184,12 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         total = torch.zeros((), device=device)
-        for micro in range(cfg.grad_accum):
+        for micro in range(accum):
             x = batch("train", step, micro * world + rank).to(device)
-            sync = micro == cfg.grad_accum - 1 or world == 1  # DDP: all-reduce once, on the last micro-batch
+            sync = micro == accum - 1 or world == 1  # DDP: all-reduce once, on the last micro-batch
             with contextlib.nullcontext() if sync else net.no_sync():
                 with autocast:
-                    loss = net(input_ids=x, labels=x).loss / cfg.grad_accum
+                    loss = net(input_ids=x, labels=x).loss / accum
                 loss.backward()
             total += loss.detach()
             tokens += x.numel() * world
