@@ -42,10 +42,9 @@ def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from pipeline.context import build_context
+    from pipeline.core.ranks import adopt_slurm_env, process_rank
     from pipeline.figures import draw_experiment
     from pipeline.validate import validate
-
-    from pipeline.core.ranks import adopt_slurm_env, process_rank
 
     t0 = time.perf_counter()
     adopt_slurm_env()  # a SLURM job with N tasks (submitit launcher) is one DDP run of N ranks
