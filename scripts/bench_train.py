@@ -5,11 +5,12 @@ on the same model (a fresh ``ma_gpt2`` of ``--model``'s size) and the same batch
   bare   -- zero_grad, forward with labels, backward, clip, AdamW step: ``--steps`` times
   loop   -- pipeline.train.loop.train for ``--steps`` steps (schedule, freeze rules, progress bar,
             finite-loss check), no evaluation and no checkpoint inside the timed steps
-  eval   -- one emergence callback of stage train_lm (validation loss on 4 batches, the profile
-            of a fixed batch, attention shares); its share of training time is reported at the
+  val_loss -- the validation loss on 4 fixed batches (what any training run evaluates)
+  profile_callback -- what the emergence curve adds: the massive-activation profile of a fixed
+            batch and the attention shares; each one's share of training time is reported at the
             default cadence (one per ``--eval-every`` steps)
-Writes results/bench/train.csv (median seconds, ratio to bare, tokens/s). Targets: loop <= x1.05,
-callback <= 2% of training time.
+Writes results/bench/train.csv (median seconds, ratio to bare, tokens/s; MFU on CUDA). Targets: loop <= x1.05,
+profile callback <= 2% of training time.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ from pipeline.train.corpus import corpus_tokens
 from pipeline.train.data import TokenBatches
 from pipeline.train.loop import TrainConfig, make_optimizer, train
 
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}  # dense
+
+
+def peak_bf16_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v * 1e12 for k, v in PEAK_BF16_TFLOPS.items() if k in name), None)
+
 
 def main() -> None:
     ap = bench_parser(__doc__, seq_len=256, batch=8, repeats=3)
@@ -51,10 +61,15 @@ def main() -> None:
     model.train()
     opt = make_optimizer(model, cfg)
 
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"  # as the loop does
+                else torch.autocast("cpu", enabled=False))
+
     def bare() -> None:
         for step in range(args.steps):
             x = source.batch("train", step, 0).to(device)
-            model(input_ids=x, labels=x).loss.backward()
+            with autocast:
+                loss = model(input_ids=x, labels=x).loss
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -67,21 +82,33 @@ def main() -> None:
     probe = source.batch("val", 1, 0)[:4]
 
     @torch.no_grad()
-    def callback() -> None:
+    def val_loss() -> None:
         model.eval()
         sum(float(model(input_ids=v.to(device), labels=v.to(device)).loss) for v in val)
+        model.train()
+
+    @torch.no_grad()
+    def profile_callback() -> None:
+        model.eval()
         train_lm.profile_layers(ctx, probe, batch_size=4, abs_threshold=100.0, rel_threshold=1000.0, max_hits=64,
                                 delimiters=[".", "\n"], quiet=True)
         train_lm.attention_shares(ctx, probe)
         model.train()
 
-    times = time_interleaved({"bare": bare, "loop": loop, "eval_callback": callback}, args.repeats, device)
+    times = time_interleaved({"bare": bare, "loop": loop, "val_loss": val_loss, "profile_callback": profile_callback},
+                             args.repeats, device)
     rows = ratio_rows(times, "bare", steps=args.steps, seq_len=args.seq_len, batch=args.batch, repeats=args.repeats)
-    per_step = {r["method"]: r["median_s"] / (args.steps if r["method"] != "eval_callback" else 1) for r in rows}
+    trainers = ("bare", "loop")
+    n_params = sum(p.numel() for p in model.parameters())
+    peak = peak_bf16_flops(device)  # None on a CPU: MFU is reported on CUDA only
+    per_step = {r["method"]: r["median_s"] / (args.steps if r["method"] in trainers else 1) for r in rows}
     for r in rows:
-        r["tokens_per_s"] = args.steps * args.batch * args.seq_len / r["median_s"] if r["method"] != "eval_callback" else None
-        r["share_of_training_at_eval_every"] = (per_step["eval_callback"] / (args.eval_every * per_step["loop"])
-                                                if r["method"] == "eval_callback" else None)
+        r["tokens_per_s"] = args.steps * args.batch * args.seq_len / r["median_s"] if r["method"] in trainers else None
+        # model FLOPs utilisation, nanoGPT's estimate: 6 N + 12 L d T FLOPs per token, over the peak
+        per_token = 6 * n_params + 12 * model.config.n_layer * model.config.n_embd * args.seq_len
+        r["mfu"] = r["tokens_per_s"] * per_token / peak if peak and r["tokens_per_s"] else None
+        r["share_of_training_at_eval_every"] = (per_step[r["method"]] / (args.eval_every * per_step["loop"])
+                                                if r["method"] not in trainers else None)
     dev = device_name(device)
     writer = ResultsWriter(args.results, "bench", model=args.model, revision=None, dataset=args.data, seed=0,
                            device=dev, setting={**{k: str(v) for k, v in vars(args).items()}, "device": dev})
@@ -89,7 +116,8 @@ def main() -> None:
     writer.commit({k: str(v) for k, v in vars(args).items()})
     for r in rows:
         print(f"{r['method']:<14} {r['median_s']:.3f} s  x{r['ratio_to_bare']:.3f}")
-    print(f"callback share of training at eval_every={args.eval_every}: {rows[2]['share_of_training_at_eval_every']:.2%}")
+    for r in rows[2:]:
+        print(f"{r['method']} share of training at eval_every={args.eval_every}: {r['share_of_training_at_eval_every']:.2%}")
     print(f"wrote {path}")
 
 

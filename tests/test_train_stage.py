@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from pipeline.analysis.massive import layer_landscape
 from pipeline.context import Context
 from pipeline.core.catalog import Catalog
 from pipeline.core.loggers import Logger
@@ -17,6 +18,7 @@ from pipeline.models.arch import get_arch
 from pipeline.models.load import load_model
 from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
 from pipeline.models.tiny import tiny_tokenizer
+from pipeline.figures import draw_experiment
 from pipeline.stages import ma_attention, ma_intervene, ma_profile, sw_detect, train_lm
 from pipeline.train import corpus
 from tests.helpers import TEXT
@@ -47,6 +49,13 @@ def test_train_then_profile_the_checkpoint(tmp_path, monkeypatch, variant):
     curve = ctx.results.read("train_curve")
     assert list(curve["step"]) == [1, 2, 3, 4] and curve["val_loss"].notna().tolist() == [False, True, False, True]
     assert len(ctx.results.read("train_profile")) == 2 * 2  # two evaluations x two layers
+    land = ctx.results.read("train_landscape")  # paper A's 3-D plot: round(2 / 2) - 1 = layer 0
+    n_text = len(tok("Summer is warm. Winter is cold.", add_special_tokens=False).input_ids)
+    assert set(land["layer"]) == {0} and len(land) == (n_text + (variant == "sink")) * 32
+    assert (land["token"].iloc[0] == "<sink_1>") == (variant == "sink")
+    ctx.results.commit({})
+    figs = sorted(p.name for p in draw_experiment(ctx.out_dir))
+    assert figs == ["train_emergence.png", "train_landscape.png", "train_layers.png"], figs
     last = out["last"]
     assert math.isnan(last["attn_share_kprime"]) == (variant != "attn_bias")
     assert math.isnan(last["attn_share_sink"]) == (variant != "sink")
@@ -57,7 +66,7 @@ def test_train_then_profile_the_checkpoint(tmp_path, monkeypatch, variant):
                                     "dtype": "float32", "device": "cpu"})
     prof = ma_profile.run(context(tmp_path / "p", loaded, ltok, variant), n_sequences=2, seq_len=32)
     assert len(prof["layer_rows"]) == 2
-    first = ma_profile.fig1_landscape(context(tmp_path / "f", loaded, ltok, variant), "Summer is warm.", 0)[0]
+    first = layer_landscape(context(tmp_path / "f", loaded, ltok, variant), "Summer is warm.", 0)[0]
     text_first = ltok.decode(ltok("Summer is warm.", add_special_tokens=False).input_ids[:1])
     assert first["token"] == ("<sink_1>" if variant == "sink" else text_first)  # the sink comes first, labelled
     # the attention stage and the super-weight detector run on every variant: the k' column is

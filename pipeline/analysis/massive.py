@@ -25,8 +25,11 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.hooks.forward import capture
-from pipeline.hooks.positions import delimiter_test, prefix_labels, token_types
+from pipeline.hooks.positions import delimiter_test, position_tokens, prefix_labels, token_types
 from pipeline.models.arch import decoder_layers, num_layers, prefix_roles
+from pipeline.models.arch import (
+    layer as block_at,  # (a local name: "layer" is a loop variable here)
+)
 from pipeline.models.load import forward_without_logits
 
 
@@ -322,3 +325,19 @@ def steady_choice(massive: list[dict], what: str) -> tuple[int | None, str]:
         line += f"; not steady, skipped: {'; '.join(map(_label, skipped[:3]))}" + (
             f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
     return first, line
+
+
+@torch.inference_mode()
+def layer_landscape(ctx, prompt: str, layer_idx: int, bos: str = "auto") -> list[dict]:
+    """Paper A Fig. 1: |h| of one layer's output for every token and dim of ``prompt`` (BOS rule ``bos``)."""
+    ids = ctx.encode(prompt, bos)
+    grabbed: dict[str, torch.Tensor] = {}
+    with capture({"h": block_at(ctx.model, layer_idx)}, lambda _n, h: grabbed.__setitem__("h", h[0].float().cpu())):
+        forward_without_logits(ctx.model, ids.to(ctx.device))
+    toks = position_tokens(ctx.model, ctx.tokenizer, ids[0].tolist())  # a sink token comes first
+    h = grabbed["h"]
+    return [
+        {"layer": layer_idx, "layer_1based": layer_idx + 1, "position": p, "token": toks[p], "dim": d,
+         "value": float(h[p, d]), "abs_value": float(abs(h[p, d]))}
+        for p in range(h.shape[0]) for d in range(h.shape[1])
+    ]

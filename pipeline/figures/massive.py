@@ -38,32 +38,41 @@ def fig3_layers(df: pd.DataFrame, model: str, out: Path) -> Path:
     return save(fig, out)
 
 
-@figure("ma_profile", "fig1_3d", ("ma_fig1",))
-def fig1_landscape(df: pd.DataFrame, model: str, out: Path) -> Path:
-    """|activation| of one layer on one prompt (paper A Fig. 1). Left: the 3-D landscape, one
-    bar per (token, dim) for the three largest dims and a thin line per token over all dims.
-    Right: every token's |h| over the dims on a log axis, where the smaller massive dims
-    (SmolLM2's 247 at 1,800 beside 507 at 24,000) stay visible; the top dims are labelled."""
-    layer = int(df["layer"].iloc[0])
+def draw_landscape(ax, df: pd.DataFrame, title: str, n_top: int = 3) -> pd.Series:
+    """Paper A's 3-D |activation| landscape of one layer on one prompt into a 3-D axis: one bar
+    per token for each of the ``n_top`` largest dims, a thin line per token over all dims.
+    Returns the top dims' maxima."""
     tokens = [token_label(t) for t in df.drop_duplicates("position").sort_values("position")["token"]]
-    top = df.groupby("dim")["abs_value"].max().nlargest(3)
-    fig = plt.figure(figsize=(11, 4.6))
-    ax = fig.add_subplot(1, 2, 1, projection="3d")
+    top = df.groupby("dim")["abs_value"].max().nlargest(n_top)
     for pos, g in df.groupby("position"):
         g = g.sort_values("dim")
         ax.plot([pos] * len(g), g["dim"], g["abs_value"], lw=0.6, color="#9e9e9e")
     colors = ["#d62728", "#1f77b4", "#2ca02c"]
     for color, (dim, _) in zip(colors, top.items(), strict=False):
         g = df[df["dim"] == dim].sort_values("position")
-        ax.bar3d(g["position"] - 0.3, [dim] * len(g), 0, 0.6, 12, g["abs_value"], color=color, alpha=0.85,
-                 label=f"dim {dim} (max {g['abs_value'].max():,.0f})")
+        ax.bar3d(g["position"] - 0.3, [dim] * len(g), 0, 0.6, 12, g["abs_value"],
+                 color=color, alpha=0.85, label=f"dim {dim} (max {g['abs_value'].max():,.0f})")
     ax.set_xticks(range(len(tokens)), tokens, fontsize=7, rotation=-20)
     ax.set_xlabel("token")
     ax.set_ylabel("feature dim")
     ax.set_zlabel("|activation|")
     ax.legend(fontsize=7, loc="upper left")
-    ax.set_title(f"{model}, layer {layer + 1} (1-based; index {layer})", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.view_init(elev=22, azim=-60)
+    return top
+
+
+@figure("ma_profile", "fig1_3d", ("ma_fig1",))
+def fig1_landscape(df: pd.DataFrame, model: str, out: Path) -> Path:
+    """|activation| of one layer on one prompt (paper A Fig. 1). Left: the 3-D landscape
+    (:func:`draw_landscape`). Right: every token's |h| over the dims on a log axis, where the
+    smaller massive dims (SmolLM2's 247 at 1,800 beside 507 at 24,000) stay visible; the top
+    dims are labelled."""
+    layer = int(df["layer"].iloc[0])
+    tokens = [token_label(t) for t in df.drop_duplicates("position").sort_values("position")["token"]]
+    fig = plt.figure(figsize=(11, 4.6))
+    top = draw_landscape(fig.add_subplot(1, 2, 1, projection="3d"), df,
+                         f"{model}, layer {layer + 1} (1-based; index {layer})")
     ax2 = fig.add_subplot(1, 2, 2)
     for pos, g in df.groupby("position"):
         g = g.sort_values("dim")

@@ -9,9 +9,16 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from pipeline.figures.massive import draw_landscape
 from pipeline.figures.registry import figure, save
 
 COLORS = {"default": "#1f77b4", "sink": "#2ca02c", "attn_bias": "#d62728"}
+
+
+def _ordered(models) -> list[str]:
+    """Variants in paper A's order (default, sink, attn_bias), other names after them."""
+    return sorted(models, key=lambda m: (next((i for i, k in enumerate(COLORS) if str(m).endswith(k)), len(COLORS)),
+                                         str(m)))
 
 
 def _color(model: str) -> str | None:
@@ -47,7 +54,7 @@ def fig_emergence(df: pd.DataFrame, _model: str, out: Path) -> Path:
 def fig_layers(df: pd.DataFrame, _model: str, out: Path) -> Path:
     """Paper A's GPT-2 panels: layer-wise top-1/2/3 and median of |h| at the last evaluated step,
     one panel per variant, the same log axis."""
-    models = sorted(df["model"].unique())
+    models = _ordered(df["model"].unique())
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.5), squeeze=False, sharey=True)
     for ax, model in zip(axes[0], models, strict=True):
         g = df[df["model"] == model]
@@ -61,4 +68,22 @@ def fig_layers(df: pd.DataFrame, _model: str, out: Path) -> Path:
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("magnitudes (log scale)")
     axes[0][0].legend(fontsize=7, frameon=False)
+    return save(fig, out)
+
+
+@figure("train_lm", "train_landscape", ("train_landscape",), across_models=True)
+def fig_landscape(df: pd.DataFrame, _model: str, out: Path) -> Path:
+    """Paper A's GPT-2 3-D plots: |h| of one layer on "Summer is warm. Winter is cold." for each
+    trained variant, side by side on one z scale (the official plot fixes it too), so a variant
+    without massive activations looks flat next to one with them."""
+    models = _ordered(df["model"].unique())
+    fig = plt.figure(figsize=(5.2 * len(models), 4.6))
+    zmax = float(df["abs_value"].max())
+    for i, model in enumerate(models):
+        g = df[df["model"] == model]
+        g = g[g["step"] == g["step"].max()]
+        layer = int(g["layer"].iloc[0])
+        ax = fig.add_subplot(1, len(models), i + 1, projection="3d")
+        draw_landscape(ax, g, f"{model}, layer {layer + 1} (1-based), step {int(g['step'].max())}")
+        ax.set_zlim(0, zmax)
     return save(fig, out)

@@ -19,30 +19,16 @@ from typing import Any
 
 import torch
 
-from pipeline.analysis.massive import massive_threshold, profile_layers, steady_choice, summarize
+from pipeline.analysis.massive import (
+    layer_landscape,
+    massive_threshold,
+    profile_layers,
+    steady_choice,
+    summarize,
+)
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.hooks.forward import capture
-from pipeline.hooks.positions import position_tokens
-from pipeline.models.arch import layer
-from pipeline.models.load import forward_without_logits
 
 STAGE = "ma_profile"
-
-
-@torch.inference_mode()
-def fig1_landscape(ctx, prompt: str, layer_idx: int, bos: str = "auto") -> list[dict]:
-    """Fig. 1: |h| of one layer's output for every token and dim of ``prompt`` (BOS rule ``bos``)."""
-    ids = ctx.encode(prompt, bos)
-    grabbed: dict[str, torch.Tensor] = {}
-    with capture({"h": layer(ctx.model, layer_idx)}, lambda _n, h: grabbed.__setitem__("h", h[0].float().cpu())):
-        forward_without_logits(ctx.model, ids.to(ctx.device))
-    toks = position_tokens(ctx.model, ctx.tokenizer, ids[0].tolist())  # a sink token comes first
-    h = grabbed["h"]
-    return [
-        {"layer": layer_idx, "layer_1based": layer_idx + 1, "position": p, "token": toks[p], "dim": d,
-         "value": float(h[p, d]), "abs_value": float(abs(h[p, d]))}
-        for p in range(h.shape[0]) for d in range(h.shape[1])
-    ]
 
 
 def compare_with_paper(paper: dict | None, layer_rows: list[dict], massive: list[dict]) -> list[dict]:
@@ -83,7 +69,7 @@ def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: s
     else:  # nothing steady: the layer with the largest top-1 / median ratio
         fig1_layer = max(layer_rows, key=lambda r: r["top1_over_median"])["layer"]
         why += f"; drawn at layer {fig1_layer}, the largest top-1 / median ratio"
-    fig1 = fig1_landscape(ctx, fig1_prompt, int(fig1_layer), fig1_bos)
+    fig1 = layer_landscape(ctx, fig1_prompt, int(fig1_layer), fig1_bos)
     mags = torch.tensor([r["abs_value"] for r in fig1])
     fig1_massive = bool(mags.max() > massive_threshold(float(mags.median()), abs_threshold, rel_threshold))
     if not fig1_massive:

@@ -4,8 +4,9 @@ fixed validation batch (the same streaming reducer ``ma_profile`` uses): the **e
 
 Tables: ``train_curve`` (per step: loss, lr; on evaluation steps the validation loss, the largest
 top-1 / median ratio over layers and where it sits, attention shares on the first token / the
-sink / the k' slot) and ``train_profile`` (per evaluation step and layer: top-1/2/3, median, ratio,
-where the top-1 sits). The trained model and its tokenizer are saved with ``save_pretrained``
+sink / the k' slot), ``train_profile`` (per evaluation step and layer: top-1/2/3, median, ratio,
+where the top-1 sits) and ``train_landscape`` (the trained model's |h| at every token and dim of
+one layer on paper A's prompt "Summer is warm. Winter is cold.": its 3-D plot). The trained model and its tokenizer are saved with ``save_pretrained``
 under ``checkpoint_dir`` (default ``outputs/checkpoints/<experiment>/<run key with setting>``) and load like any
 model: ``model.source=local model.path=<that dir>`` runs every other stage on it.
 """
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 
 from pipeline.analysis.attention import capture_attention_weights
-from pipeline.analysis.massive import profile_layers
+from pipeline.analysis.massive import layer_landscape, profile_layers
 from pipeline.core.paths import REPO_ROOT
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.models.arch import layer_module, num_layers, prefix_roles
@@ -56,7 +57,8 @@ def run(ctx, *, steps: int = 300, decay_steps: int | None = None, micro_batch: i
         weight_decay: float = 0.1, grad_clip: float = 1.0, eval_every: int = 25, ckpt_every: int = 50,
         eval_batches: int = 4, profile_sequences: int = 4, data: list[str] | tuple[str, ...] = ("wiki_summaries", "shakespeare", "austen"),
         checkpoint_dir: str | None = None, abs_threshold: float = 100.0, rel_threshold: float = 1000.0,
-        freeze_until: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+        freeze_until: list[str] | tuple[str, ...] = (), landscape_prompt: str = "Summer is warm. Winter is cold.",
+        landscape_layer: int | str = "auto") -> dict[str, Any]:
     """Train ``ctx.model``; write the curves; save the model where other stages can load it."""
     source = TokenBatches(corpus_tokens(ctx.tokenizer, list(data), ctx.catalog), micro_batch=micro_batch, block_size=block_size, seed=ctx.seed)
     val = [source.batch("val", 0, i) for i in range(eval_batches)]  # fixed: the same every evaluation
@@ -91,8 +93,12 @@ def run(ctx, *, steps: int = 300, decay_steps: int | None = None, micro_batch: i
     curve = [{k: v for k, v in r.items() if not k.startswith("L")} for r in history]
     profile = [{"step": r["step"], "layer": i, "layer_1based": i + 1, **{k: r[f"L{i}_{k}"] for k in PROFILE_COLUMNS}}
                for r in history if "val_loss" in r for i in range(num_layers(model))]
+    # paper A's 3-D plot of layer 6 of 12 (index 5) on its prompt: the same relative depth here
+    at = max(0, round(num_layers(model) / 2) - 1) if landscape_layer == "auto" else int(landscape_layer)
     paths = {"train_curve": ctx.results.write("train_curve", curve, stage=STAGE, step="rows"),
-             "train_profile": ctx.results.write("train_profile", profile, stage=STAGE, step="rows")}
+             "train_profile": ctx.results.write("train_profile", profile, stage=STAGE, step="rows"),
+             "train_landscape": ctx.results.write("train_landscape", layer_landscape(ctx, landscape_prompt, at),
+                                                  stage=STAGE, step=steps)}
     last = next((r for r in reversed(history) if "val_loss" in r), {})  # ranks > 0 of torchrun: none
     if last:
         ctx.logger.log_metrics({"train/val_loss": last["val_loss"], "train/ratio_max": last["ratio_max"]})
@@ -112,5 +118,5 @@ def format_summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=("train_curve", "train_profile"),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=("train_curve", "train_profile", "train_landscape"),
                                 artefact="paper A §4.3: GPT-2 with default / sink / explicit attention bias"))
