@@ -14,11 +14,11 @@ from pipeline.core.catalog import Catalog
 from pipeline.core.loggers import Logger
 from pipeline.core.results import ResultsWriter
 from pipeline.data.text import build_source
+from pipeline.figures import draw_experiment
 from pipeline.models.arch import get_arch
 from pipeline.models.load import load_model
 from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
 from pipeline.models.tiny import tiny_tokenizer
-from pipeline.figures import draw_experiment
 from pipeline.stages import ma_attention, ma_intervene, ma_profile, sw_detect, train_lm
 from pipeline.train import corpus
 from tests.helpers import TEXT
