@@ -15,7 +15,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.loggers import argv_has_secret
 from pipeline.core.paths import CONF_DIR
 
-CHECKED_GROUPS = ("model", "data", "experiment", "logger", "debug", "stage", "variant", "tier")
+CHECKED_GROUPS = ("model", "data", "experiment", "logger", "debug", "stage", "variant", "tier", "birth_variant")
 
 
 def check_choices(argv: list[str]) -> None:

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # before any pyplot import: figures are files, there is n
 
 from pipeline.core.results import read_table, rebuild_views  # noqa: E402
 from pipeline.core.store import tables_of  # noqa: E402
-from pipeline.figures import massive, super_weight, training  # noqa: E402, F401  (register their figures)
+from pipeline.figures import birth, massive, super_weight, training  # noqa: E402, F401  (register their figures)
 from pipeline.figures.registry import FIGURES, FigureSpec  # noqa: E402
 
 

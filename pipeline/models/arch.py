@@ -181,6 +181,12 @@ _SPECS: list[ArchSpec] = [
     # paper A's GPT-2 variants (pipeline/models/ma_gpt2.py): the same layout with nn.Linear; the
     # sink variant's learnable tokens come before the text and carry no position
     ArchSpec(model_type="ma_gpt2", **_GPT2, prefix_tokens=(("sink", "sink_tokens"),)),  # type: ignore[arg-type]
+    # paper C's 2-layer transformers (pipeline/models/birth.py); the simplified model has no FFN and
+    # no norms (Identity modules), the full one a ReLU FFN ``ff`` (Sequential: 0 up, 2 down)
+    ArchSpec(model_type="birth", layers="layers", attn="attention", mlp="ff", down_proj="ff.2", final_norm="norm",
+             lm_head="output", embed="tok_embeddings", gated_mlp=False, input_norm="attention_norm",
+             post_attn_norm="ffn_norm", attn_inputs=("attention.wk",), mlp_inputs=("ff.0",),
+             v_proj="attention.wv", o_proj="attention.wo"),
     ArchSpec(
         model_type="opt",
         layers="model.decoder.layers",

@@ -10,7 +10,8 @@ Sources:
   init  -- a randomly initialised model to train: ``model_type`` + ``init`` (its config
            keywords, seeded by ``init_seed``; ``vocab_size`` defaults to the tokenizer's) and
            ``tokenizer: {bpe: vocab size, datasets: [...]}`` (a BPE trained in-process on the
-           offline train splits) or ``tokenizer: {hub_id: gpt2}`` (a published one).
+           offline train splits), ``tokenizer: {hub_id: gpt2}`` (a published one) or
+           ``tokenizer: {chars: shakespeare, bos: false}`` (paper C's characters).
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def _init_model(cfg: Mapping[str, Any], device: torch.device) -> tuple[torch.nn.
         path, extra = _hub_path({"name": f"{cfg['name']} tokenizer", "hub_id": spec["hub_id"],
                                  "revision": spec.get("revision")})
         tok = AutoTokenizer.from_pretrained(path, **extra)
+    elif "chars" in spec:  # paper C: the characters of a corpus's statistics (+ a start token)
+        from pipeline.data.bigram import char_tokenizer, shakespeare_stats
+
+        if spec["chars"] != "shakespeare":
+            raise PipelineError(f"model '{cfg['name']}': tokenizer.chars must be shakespeare, not {spec['chars']!r}")
+        tok = char_tokenizer(shakespeare_stats().chars, bool(spec.get("bos", False)))
     elif "bpe" in spec:
         tok = offline_bpe(int(spec["bpe"]), list(spec.get("datasets", ["wiki_summaries", "shakespeare", "austen"])))
     else:

@@ -63,3 +63,44 @@ def read_tokens(path: Path) -> np.ndarray:
     """The token file as a read-only memory map (nothing is loaded up front)."""
     meta = json.loads(path.with_suffix(".json").read_text())
     return np.memmap(path, dtype=np.dtype(meta["dtype"]), mode="r", shape=(int(meta["n"]),))
+
+
+@dataclass
+class BigramBatches:
+    """Paper C's fresh synthetic batches (:mod:`pipeline.data.bigram`), each a pure function of
+    (seed, split, step, micro step, rank) like :class:`TokenBatches`. ``batch`` gives the model's
+    inputs: ``input_ids`` (B, T) and aligned ``targets`` (-100 where no loss is taken:
+    everywhere but counter >= 2 under ``loss_head_only``); ``sample`` adds the counter.
+    ``bos_id``: a start token is put before every sequence (its target is the first token, never
+    in the loss), so the model sees T + 1 positions."""
+
+    stats: object               # CharStats
+    task: object                # BigramTask
+    micro_batch: int
+    seed: int = 0
+    rank: int = 0
+    loss_head_only: bool = False
+    bos_id: int | None = None
+
+    def sample(self, split: str, step: int, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from pipeline.data.bigram import generate
+
+        rng = np.random.default_rng(batch_seed(self.seed, split, step, micro, self.rank))
+        tokens, counter = generate(self.stats, self.task, rng, self.micro_batch)
+        x, y, c = (torch.from_numpy(a) for a in (tokens[:, :-1], tokens[:, 1:], counter[:, :-1]))
+        return x, y, c
+
+    def with_bos(self, x: torch.Tensor, y: torch.Tensor, c: torch.Tensor):
+        """Inputs, targets and counter with the start token first (its target: the first token)."""
+        if self.bos_id is None:
+            return x, y, c
+        start = torch.full((len(x), 1), self.bos_id, dtype=x.dtype)
+        return torch.cat([start, x], 1), torch.cat([x[:, :1], y], 1), torch.cat([torch.zeros_like(c[:, :1]), c], 1)
+
+    def batch(self, split: str, step: int, micro: int = 0) -> dict[str, torch.Tensor]:
+        x, y, c = self.with_bos(*self.sample(split, step, micro))
+        targets = y.masked_fill(c < 2, -100) if self.loss_head_only else y
+        if self.bos_id is not None and not self.loss_head_only:
+            targets = targets.clone()
+            targets[:, 0] = -100  # the first token after the start token is unpredictable: as without it
+        return {"input_ids": x, "targets": targets}

@@ -49,6 +49,7 @@ class TrainConfig:
     ckpt_every: int = 50
     seed: int = 0
     save_at_end: bool = True      # False only for benchmarks timing the steps alone
+    eval_at_start: bool = False   # also evaluate the initial model (step 0; paper C logs iteration 0)
     freeze_until: tuple[str, ...] = field(default_factory=tuple)  # "300:layers.1.wo": frozen before step 300
 
 
@@ -146,13 +147,22 @@ def distributed() -> tuple[int, int]:
     return dist.get_rank(), world
 
 
+def model_inputs(batch: torch.Tensor | dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A batch as the model's keyword arguments: a (B, T) tensor of ids is language modelling
+    (``labels = input_ids``, shifted inside the model); a dict is passed as it is (paper C's
+    ``input_ids`` and aligned ``targets`` with -100 where no loss is taken)."""
+    if isinstance(batch, dict):
+        return {k: v.to(device) for k, v in batch.items()}
+    ids = batch.to(device)
+    return {"input_ids": ids, "labels": ids}
+
+
 def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor],
           cfg: TrainConfig, ckpt_dir: Path, *, device: torch.device,
           on_eval: Callable[[int], dict[str, Any]] | None = None, desc: str = "train") -> list[dict]:
     """Train ``model`` to ``cfg.max_steps``, resuming from ``ckpt_dir`` when it holds a checkpoint.
 
-    ``batch(split, step, micro)`` gives the (B, T) token ids of one micro-batch (each position
-    predicts the next: transformers' ``labels = input_ids`` convention); ``on_eval(step)``
+    ``batch(split, step, micro)`` gives one micro-batch (:func:`model_inputs`); ``on_eval(step)``
     returns extra columns (validation loss, the massive-activation profile, ...) every
     ``eval_every`` steps and at the end. Returns the history: one row per step with ``loss`` and
     ``lr``, evaluation columns on the evaluation steps."""
@@ -173,10 +183,16 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
         print(f"[train] resuming at step {start} from {ckpt_dir}", flush=True)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
-    names = dict(model.named_parameters())
+    # freeze_until only holds back parameters that train at all: a model's own frozen ones stay frozen
+    names = {n: p for n, p in model.named_parameters() if p.requires_grad}
     bar = tqdm(range(start, cfg.max_steps), desc=desc, unit="step", initial=start, total=cfg.max_steps,
                disable=rank != 0)
     t0, tokens = time.perf_counter(), 0
+    if on_eval and rank == 0 and start == 0 and cfg.eval_at_start:
+        model.eval()
+        with torch.no_grad():
+            history.append({"step": 0, **on_eval(0)})
+        model.train()
     for step in bar:
         frozen = frozen_at(step, cfg.freeze_until)
         for name, p in names.items():
@@ -185,14 +201,14 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
             group["lr"] = lr_at(step, cfg)
         total = torch.zeros((), device=device)
         for micro in range(accum):
-            x = batch("train", step, micro * world + rank).to(device)
+            inputs = model_inputs(batch("train", step, micro * world + rank), device)
             sync = micro == accum - 1 or world == 1  # DDP: all-reduce once, on the last micro-batch
             with contextlib.nullcontext() if sync else net.no_sync():
                 with autocast:
-                    loss = net(input_ids=x, labels=x).loss / accum
+                    loss = net(**inputs).loss / accum
                 loss.backward()
             total += loss.detach()
-            tokens += x.numel() * world
+            tokens += inputs["input_ids"].numel() * world
         if world > 1:  # the logged loss is the mean over ranks
             torch.distributed.all_reduce(total)
             total /= world
