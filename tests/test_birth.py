@@ -127,3 +127,43 @@ def test_save_and_reload_keeps_the_fixed_random_positions(tmp_path):
     a = out.attentions[0]  # the k'/v' slot: column 0, seen by every query; keys <= t otherwise
     assert a.shape[-1] == 21 and (a[..., 0] > 0).all() and a[0, 0, 3, 5:].sum() == 0
     assert math.isclose(float(a[0, 0, 3].sum()), 1.0, rel_tol=1e-5)
+
+
+def test_stage_writes_curves_and_maps_and_the_model_loads_like_any_other(tmp_path):
+    from pipeline.context import Context
+    from pipeline.core.catalog import Catalog
+    from pipeline.core.loggers import Logger
+    from pipeline.core.results import ResultsWriter
+    from pipeline.data.bigram import char_tokenizer
+    from pipeline.data.text import build_source
+    from pipeline.models.arch import get_arch
+    from pipeline.models.load import load_model
+    from pipeline.stages import birth_train, ma_profile
+
+    stats = shakespeare_stats()
+    tok = char_tokenizer(stats.chars, bos=True)
+    model = BirthForCausalLM(BirthConfig(vocab_size=66, dim=16, n_positions=33, attn_bias=True,
+                                         frozen=[*SIMPLIFIED_FROZEN, "tok_embeddings", "output"]))
+    data = {"name": "shakespeare", "kind": "text", "text": "To be, or not to be. " * 20, "bos": "never"}
+
+    def ctx(sub, m, t):
+        results = ResultsWriter(tmp_path / sub, "birth", model="birth", revision=None, dataset="shakespeare", seed=0,
+                                device="cpu")
+        return Context(model=m, tokenizer=t, arch=get_arch(m), device=torch.device("cpu"), model_name="birth",
+                       paper_key=None, data_cfg=data, source=build_source(data), results=results, logger=Logger(),
+                       experiment="birth", seed=0, catalog=Catalog({"data": {"shakespeare": data}}))
+
+    c = ctx("r", model, tok)
+    out = birth_train.run(c, steps=4, batch_size=4, seq_len=32, eval_every=2, ckpt_every=2, bos=True, k=2,
+                          test_sequences=4, attention_positions=6, checkpoint_dir=str(tmp_path / "ckpt"), label="tiny")
+    curve = c.results.read("birth_curve")
+    assert list(curve["step"]) == [0, 2, 4] and set(curve["label"]) == {"tiny"}
+    for col in ("acc_end", "wo1", "wk1", "wk0", "wk0_64", "acc_end_test", "L0_start_share", "L0_kprime_share", "ratio_max"):
+        assert curve[col].notna().all(), col
+    maps = c.results.read("birth_attention")
+    assert len(maps) == 2 * 21 and maps.groupby(["layer", "query"])["weight"].sum().lt(1 + 1e-5).all()
+    assert "first step >= 0.5" in birth_train.format_summary(out)
+    loaded, ltok, _ = load_model({"name": "b", "source": "local", "path": out["checkpoint"], "dtype": "float32", "device": "cpu"})
+    assert torch.equal(loaded.pe, model.pe) and ltok.decode(ltok("to be").input_ids) == "to be"
+    prof = ma_profile.run(ctx("p", loaded, ltok), n_sequences=2, seq_len=16)
+    assert len(prof["layer_rows"]) == 2
