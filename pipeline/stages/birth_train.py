@@ -96,6 +96,7 @@ def run(ctx, *, steps: int = 400, batch_size: int = 512, optimizer: str = "sgd",
                                     delimiters=["."], quiet=True).layer_rows()
             row["ratio_max"] = max(r["top1_over_median"] for r in layers)
             row["top1_max"] = max(r["top1"] for r in layers)
+        ctx.logger.log_metrics({f"birth/{k}": v for k, v in row.items()}, step=step)  # live curves in W&B
         return row
 
     cfg = TrainConfig(max_steps=steps, micro_batch=batch_size, block_size=seq_len, optimizer=optimizer, lr=lr,
@@ -117,7 +118,6 @@ def run(ctx, *, steps: int = 400, batch_size: int = 512, optimizer: str = "sgd",
              "birth_attention": ctx.results.write("birth_attention", [{"label": label, **r} for r in maps],
                                                   stage=STAGE, step=steps)}
     last = curve[-1]
-    ctx.logger.log_metrics({f"birth/{k}": last[k] for k in (*PROBES, "loss_head", "loss_bigram")})
     crossings = {p: (first_crossing(curve, p, 0.5), first_crossing(curve, p, 0.9)) for p in PROBES}
     return {"paths": paths, "last": last, "label": label, "crossings": crossings, "steps": steps, "checkpoint": str(where / "final"),
             "task": task, "batch_size": batch_size}

@@ -75,6 +75,7 @@ def run(ctx, *, steps: int = 300, decay_steps: int | None = None, micro_batch: i
         row.update(ratio_max=peak["top1_over_median"], ratio_max_layer=peak["layer"], top1_max=peak["top1"],
                    top1_dim=peak["top1_dim"], top1_token_type=peak["top1_token_type"],
                    massive=any(r["n_massive"] > 0 for r in layers), **attention_shares(ctx, probe))
+        ctx.logger.log_metrics({f"train/{k}": float(v) for k, v in row.items() if isinstance(v, (int, float))}, step=step)
         for r in layers:  # kept in the history (and so in the checkpoint) for the per-layer table
             row.update({f"L{r['layer']}_{k}": r[k] for k in PROFILE_COLUMNS})
         return row
@@ -100,8 +101,6 @@ def run(ctx, *, steps: int = 300, decay_steps: int | None = None, micro_batch: i
              "train_landscape": ctx.results.write("train_landscape", layer_landscape(ctx, landscape_prompt, at),
                                                   stage=STAGE, step=steps)}
     last = next((r for r in reversed(history) if "val_loss" in r), {})  # ranks > 0 of torchrun: none
-    if last:
-        ctx.logger.log_metrics({"train/val_loss": last["val_loss"], "train/ratio_max": last["ratio_max"]})
     return {"paths": paths, "last": last, "checkpoint": str(where / "final"), "steps": steps,
             "tokens": steps * grad_accum * micro_batch * block_size, "n_params": sum(p.numel() for p in model.parameters())}
 
