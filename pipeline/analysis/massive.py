@@ -259,20 +259,50 @@ def profile_layers(ctx, windows: torch.Tensor, *, batch_size: int, abs_threshold
                    rel_threshold: float, max_hits: int, delimiters: list[str], quiet: bool = False) -> LayerProfile:
     """Run ``windows`` (N, L) through ``ctx.model`` with the reducing hooks on every decoder layer
     (``ctx``: anything with ``model``, ``tokenizer`` and ``device``)."""
-    prof = LayerProfile(num_layers(ctx.model), abs_threshold=abs_threshold,
-                        rel_threshold=rel_threshold, max_hits=max_hits)
     is_delim = delimiter_test(ctx.tokenizer, delimiters)
     texts_of: dict[int, str] = {}
     prefix = prefix_roles(ctx.model)  # tokens the model puts before the text (a sink token)
-    modules = {str(i): m for i, m in enumerate(decoder_layers(ctx.model))}
-    with capture(modules, lambda name, h: prof.observe(int(name), h)):
-        for start in tqdm(range(0, len(windows), batch_size), desc="ma_profile", unit="batch", disable=quiet):
+
+    def batches():
+        for start in range(0, len(windows), batch_size):
             ids = windows[start:start + batch_size]
             for tid in set(ids.flatten().tolist()) - texts_of.keys():
                 texts_of[tid] = ctx.tokenizer.decode([tid])
-            prof.begin_batch([prefix + t for t in token_types(ids, is_delim)],
-                             [prefix_labels(ctx.model) + [texts_of[t] for t in r] for r in ids.tolist()])
-            forward_without_logits(ctx.model, ids.to(ctx.device))
+            yield ([prefix + t for t in token_types(ids, is_delim)],
+                   [prefix_labels(ctx.model) + [texts_of[t] for t in r] for r in ids.tolist()],
+                   lambda ids=ids: forward_without_logits(ctx.model, ids.to(ctx.device)))
+
+    return _profile(ctx.model, batches(), -(-len(windows) // batch_size), abs_threshold, rel_threshold, max_hits, quiet)
+
+
+@torch.inference_mode()
+def profile_images(ctx, pixels: torch.Tensor, *, batch_size: int, abs_threshold: float, rel_threshold: float,
+                   max_hits: int, quiet: bool = False) -> LayerProfile:
+    """The same profile for a vision encoder on ``pixels`` (N, 3, H, W): positions are its prefix
+    tokens (``cls``, ``reg_k``) and then patches (role ``patch``, labelled by grid cell)."""
+    prefix = prefix_roles(ctx.model)
+
+    def batches():
+        for start in range(0, len(pixels), batch_size):
+            px = pixels[start:start + batch_size]
+            n_patch = (px.shape[-2] // ctx.model.config.patch_size) * (px.shape[-1] // ctx.model.config.patch_size)
+            cols = px.shape[-1] // ctx.model.config.patch_size
+            roles = prefix + ["patch"] * n_patch
+            labels = [f"<{r}>" for r in prefix] + [f"patch {i // cols},{i % cols}" for i in range(n_patch)]
+            yield [roles] * len(px), [labels] * len(px), lambda px=px: ctx.model(pixel_values=px.to(ctx.device))
+
+    return _profile(ctx.model, batches(), -(-len(pixels) // batch_size), abs_threshold, rel_threshold, max_hits, quiet)
+
+
+def _profile(model, batches, total: int, abs_threshold: float, rel_threshold: float, max_hits: int,
+             quiet: bool) -> LayerProfile:
+    """The reducing hooks on every block, over ``batches`` of (roles, labels, forward)."""
+    prof = LayerProfile(num_layers(model), abs_threshold=abs_threshold, rel_threshold=rel_threshold, max_hits=max_hits)
+    modules = {str(i): m for i, m in enumerate(decoder_layers(model))}
+    with capture(modules, lambda name, h: prof.observe(int(name), h)):
+        for roles, labels, forward in tqdm(batches, total=total, desc="ma_profile", unit="batch", disable=quiet):
+            prof.begin_batch(roles, labels)
+            forward()
             prof.end_batch()
     return prof
 

@@ -134,7 +134,7 @@ def _text_source(cfg: Mapping[str, Any]) -> Callable[[], Iterable[str]]:
 
 
 _OFFLINE = {"wiki_summaries": wiki_source, "shakespeare": shakespeare_source, "austen": austen_source}
-KINDS = (*_OFFLINE, "hub", "text")
+KINDS = (*_OFFLINE, "hub", "text", "images")
 
 
 def data_config(name: str, catalog: Catalog | None = None, **overrides: Any) -> dict[str, Any]:
@@ -177,6 +177,10 @@ def build_source(cfg: Mapping[str, Any]) -> TextSource:
         load = _hub_source(cfg)
     elif kind == "text":
         load = _text_source(cfg)
+    elif kind == "images":  # an image set shares the data configs, not the text interface
+        from pipeline.data.images import ImageSource
+
+        return ImageSource(name=str(cfg["name"]), cfg=cfg)  # type: ignore[return-value]
     else:
         raise PipelineError(f"unknown data kind '{kind}'; known kinds: {', '.join(KINDS)}")
     return TextSource(name=str(cfg["name"]), load=load, bos=str(cfg.get("bos", "auto")),

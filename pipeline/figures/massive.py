@@ -221,3 +221,8 @@ def fig_attention_decomposition(df: pd.DataFrame, model: str, out: Path) -> Path
     axes[1].set_ylim(bottom=0)
     fig.suptitle(f"{model}: attention output split into S and the rest, over queries after S", fontsize=9)
     return save(fig, out)
+
+
+# Paper A §5: the same two figures for a vision encoder's profile (roles cls / reg_k / patch)
+figure("vit_profile", "vit_layers", ("vit_layer_stats",), per_dataset=True)(fig3_layers)
+figure("vit_profile", "vit_landscape", ("vit_landscape",), text_columns=("token",))(fig1_landscape)

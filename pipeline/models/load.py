@@ -5,6 +5,8 @@ Sources:
            otherwise the Hub must be reachable (checked up front: one clear line, no retry loop).
   gguf  -- a GGUF file inside installed pip packages, one file or chunks (``models/gguf``);
            dequantised once into a safetensors cache so later loads take seconds.
+  onnx  -- an ONNX graph inside a pip package, converted once into a transformers model
+           (``models/onnx_import``; the embedded DINOv2-S ViT).
   local -- a directory saved with ``save_pretrained``.
   tiny  -- a random 2-4 layer model built from a config (tests, ``debug``).
   init  -- a randomly initialised model to train: ``model_type`` + ``init`` (its config
@@ -28,7 +30,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.hub import require_hub
 from pipeline.models.gguf import converted_cache
 
-SOURCES = ("hub", "gguf", "local", "tiny", "init")
+SOURCES = ("hub", "gguf", "onnx", "local", "tiny", "init")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -125,6 +127,16 @@ def forward_without_logits(model: torch.nn.Module, ids: torch.Tensor) -> None:
     model(input_ids=ids, use_cache=False, **extra)
 
 
+VISION_TYPES = ("dinov2", "dinov2_with_registers", "clip_vision_model", "vit")
+
+
+def is_vision(path: str, extra: Mapping[str, Any]) -> bool:
+    """A vision encoder (loaded with AutoModel and an image processor), from its config's model_type."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, **extra).model_type in VISION_TYPES
+
+
 def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.device]:
     """Return (model in eval mode, tokenizer, input device) for a model config mapping."""
     source = cfg.get("source")
@@ -146,6 +158,10 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.devi
         kwargs["attn_implementation"] = cfg["attn_implementation"]
     if source == "gguf":
         path, extra = str(converted_cache(cfg)), {}
+    elif source == "onnx":
+        from pipeline.models.onnx_import import converted_onnx
+
+        path, extra = str(converted_onnx(cfg)), {}
     elif source == "local":
         path, extra = str(cfg["path"]), {}
         if not Path(path).exists():
@@ -156,8 +172,15 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.devi
     if device_map:
         kwargs["device_map"] = device_map
     print(f"[models] loading {cfg['name']} ({dtype}, {device_map or device}) ...", flush=True)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"], **extra)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **extra)
+    if cfg.get("auto_class") or is_vision(path, extra):  # an image encoder: its image processor stands
+        import transformers  # where a tokenizer would
+
+        tok = transformers.AutoImageProcessor.from_pretrained(path, **extra)
+        # auto_class: the encoder inside a two-tower checkpoint (CLIP: CLIPVisionModel)
+        model = getattr(transformers, cfg.get("auto_class") or "AutoModel").from_pretrained(path, **kwargs, **extra)
+    else:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"], **extra)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **extra)
     if not device_map:
         model = model.to(device)
     else:
