@@ -17,24 +17,31 @@ from pipeline.stages import vit_profile
 PHOTOS = {"name": "photos", "kind": "images", "source": "skimage", "names": ["astronaut", "coffee", "chelsea", "rocket"]}
 
 
-def tiny_vit(plant: float | None = None) -> Dinov2WithRegistersModel:
+def tiny_vit(plant: float | None = None, sink: bool = False) -> Dinov2WithRegistersModel:
     """A random DINOv2-with-registers (4 registers, 3 blocks of 32); ``plant``: register 3's
-    embedding carries that value in dim 7, which the residual stream keeps in every block."""
+    embedding carries that value in dim 7, which the residual stream keeps in every block;
+    ``sink``: every query's bias points at that direction's key, so every block attends to
+    register 3 (a learned-bias-like use of the massive activation, as paper A describes)."""
     torch.manual_seed(0)
     m = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
                                                            image_size=56, patch_size=14, num_register_tokens=4)).eval()
-    if plant is not None:
-        with torch.no_grad():
+    with torch.no_grad():
+        if plant is not None:
             m.embeddings.register_tokens[0, 2, 7] = plant
+        if sink:
+            for block in m.encoder.layer:
+                wk = block.attention.k_proj.weight[:, 7]
+                block.attention.q_proj.bias.copy_(10 * wk / wk.norm() ** 2)
     return m
 
 
-def vit_ctx(tmp_path, model, processor, data=PHOTOS):
+def vit_ctx(tmp_path, model, processor, data=PHOTOS, paper_key=None):
     results = ResultsWriter(tmp_path / "results", "vit", model="tiny_vit", revision=None, dataset=data["name"], seed=0,
                             device="cpu")
     return Context(model=model, tokenizer=processor, arch=get_arch(model), device=torch.device("cpu"),
-                   model_name="tiny_vit", paper_key=None, data_cfg=data, source=build_source(data), results=results,
-                   logger=Logger(), experiment="vit", seed=0, catalog=Catalog({"data": {data["name"]: data}}))
+                   model_name="tiny_vit", paper_key=paper_key, data_cfg=data, source=build_source(data), results=results,
+                   logger=Logger(), experiment="vit", seed=0,
+                   catalog=Catalog({"data": {data["name"]: data}, "paper": Catalog.from_files().entries["paper"]}))
 
 
 def small_processor() -> BitImageProcessor:
@@ -54,6 +61,9 @@ def test_planted_register_outlier_is_found_on_reg_3(tmp_path):
     assert list(land.drop_duplicates("position")["token"][:5]) == ["<cls>", "<reg_1>", "<reg_2>", "<reg_3>", "<reg_4>"]
     assert land.loc[(land["token"] == "<reg_3>") & (land["dim"] == 7), "abs_value"].iloc[0] > 1000
     assert "massive: dim 7 on reg_3" in vit_profile.format_summary(out)
+    as_paper = vit_profile.run(vit_ctx(tmp_path / "g", tiny_vit(plant=4000.0), small_processor(), paper_key="dinov2_reg_g"),
+                               n_images=2, batch_size=2)  # the paper's numbers are printed beside ours
+    assert "paper A massive_dims: [179, 999] (verified" in vit_profile.format_summary(as_paper)
 
 
 def test_no_outlier_means_none_found(tmp_path):
@@ -68,6 +78,29 @@ def test_a_text_dataset_is_refused_in_one_line(tmp_path):
     text = {"name": "t", "kind": "text", "text": "hello"}
     with pytest.raises(PipelineError, match="needs an image dataset"):
         vit_profile.run(vit_ctx(tmp_path, tiny_vit(), small_processor(), data=text), n_images=1)
+
+
+def test_fix_reg_mean_and_set_mean_keep_the_planted_model_set_zero_breaks_it(tmp_path):
+    from pipeline.stages import vit_intervene
+
+    model = tiny_vit(plant=4000.0, sink=True)
+    pixels = small_processor()(images=[np.full((56, 56, 3), 90, np.uint8)], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        before = model(pixel_values=pixels).last_hidden_state
+    data = {**PHOTOS, "names": None}  # every shipped photo: 4 to evaluate, 4 to calibrate
+    out = vit_intervene.run(vit_ctx(tmp_path, model, small_processor(), data=data), eval_images=4, calib_images=4,
+                            calib_views=4, probe_images=60)
+    change = {r["condition"]: r["value"] for r in out["rows"] if r["metric"] == "pooled_rel_l2_change"}
+    assert [(s["token_type"], s["dim"]) for s in out["sites"]] == [("reg_3", 7)]
+    assert change["original"] == 0 and change["set_mean"] < 1e-3 and change["fix_reg_mean"] < 0.02
+    assert change["set_zero"] > 0.1  # the model relied on the outlier as a fixed bias
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=pixels).last_hidden_state, before)  # bit-identical on exit
+    plain = vit_intervene.run(vit_ctx(tmp_path / "p", tiny_vit(), small_processor(), data=data), eval_images=4,
+                              calib_images=4, calib_views=2, probe_images=0, conditions=["set_zero", "fix_reg_mean"])
+    reasons = {r["condition"]: r["why"] for r in plain["rows"] if r["metric"] == "not_applicable"}
+    assert reasons == {"set_zero": "no steady massive activation on a CLS / register token"}
+    assert "not applicable" in vit_intervene.format_summary(plain)
 
 
 @pytest.mark.real

@@ -226,3 +226,29 @@ def fig_attention_decomposition(df: pd.DataFrame, model: str, out: Path) -> Path
 # Paper A §5: the same two figures for a vision encoder's profile (roles cls / reg_k / patch)
 figure("vit_profile", "vit_layers", ("vit_layer_stats",), per_dataset=True)(fig3_layers)
 figure("vit_profile", "vit_landscape", ("vit_landscape",), text_columns=("token",))(fig1_landscape)
+
+
+@figure("vit_intervene", "vit_intervene", ("vit_intervene",), text_columns=("why",))
+def fig_vit_intervene(df: pd.DataFrame, model: str, out: Path) -> Path:
+    """Per condition: the PROXY metrics (pooled-feature change, digits probe accuracy); a
+    condition that does not apply is shown as text with its reason, not as a zero bar."""
+    conds = list(dict.fromkeys(df["condition"]))
+    metrics = [m for m in ("pooled_rel_l2_change", "digits_probe_acc") if m in set(df["metric"])]
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(4.6 * max(1, len(metrics)), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics or ["pooled_rel_l2_change"], strict=True):
+        for i, cond in enumerate(conds):
+            g = df[(df["condition"] == cond) & (df["metric"] == metric)]
+            na = df[(df["condition"] == cond) & (df["metric"] == "not_applicable")]
+            if len(g):
+                ax.bar(i, g["value"].iloc[0], color="#1f77b4")
+                ax.text(i, g["value"].iloc[0], f"{g['value'].iloc[0]:.3f}", ha="center", va="bottom", fontsize=7)
+            elif len(na):
+                ax.text(i, 0.04, "n/a: " + str(na["why"].iloc[0]).replace(" on ", "\non "), ha="center", va="bottom",
+                        fontsize=6, rotation=90, color="#7f7f7f", transform=ax.get_xaxis_transform())
+        ax.set_xticks(range(len(conds)), conds, fontsize=8)
+        ax.set_xlim(-0.6, len(conds) - 0.2)
+        ax.set_title(metric.replace("_", " ") + " (proxy)", fontsize=9)
+        ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]) if metric.endswith("acc") else max(0.05, ax.get_ylim()[1]))
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{model}: interventions on a ViT (offline proxies, not ImageNet accuracy)", fontsize=9)
+    return save(fig, out)

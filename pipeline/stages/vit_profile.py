@@ -17,6 +17,7 @@ import torch
 
 from pipeline.analysis.massive import profile_images, steady_choice, summarize
 from pipeline.core.errors import PipelineError
+from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
 from pipeline.models.arch import decoder_layers, layer, num_layers, prefix_roles
@@ -77,7 +78,8 @@ def run(ctx, *, n_images: int = 12, batch_size: int = 4, abs_threshold: float = 
              (("vit_layer_stats", layers), ("vit_massive", massive),
               ("vit_landscape", landscape(ctx, pixels, at, landscape_patches)))}
     return {"paths": paths, "layers": layers, "massive": massive, "why": why, "peak": peak, "images": names,
-            "landscape_layer": at, "model": ctx.model_name}
+            "landscape_layer": at, "model": ctx.model_name,
+            "paper": paper_numbers("massive_activations", ctx.paper_key, ctx.catalog) or {}}
 
 
 def format_summary(out: dict[str, Any]) -> str:
@@ -92,6 +94,11 @@ def format_summary(out: dict[str, Any]) -> str:
     else:
         lines.append("  massive activations: none found" + (f" ({len(out['massive'])} transient hits)" if out["massive"] else ""))
     lines.append(f"  landscape: block {out['landscape_layer'] + 1} ({out['why']})")
+    for key in ("massive_dims", "register_mean_max"):
+        entry = out.get("paper", {}).get(key)
+        if entry:
+            lines.append(f"  paper A {key}: {entry['value']} ({'verified' if entry.get('verified') else 'recalled'}; "
+                         f"{entry['source']})")
     return "\n".join(lines)
 
 
