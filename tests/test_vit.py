@@ -132,3 +132,19 @@ def test_embedded_dinov2_matches_its_onnx_graph_and_is_a_negative_control(tmp_pa
     out = vit_profile.run(vit_ctx(tmp_path, model, processor), n_images=4, batch_size=2)
     assert not [m for m in out["massive"] if m["steady"]]
     assert max(r["top1"] for r in out["layers"]) < 100  # paper A's absolute threshold is far away
+
+
+@pytest.mark.parametrize("model", ["dinov2_reg_g", "clip_vit_l", "dinov2_reg_s"])
+@pytest.mark.parametrize("experiment", ["massive_activations_vit_profile", "massive_activations_vit_intervene"])
+def test_paper_settings_compose(model, experiment):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pipeline.core.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={experiment}", f"model={model}", "hydra/launcher=slurm"],
+                      return_hydra_config=True)
+    OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True)
+    assert cfg.model.source == "hub" and cfg.data.kind == "images"
+    assert (cfg.model.paper_key or "").startswith("dinov2_reg") == model.startswith("dinov2_reg")
