@@ -16,7 +16,7 @@ EXP    ?= massive_activations_default
 PYTEST := $(PY) -m pytest -q -m "not gpu"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-gpu lint repro record sweep train figures bench clean assets
+.PHONY: help setup run test test-fast test-gpu lint repro record sweep train figures report bench clean assets
 
 help: ## list the targets and the experiments
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ train: setup ## train from scratch into outputs/: make train EXP=massive_activat
 
 sweep: setup ## multirun, e.g. make sweep ARGS='model=llama2_7b,mistral_7b hydra/launcher=slurm'
 	$(PY) -m pipeline -m experiment=$(EXP) $(ARGS)
+
+report: setup ## results/REPORT.md + results/report.html from the committed CSVs (no model is loaded)
+	$(PY) -m pipeline.report
 
 test: setup ## the whole offline test suite (tiny models + the real SmolLM2 checks)
 	$(PYTEST)

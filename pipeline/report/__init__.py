@@ -1,0 +1,1 @@
+"""The report of every artefact (``make report``) built from committed CSVs only."""

@@ -1,0 +1,180 @@
+"""``make report``: every artefact of papers A, B and C from the committed CSVs and ``conf/paper/``
+only (no model is loaded), as Markdown (``results/REPORT.md``) and a self-contained HTML file with
+the figures embedded (``results/report.html``).
+
+Per artefact, in the papers' order: the verdict and the rule that computed it, the setting read
+off the rows (model, data, commit, device), the command and hardware, our table, the published
+entries beside it (verified or recalled), and the figures. A table that was never written reads
+"not run"; nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from pipeline.core.paths import CONF_DIR
+from pipeline.core.results import PROVENANCE_COLUMNS, read_table
+from pipeline.report.artefacts import ARTEFACTS, Artefact
+from pipeline.report.rules import RULES
+
+PAPERS = {"A": "Massive Activations (Sun et al. 2024)", "B": "The Super Weight (Yu et al. 2024)",
+          "C": "Birth of a Transformer (Bietti et al. 2023)", "beyond": "Beyond the papers"}
+MAX_ROWS = 12
+
+
+def experiments() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def results_folder(a: Artefact) -> str:
+    if a.folder:
+        return a.folder
+    cfg = OmegaConf.load(CONF_DIR / "experiment" / f"{a.experiment}.yaml")
+    return str(OmegaConf.select(cfg, "run.experiment") or a.experiment)
+
+
+def load_tables(root: Path, a: Artefact) -> dict[str, pd.DataFrame]:
+    folder = root / results_folder(a)
+    out = {}
+    for t in (a.table, *a.also_needs):
+        if t and folder.is_dir():
+            try:
+                df = read_table(folder, t)
+            except (FileNotFoundError, KeyError, pd.errors.EmptyDataError):
+                continue
+            if len(df):
+                out[t] = df
+    return out
+
+
+def verdict(a: Artefact, tables: dict[str, pd.DataFrame]) -> tuple[str, str]:
+    if a.table not in tables:
+        return "not run here", f"needs {a.hardware}: {a.command}"
+    try:
+        return RULES[a.rule](tables)
+    except (KeyError, IndexError, ValueError) as err:  # a table without what the rule reads
+        return "not judged", f"the rule could not read its numbers ({type(err).__name__}: {err})"
+
+
+def published(a: Artefact) -> list[dict[str, Any]]:
+    rows = []
+    for paper_file, key in a.published:
+        cfg = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "paper" / f"{paper_file}.yaml"), resolve=True)
+        for model, entries in (cfg.get("models") or {}).items():
+            if key in entries:
+                e = entries[key]
+                rows.append({"model": model, "quantity": key, "value": str(e.get("value")),
+                             "tag": "verified" if e.get("verified") else "recalled", "source": e.get("source", "")})
+    return rows
+
+
+def setting(df: pd.DataFrame) -> str:
+    parts = []
+    for col, name in (("model", "model"), ("dataset", "data"), ("git_sha", "commit"), ("device", "device")):
+        if col in df:
+            vals = sorted({str(v) for v in df[col].dropna()})
+            parts.append(f"{name} {', '.join(vals[:4])}{' ...' if len(vals) > 4 else ''}")
+    return "; ".join(parts)
+
+
+def shown(a: Artefact, df: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in a.columns if c in df] or [c for c in df.columns if c not in PROVENANCE_COLUMNS or c == "model"]
+    return df[cols].head(MAX_ROWS)
+
+
+def sections(root: Path) -> list[dict[str, Any]]:
+    """One dict per artefact: everything both renderers need."""
+    out = []
+    for a in ARTEFACTS:
+        tables = load_tables(root, a)
+        v, why = verdict(a, tables)
+        df = tables.get(a.table)
+        figs = sorted((root / results_folder(a) / "figures").glob("*.png")) if df is not None else []
+        out.append({"a": a, "verdict": v, "why": why, "rule": " ".join((RULES[a.rule].__doc__ or "").split()),
+                    "setting": setting(df) if df is not None else "not run", "table": shown(a, df) if df is not None else None,
+                    "n_rows": 0 if df is None else len(df), "published": published(a), "figures": figs})
+    return out
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    cells = df.map(lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)).astype(str)
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    return head + "\n".join("| " + " | ".join(r) + " |" for r in cells.values.tolist())
+
+
+def markdown(secs: list[dict[str, Any]], root: Path) -> str:
+    lines = ["# Report: papers A, B and C, regenerated", "",
+             "Written by `make report` from the committed CSVs under `results/` and the published numbers in "
+             "`conf/paper/` (no model is loaded). Each verdict is computed by the rule printed under it; "
+             "a published value is tagged verified (checked against the paper or its code) or recalled.", "",
+             "## Headline", "", "| paper | artefact | verdict | numbers |", "|---|---|---|---|"]
+    lines += [f"| {s['a'].paper} | {s['a'].title} (`{s['a'].experiment}`) | **{s['verdict']}** | {s['why']} |" for s in secs]
+    for paper, name in PAPERS.items():
+        lines += ["", f"## {paper}: {name}" if paper != "beyond" else f"## {name}"]
+        for s in (s for s in secs if s["a"].paper == paper):
+            a = s["a"]
+            lines += ["", f"### {a.title}", "", f"- experiment: `{a.experiment}`; verdict: **{s['verdict']}** ({s['why']})",
+                      f"- rule: {s['rule']}", f"- setting: {s['setting']}",
+                      f"- regenerate: `{a.command}` ({a.hardware})"]
+            if s["table"] is None:
+                lines += ["", "not run: no committed rows."]
+            else:
+                more = f" (first {MAX_ROWS} of {s['n_rows']} rows)" if s["n_rows"] > MAX_ROWS else ""
+                lines += ["", f"Ours{more}:", "", _md_table(s["table"])]
+            if s["published"]:
+                lines += ["", "Published:", "", _md_table(pd.DataFrame(s["published"]))]
+            lines += ["", *(f"![{f.stem}]({f.relative_to(root)})" for f in s["figures"])]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(secs: list[dict[str, Any]], md: str) -> str:
+    """The same content as HTML, figures embedded as data URIs: one file that opens offline."""
+    body = []
+    for line in md.splitlines():
+        if line.startswith("!["):
+            path = line[line.index("(") + 1:-1]
+            fig = next(f for s in secs for f in s["figures"] if str(f).endswith(path))
+            data = base64.b64encode(fig.read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(fig.stem)}" src="data:image/png;base64,{data}" style="max-width:100%">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("|---"):
+            continue
+        elif line.startswith("| "):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split(" | ")]
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        elif line.startswith("- "):
+            body.append(f"<p>&bull; {html.escape(line[2:])}</p>")
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    out, in_table = [], False
+    for b in body:  # group consecutive rows into tables
+        if b.startswith("<tr>") and not in_table:
+            out.append("<table>")
+            in_table = True
+        elif not b.startswith("<tr>") and in_table:
+            out.append("</table>")
+            in_table = False
+        out.append(b)
+    if in_table:
+        out.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
+             "font-size:12px;margin:.5em 0}td{border:1px solid #ccc;padding:2px 6px}tr:first-child td{font-weight:bold}")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>Report</title><style>{style}</style></head><body>" \
+           + "\n".join(out) + "</body></html>\n"
+
+
+def build(root: Path, md_path: Path, html_path: Path | None) -> list[dict[str, Any]]:
+    secs = sections(root)
+    md = markdown(secs, md_path.parent)
+    md_path.write_text(md)
+    if html_path is not None:
+        html_path.write_text(to_html(secs, md))
+    return secs

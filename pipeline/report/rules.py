@@ -1,0 +1,197 @@
+"""Verdict rules of the report: each reads an experiment's CSVs and returns (verdict, why), where
+verdict is one of VERDICTS and ``why`` quotes the numbers the rule used. The rule itself is stated
+in the report next to the verdict (its docstring), so a verdict is never typed by hand.
+
+A rule sees ``tables`` ({name: DataFrame}) of one results folder; a missing table means "not run".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+
+VERDICTS = ("holds", "partly", "does not hold", "not run here", "not judged")
+Rule = Callable[[dict[str, pd.DataFrame]], tuple[str, str]]
+RULES: dict[str, Rule] = {}
+
+
+def rule(name: str):
+    def register(fn: Rule) -> Rule:
+        RULES[name] = fn
+        return fn
+    return register
+
+
+def _row(df: pd.DataFrame, condition: str) -> pd.Series:
+    return df[df["condition"] == condition].iloc[0]
+
+
+@rule("massive_found")
+def massive_found(t):
+    """holds if the detector finds at least one steady massive activation (paper A's rule: |h| > 100
+    and > 1000 x the layer median, in at least half the layers from its first and half the sequences)."""
+    m = t["ma_massive"]
+    steady = m[m["steady"].astype(bool)]
+    if steady.empty:
+        return "does not hold", "no steady massive activation"
+    top = steady.iloc[steady["value_mean"].abs().argmax()]
+    return "holds", (f"{len(steady)} steady: largest dim {int(top['dim'])} on {top['token_type']} from layer "
+                     f"{int(top['first_layer_1based'])} (|h| {abs(top['value_mean']):,.0f})")
+
+
+@rule("set_zero_breaks_set_mean_keeps")
+def set_zero_breaks(t):
+    """holds if zeroing the massive activations multiplies every perplexity by >= 10 while setting
+    them to their means changes each by < 5% (paper A Table 3); partly if only one of the two."""
+    d = t["ma_intervene_table"]
+    cols = [c for c in d.columns if c.startswith("ppl_")]
+    o, z, m = _row(d, "original"), _row(d, "set_zero"), _row(d, "set_mean")
+    breaks = all(z[c] >= 10 * o[c] for c in cols)
+    keeps = all(abs(m[c] - o[c]) < 0.05 * o[c] for c in cols)
+    why = "; ".join(f"{c[4:]}: {o[c]:.2f} -> zero {z[c]:.3g}, mean {m[c]:.2f}" for c in cols)
+    return ("holds" if breaks and keeps else "partly" if breaks or keeps else "does not hold"), why
+
+
+@rule("attention_on_massive")
+def attention_on_massive(t):
+    """holds if, in most layers, the attention share on the massive-activation tokens exceeds
+    both the share on control tokens and the uniform share (paper A §4.1)."""
+    d = t["ma_attention_share"]
+    d = d[d["token_set"] == "massive"] if "token_set" in d else d
+    wins = ((d["share_massive"] > d["share_control"]) & (d["share_massive"] > d["share_uniform"])).mean()
+    return ("holds" if wins > 0.5 else "does not hold"), f"{wins:.0%} of {len(d)} (model, layer) rows"
+
+
+@rule("super_weight_creates_massive")
+def super_weight_creates(t):
+    """holds if a detected super weight 'creates' a massive activation and its row is the massive
+    dim (paper B Table 2: one weight in an early down-projection writes the super activation)."""
+    d = t["sw_directory"]
+    hit = d[(d["role"] == "creates") & d["row_is_massive_dim"].astype(bool)]
+    if hit.empty:
+        return "does not hold", f"{len(d)} candidates, none creates the massive dim"
+    r = hit.iloc[0]
+    return "holds", f"{r['model']}: layer {int(r['layer'])}, row {int(r['row'])}, col {int(r['col'])}, weight {r['weight']:.2f}"
+
+
+@rule("prune_sw_destroys")
+def prune_sw(t):
+    """holds if pruning the super weight(s) multiplies perplexity by >= 5, restoring the super
+    activation brings it back within 10%, and pruning as many other large weights costs < 2x
+    (paper B Table 1)."""
+    d = t["sw_ablate_table"]
+    c = next(c for c in d.columns if c.startswith("ppl_"))
+    o, p, r, n = (_row(d, k)[c] for k in ("original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw"))
+    ok = [p >= 5 * o, abs(r - o) <= 0.1 * o, n < 2 * o]
+    why = f"{c[4:]}: original {o:.2f}, prune SW {p:.2f}, + restore SA {r:.2f}, prune non-SW {n:.2f}"
+    return ("holds" if all(ok) else "partly" if any(ok) else "does not hold"), why
+
+
+@rule("scaling_curve")
+def scaling(t):
+    """holds if removing the super weight (scale 0) is worst and a scale >= 1 is at least as good
+    as scale 1 (paper B Fig. 6: amplifying it slightly helps)."""
+    d = t["sw_scale_table"].sort_values("scale")
+    c = next(c for c in d.columns if c.startswith("ppl_"))
+    at = dict(zip(d["scale"], d[c], strict=True))
+    best = min(at, key=at.get)
+    ok = at[0.0] == max(at.values()) and best >= 1.0
+    return ("holds" if ok else "partly"), f"{c[4:]}: scale 0 {at[0.0]:.1f}, scale 1 {at[1.0]:.2f}, best {at[best]:.2f} at {best}"
+
+
+@rule("clip_restore_helps")
+def clip_restore(t):
+    """holds if clipping + restoring the super weight gives a perplexity no worse than plain RTN at
+    every block size (paper B Fig. 7: it makes larger blocks usable); partly if at some."""
+    d = t["sw_weightquant_table"]
+    c = next(c for c in d.columns if c.startswith("ppl_"))
+    rtn = d[d["method"] == "rtn"].set_index("block_size")[c]
+    ours = d[d["method"].str.startswith("rtn_clip")].set_index("block_size")[c]
+    common = sorted(set(rtn.index) & set(ours.index))
+    wins = [b for b in common if ours[b] <= rtn[b]]
+    why = ", ".join(f"{b}: {rtn[b]:.1f} -> {ours[b]:.1f}" for b in common)
+    return ("holds" if len(wins) == len(common) else "partly" if wins else "does not hold"), why
+
+
+@rule("gpt2_variants")
+def gpt2_variants(t):
+    """holds if the default variant's largest top-1 / median ratio passes 1000 with |h| > 100 while
+    the attention-bias variant's stays below 100 (paper A §4.3); does not hold otherwise (at the
+    scale run: see the setting)."""
+    d = t["train_curve"]
+    ev = d[d["val_loss"].notna()]
+    peak = ev.groupby("model")["ratio_max"].max()
+    top = ev.groupby("model")["top1_max"].max()
+    default = next((m for m in peak.index if str(m).endswith("default")), None)
+    bias = next((m for m in peak.index if str(m).endswith("attn_bias")), None)
+    why = ", ".join(f"{m}: ratio {peak[m]:.1f}, |h| {top[m]:.1f}" for m in peak.index)
+    if default is None or bias is None:
+        return "not run here", why or "variants missing"
+    ok = peak[default] > 1000 and top[default] > 100 and peak[bias] < 100
+    return ("holds" if ok else "does not hold"), why
+
+
+@rule("vit_massive")
+def vit_massive(t):
+    """holds if a steady massive activation is found on a CLS or register token of one of the
+    paper's ViTs; on another model (the embedded DINOv2-S) the row reports what was found and the
+    paper's claim is 'not run here'."""
+    d = t.get("vit_massive", pd.DataFrame({"steady": []}))  # no rows written: nothing passed the rule
+    models = set(t["vit_layer_stats"]["model"])
+    steady = d[d["steady"].astype(bool)] if len(d) else d
+    found = f"{len(steady)} steady massive activations" if len(steady) else "none found"
+    if not any(str(m).startswith(("dinov2_reg", "clip_vit")) for m in models):
+        return "not run here", f"{', '.join(sorted(models))}: {found} (a negative control, not a paper model)"
+    return ("holds" if len(steady) else "does not hold"), found
+
+
+@rule("vit_interventions")
+def vit_interventions(t):
+    """holds if set_zero changes the pooled features by > 10% while set_mean and Fix-Reg-Mean
+    change them by < 2% (proxy of paper A's accuracy table); 'not run here' when the conditions do
+    not apply to the model run."""
+    d = t["vit_intervene"]
+    na = d[d["metric"] == "not_applicable"]
+    ch = d[d["metric"] == "pooled_rel_l2_change"].set_index("condition")["value"]
+    if {"set_zero", "fix_reg_mean"} <= set(na["condition"]):
+        return "not run here", "; ".join(f"{r.condition}: {r.why}" for r in na.itertuples())
+    ok = ch.get("set_zero", 0) > 0.1 and ch.get("set_mean", 1) < 0.02 and ch.get("fix_reg_mean", 1) < 0.02
+    return ("holds" if ok else "partly"), ", ".join(f"{k} {v:.3f}" for k, v in ch.items())
+
+
+@rule("induction_head_forms")
+def induction(t):
+    """holds if the in-context accuracy (acc_end) ends >= 0.9 and the output memory W_O2 (wo1)
+    reaches 0.5 no later than the previous-token memory W_K1 (wk0) (paper C: the induction head
+    forms top-down); partly if only the accuracy does."""
+    d = t["birth_curve"].sort_values("step")
+    out = []
+    verdicts = []
+    for label, g in d.groupby("label", sort=False):
+        last = g.iloc[-1]
+
+        def cross(col, g=g):
+            hit = g[g[col] >= 0.5]
+            return int(hit["step"].iloc[0]) if len(hit) else None
+
+        wo, wk0 = cross("wo1"), cross("wk0")
+        order = wo is not None and (wk0 is None or wo <= wk0)
+        verdicts.append("holds" if last["acc_end"] >= 0.9 and order else "partly" if last["acc_end"] >= 0.9 else
+                        "does not hold")
+        out.append(f"{label}: acc_end {last['acc_end']:.3f} at step {int(last['step'])}, wo1 >= 0.5 at {wo}, "
+                   f"wk0 >= 0.5 at {wk0}")
+    verdict = "holds" if all(v == "holds" for v in verdicts) else "partly" if "holds" in verdicts or "partly" in verdicts else "does not hold"
+    return verdict, "; ".join(out)
+
+
+@rule("measured_only")
+def measured_only(t):
+    """beyond the papers: no published claim to judge; the numbers are reported as measured."""
+    return "not judged", "measured, see the table"
+
+
+@rule("no_rule_yet")
+def no_rule_yet(t):
+    """no verdict rule is written for this artefact yet: its numbers are shown, unjudged."""
+    return "not judged", "no rule yet; numbers shown below"
