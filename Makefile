@@ -16,7 +16,7 @@ EXP    ?= massive_activations_default
 PYTEST := $(PY) -m pytest -q -m "not gpu"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-gpu lint repro record sweep train figures report bench clean assets
+.PHONY: help setup run test test-fast test-gpu lint repro record sweep train figures report atlas bench clean assets
 
 help: ## list the targets and the experiments
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,6 +49,10 @@ train: setup ## train from scratch into outputs/: make train EXP=massive_activat
 
 sweep: setup ## multirun, e.g. make sweep ARGS='model=llama2_7b,mistral_7b hydra/launcher=slurm'
 	$(PY) -m pipeline -m experiment=$(EXP) $(ARGS)
+
+MODELS ?= smollm2_135m,gemma3_270m,dinov2_s_offline,trained_ma_gpt2_default,trained_ma_gpt2_sink,trained_ma_gpt2_attn_bias,trained_birth_readme
+atlas: setup ## massive activations + super weights of many models in one table: make atlas MODELS=a,b,c
+	$(PY) -m pipeline -m experiment=atlas model=$(MODELS) $(ARGS)
 
 report: setup ## results/REPORT.md + results/report.html from the committed CSVs (no model is loaded)
 	$(PY) -m pipeline.report

@@ -210,13 +210,17 @@ def reference_batch(stats: CharStats, task: BigramTask, rng: np.random.Generator
 def char_tokenizer(chars: str, bos: bool = False):
     """A character-level tokenizer over ``chars`` (id = index), plus a start token ``<s>`` with
     the next id when ``bos``: paper C's models load, save and decode like any transformers model."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {c: i for i, c in enumerate(chars)}
     if bos:
         vocab["<s>"] = len(chars)
     tok = Tokenizer(models.WordLevel(vocab, unk_token=None))
+    # a character outside the alphabet (any text a stage feeds it: 'é', '7') becomes a space
+    outside = "[^" + "".join("\\" + c if c in "\\]^-[" else ("\\n" if c == "\n" else c) for c in chars) + "]"
+    if " " in vocab:
+        tok.normalizer = normalizers.Replace(Regex(outside), " ")
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, **({"bos_token": "<s>"} if bos else {}))

@@ -12,6 +12,7 @@ the first positions of one fixed sequence: Fig. 2). The trained model is saved w
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.bigram import BigramTask, generate, shakespeare_stats
 from pipeline.data.bigram import fixed_triggers as trigger_ids
 from pipeline.train.data import BigramBatches
-from pipeline.train.loop import TrainConfig, train
+from pipeline.train.loop import TrainConfig, point_latest, train
 
 STAGE = "birth_train"
 PROBES = ("acc_end", "wo1", "wk1", "wk0", "wk0_64")
@@ -107,6 +108,7 @@ def run(ctx, *, steps: int = 400, batch_size: int = 512, optimizer: str = "sgd",
     history = train(model, source.batch, cfg, where / "last", device=dev, on_eval=on_eval, desc=STAGE)
     model.save_pretrained(where / "final")
     ctx.tokenizer.save_pretrained(where / "final")
+    point_latest(where.parent / f"{ctx.model_name}-{re.sub(r'[^A-Za-z0-9_.=-]+', '_', label)}-latest", where)
     curve = [r for r in history if "acc_end" in r]
     for r in curve:  # the training loss of the step that followed the evaluation (official: the same batch)
         r["train_loss"] = next((h["loss"] for h in history if h["step"] == r["step"] + 1 and "loss" in h), float("nan"))

@@ -26,7 +26,7 @@ from pipeline.models.arch import layer_module, num_layers, prefix_roles
 from pipeline.models.attention_impl import attention_implementation
 from pipeline.train.corpus import corpus_tokens
 from pipeline.train.data import TokenBatches
-from pipeline.train.loop import TrainConfig, distributed, train
+from pipeline.train.loop import TrainConfig, distributed, point_latest, train
 
 STAGE = "train_lm"
 PROFILE_COLUMNS = ("top1", "top2", "top3", "median", "top1_over_median", "top1_dim", "top1_token_type")
@@ -91,6 +91,7 @@ def run(ctx, *, steps: int = 300, decay_steps: int | None = None, micro_batch: i
     if distributed()[0] == 0:  # under torchrun only rank 0 writes the model
         model.save_pretrained(where / "final")
         ctx.tokenizer.save_pretrained(where / "final")
+        point_latest(where.parent / f"{ctx.model_name}-latest", where)
     curve = [{k: v for k, v in r.items() if not k.startswith("L")} for r in history]
     profile = [{"step": r["step"], "layer": i, "layer_1based": i + 1, **{k: r[f"L{i}_{k}"] for k in PROFILE_COLUMNS}}
                for r in history if "val_loss" in r for i in range(num_layers(model))]

@@ -130,6 +130,15 @@ def load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimize
     return 0, []
 
 
+def point_latest(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` as a symlink replaced atomically: a stable name for the last model
+    trained under a setting-keyed folder (model configs such as ``trained_ma_gpt2_default`` use it)."""
+    tmp = link.with_name(link.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target.resolve(), target_is_directory=True)
+    os.replace(tmp, link)
+
+
 # --- the loop ---------------------------------------------------------------------------------
 def distributed() -> tuple[int, int]:
     """(rank, world size). Under torchrun or a multi-task SLURM job (WORLD_SIZE > 1, see

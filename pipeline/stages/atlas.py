@@ -1,0 +1,109 @@
+"""Stage ``atlas``: one row per model, for a table of many (``make atlas MODELS=a,b,c``).
+
+For the run's model: its type and size; where massive activations first appear (paper A's rule,
+the steady ones: layer, dim, token role, value, ratio to that layer's median), measured on text
+windows of the run's data or, for a vision encoder, on the image set ``image_data``; and its super
+weights (paper B's detector on one prompt: layer, row, col, weight, input and output spike, and
+whether the row is a massive dim). Where a measurement cannot apply, the row says "not
+applicable" and why (no MLP down-projection; a vision encoder takes no token prompt; an error's
+first line), never an empty or misleading number.
+
+Table: ``atlas`` (one row per model; re-runs replace their own row).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pipeline.analysis.massive import profile_images, profile_layers, summarize
+from pipeline.analysis.super_weight import DEFAULT_PROMPT, detect, massive_dims
+from pipeline.core.errors import PipelineError
+from pipeline.core.registry import StageSpec, register_stage
+from pipeline.data.text import build_source, data_config
+from pipeline.models.arch import layer_module, num_layers, prefix_roles
+
+STAGE = "atlas"
+
+
+def _vision(model) -> bool:
+    return hasattr(model.config, "patch_size") and not hasattr(model, "generate")
+
+
+def first_massive(ctx, *, n: int, seq_len: int, image_data: str) -> tuple[dict[str, Any], str]:
+    """The earliest steady massive activation (or why there is none) and what it was measured on."""
+    if _vision(ctx.model):
+        src = build_source(data_config(image_data, ctx.catalog))
+        imgs = [im for _, im in list(src.images())[:n]]
+        px = ctx.tokenizer(images=imgs, return_tensors="pt")["pixel_values"]
+        prof = profile_images(ctx, px, batch_size=2, abs_threshold=100.0, rel_threshold=1000.0, max_hits=256, quiet=True)
+        on = f"{len(imgs)} images of {image_data}"
+    else:
+        seq_len = min(seq_len, int(getattr(ctx.model.config, "max_position_embeddings", seq_len) or seq_len))
+        ids = ctx.windows(seq_len, n)
+        prof = profile_layers(ctx, ids, batch_size=1, abs_threshold=100.0, rel_threshold=1000.0, max_hits=256,
+                              delimiters=[".", "\n"], quiet=True)
+        on = f"{len(ids)} x {seq_len} tokens of {ctx.data_cfg['name']}"
+    layers = prof.layer_rows()
+    peak = max(layers, key=lambda r: r["top1_over_median"])
+    steady = [m for m in summarize(prof.activation_rows(), num_layers(ctx.model), prof.seen_values()) if m["steady"]]
+    row = {"measured_on": on, "peak_ratio": peak["top1_over_median"], "peak_ratio_layer": peak["layer"]}
+    if not steady:
+        return {**row, "massive": "none found"}, on
+    m = min(steady, key=lambda r: (r["first_layer"], -abs(r["value_mean"])))
+    median = layers[m["first_layer"]]["median"]
+    return {**row, "massive": "yes", "massive_layer": m["first_layer"], "massive_dim": m["dim"],
+            "massive_token": m["token_type"], "massive_value": m["value_mean"],
+            "massive_ratio": abs(m["value_mean"]) / max(median, 1e-12), "n_steady": len(steady)}, on
+
+
+def super_weight_row(ctx, prompt: str) -> dict[str, Any]:
+    if _vision(ctx.model):
+        return {"super_weight": "not applicable: the detector reads a token prompt; a vision encoder takes images"}
+    try:
+        layer_module(ctx.model, 0, "down_proj")
+    except (PipelineError, AttributeError):
+        return {"super_weight": f"not applicable: the model has no MLP down-projection ('{ctx.arch.down_proj}' is absent)"}
+    ids = ctx.encode(prompt).to(ctx.device)
+    try:
+        det = detect(ctx.model, ids)
+    except (PipelineError, RuntimeError, ValueError, IndexError) as err:
+        return {"super_weight": f"not applicable: {type(err).__name__}: {str(err).splitlines()[0][:100]}"}
+    creates = [f for f in det.found if f.get("role") == "creates"]
+    if not creates:
+        return {"super_weight": "none found", "sw_rebuilt": len(det.rebuilt)}
+    mdims = massive_dims(det.hs, 100.0, 1000.0)
+    f = max(creates, key=lambda r: abs(r["out_value"]))
+    return {"super_weight": "yes", "n_super_weights": len(creates), "sw_layer": f["layer"], "sw_row": f["row"],
+            "sw_col": f["col"], "sw_weight": f["weight"], "sw_in_spike": f["in_value"], "sw_out_spike": f["out_value"],
+            "sw_row_is_massive_dim": f["row"] in mdims}
+
+
+@torch.inference_mode()
+def run(ctx, *, n_inputs: int = 4, seq_len: int = 256, image_data: str = "skimage_photos",
+        prompt: str = DEFAULT_PROMPT) -> dict[str, Any]:
+    cfg = ctx.model.config
+    row: dict[str, Any] = {"model_type": cfg.model_type, "layers": num_layers(ctx.model),
+                           "hidden": int(getattr(cfg, "hidden_size", 0) or 0),
+                           "params_m": round(sum(p.numel() for p in ctx.model.parameters()) / 1e6, 1),
+                           "prefix_tokens": " ".join(prefix_roles(ctx.model))}
+    massive, _ = first_massive(ctx, n=n_inputs, seq_len=seq_len, image_data=image_data)
+    row.update(massive)
+    row.update(super_weight_row(ctx, prompt))
+    path = ctx.results.write("atlas", [row], stage=STAGE)
+    return {"row": row, "paths": {"atlas": path}, "model": ctx.model_name}
+
+
+def format_summary(out: dict[str, Any]) -> str:
+    r = out["row"]
+    m = (f"first at layer {r['massive_layer']}, dim {r['massive_dim']} on {r['massive_token']} "
+         f"(|h| {abs(r['massive_value']):,.0f}, {r['massive_ratio']:,.0f} x median)" if r["massive"] == "yes" else r["massive"])
+    s = (f"layer {r['sw_layer']} row {r['sw_row']} col {r['sw_col']} (weight {r['sw_weight']:.2f}, "
+         f"row is a massive dim: {r['sw_row_is_massive_dim']})" if r["super_weight"] == "yes" else r["super_weight"])
+    return (f"{out['model']} ({r['model_type']}, {r['layers']} layers, {r['params_m']}M): massive activations: {m}; "
+            f"super weight: {s}")
+
+
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=("atlas",),
+                                artefact="any-model atlas: massive activations and super weights"))
