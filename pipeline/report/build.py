@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,13 @@ def markdown(secs: list[dict[str, Any]], root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's **bold** and `code` as HTML."""
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
 def to_html(secs: list[dict[str, Any]], md: str) -> str:
     """The same content as HTML, figures embedded as data URIs: one file that opens offline."""
     body = []
@@ -148,12 +156,12 @@ def to_html(secs: list[dict[str, Any]], md: str) -> str:
         elif line.startswith("|---"):
             continue
         elif line.startswith("| "):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split(" | ")]
+            cells = [_inline(c.strip()) for c in line.strip("|").split(" | ")]
             body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
         elif line.startswith("- "):
-            body.append(f"<p>&bull; {html.escape(line[2:])}</p>")
+            body.append(f"<p>&bull; {_inline(line[2:])}</p>")
         elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
+            body.append(f"<p>{_inline(line)}</p>")
     out, in_table = [], False
     for b in body:  # group consecutive rows into tables
         if b.startswith("<tr>") and not in_table:
