@@ -48,3 +48,20 @@ def test_verdict_follows_the_numbers(tmp_path):
     fixture(tmp_path, zero_ppl=12.0)  # zeroing barely hurts: the claim does not hold in full
     secs = build(tmp_path, tmp_path / "REPORT.md", None)
     assert next(s for s in secs if s["a"].experiment == "massive_activations_tab_intervene")["verdict"] == "partly"
+
+
+def test_freezing_order_rule_reads_the_crossing_steps():
+    import pandas as pd
+
+    from pipeline.report.rules import RULES
+
+    def curve(label, cross):
+        return pd.DataFrame({"label": label, "step": [0, 100, 200, 300, 400, 500],
+                             "acc_end": [0.0 if s < cross else 0.8 for s in (0, 100, 200, 300, 400, 500)]})
+
+    runs = {"no freezing": 100, "W_O2 frozen until 300": 400, "W_K2 frozen until 300": 300, "W_K1 frozen until 300": 200}
+    df = pd.concat([curve(k, v) for k, v in runs.items()])
+    assert RULES["freezing_order"]({"birth_curve": df})[0] == "holds"
+    runs["W_K1 frozen until 300"] = 500  # the lowest matrix delays most: not top-down
+    df = pd.concat([curve(k, v) for k, v in runs.items()])
+    assert RULES["freezing_order"]({"birth_curve": df})[0] == "does not hold"

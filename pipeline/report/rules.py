@@ -195,3 +195,54 @@ def measured_only(t):
 def no_rule_yet(t):
     """no verdict rule is written for this artefact yet: its numbers are shown, unjudged."""
     return "not judged", "no rule yet; numbers shown below"
+
+
+def _first_step(g: pd.DataFrame, col: str, level: float) -> float:
+    hit = g[g[col] >= level]
+    return float(hit["step"].iloc[0]) if len(hit) else float("inf")
+
+
+@rule("freezing_order")
+def freezing_order(t):
+    """holds if freezing a matrix until step 300 delays the in-context accuracy (acc_end >= 0.5) the
+    more, the higher the matrix sits: W_O2 frozen >= W_K2 frozen >= W_K1 frozen (paper C: the
+    induction head is learned top-down); partly if only W_O2 >= W_K1."""
+    d = t["birth_curve"].sort_values("step")
+    at = {label: _first_step(g, "acc_end", 0.5) for label, g in d.groupby("label")}
+    key = {k: next((v for lab, v in at.items() if lab.startswith(k)), None) for k in ("W_O2", "W_K2", "W_K1")}
+    why = ", ".join(f"{lab}: {v:g}" for lab, v in at.items())
+    if None in key.values():
+        return "not run here", f"freezing runs missing ({why})"
+    full = key["W_O2"] >= key["W_K2"] >= key["W_K1"]
+    return ("holds" if full else "partly" if key["W_O2"] >= key["W_K1"] else "does not hold"), \
+        "first step with acc_end >= 0.5: " + why
+
+
+@rule("global_before_in_context")
+def global_first(t):
+    """holds if, in most runs, the loss on bigram tokens covers half of its total drop before the
+    loss on counter >= 2 tokens does (paper C: global bigrams are learned fast, the induction
+    mechanism slowly)."""
+    d = t["birth_curve"].sort_values("step")
+    out, wins = [], 0
+    for label, g in d.groupby("label", sort=False):
+        half = {}
+        for col in ("loss_bigram", "loss_head"):
+            first, last = g[col].iloc[0], g[col].min()
+            hit = g[g[col] <= first - (first - last) / 2]
+            half[col] = int(hit["step"].iloc[0]) if len(hit) else None
+        wins += half["loss_bigram"] is not None and (half["loss_head"] is None or half["loss_bigram"] < half["loss_head"])
+        out.append(f"{label}: bigram at {half['loss_bigram']}, in-context at {half['loss_head']}")
+    n = d["label"].nunique()
+    return ("holds" if wins > n / 2 else "partly" if wins else "does not hold"), "half-drop steps: " + "; ".join(out)
+
+
+@rule("attention_heads_form")
+def heads_form(t):
+    """holds if, in every run, layer 1 ends as a previous-token head (score_acc >= 0.9) and layer 2
+    as an induction head (score2_acc >= 0.5) (paper C Fig. 2); partly if in some."""
+    d = t["birth_curve"].sort_values("step")
+    last = d.groupby("label").tail(1)
+    ok = (last["score_acc"] >= 0.9) & (last["score2_acc"] >= 0.5)
+    why = "; ".join(f"{r.label}: score_acc {r.score_acc:.2f}, score2_acc {r.score2_acc:.2f}" for r in last.itertuples())
+    return ("holds" if ok.all() else "partly" if ok.any() else "does not hold"), why
