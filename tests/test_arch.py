@@ -77,8 +77,13 @@ CONFIG_KWARGS: dict[str, dict] = {
     # encoders: a 28 x 28 image in 14 x 14 patches = 4 patches, + CLS (+ 4 registers)
     "dinov2": VIT,
     "dinov2_with_registers": {**VIT, "num_register_tokens": 4},
+    "clip_vision_model": VIT,
+    "vit": VIT,
+    # paper C's 2-layer transformer (pipeline/models/birth.py), full variant: it has every part
+    "birth": dict(vocab_size=128, dim=H, n_heads=4, n_positions=64, layernorm=True, wq_identity=False,
+                  first_ffn="mlp", final_ffn="mlp", positions="learned", frozen=[]),
 }
-ENCODERS = ("dinov2", "dinov2_with_registers")
+ENCODERS = ("dinov2", "dinov2_with_registers", "clip_vision_model", "vit")
 
 
 def tiny_config(model_type: str, **extra: object) -> PretrainedConfig:
@@ -183,7 +188,9 @@ def test_hooks_see_hidden_size(model_type: str) -> None:
     hidden = _text(model.config).hidden_size
     out = _capture(arch.layer(model, 0), model)
     assert out.shape == (1, _n_tokens(model), hidden)
-    assert _capture(arch.resolve(model, spec.final_norm), model).shape == (1, _n_tokens(model), hidden)
+    final = _capture(arch.resolve(model, spec.final_norm), model).shape
+    # CLIP's vision tower normalises only the pooled CLS token after its last block
+    assert final == ((1, hidden) if model_type == "clip_vision_model" else (1, _n_tokens(model), hidden))
     assert _capture(arch.layer_module(model, 1, "attn"), model).shape[-1] == hidden
     assert _capture(arch.layer_module(model, 1, "mlp"), model).shape[-1] == hidden
 

@@ -136,13 +136,6 @@ _GPT2: dict[str, object] = dict(  # GPT-2 / nanoGPT module names
     post_attn_norm="ln_2", attn_inputs=("attn.c_attn",), mlp_inputs=("mlp.c_fc",),
 )
 
-_DINOV2: dict[str, object] = dict(
-    layers="encoder.layer", attn="attention", mlp="mlp", down_proj="mlp.fc2", final_norm="layernorm", embed=None,
-    gated_mlp=False, input_norm="norm1", post_attn_norm="norm2", attn_out_norm="layer_scale1",
-    mlp_out_norm="layer_scale2", v_proj="attention.v_proj", o_proj="attention.o_proj",
-    attn_inputs=("attention.q_proj", "attention.k_proj", "attention.v_proj"), mlp_inputs=("mlp.fc1",),
-)
-
 _SANDWICH: dict[str, object] = dict(
     post_attn_norm="pre_feedforward_layernorm", attn_out_norm="post_attention_layernorm",
     mlp_out_norm="post_feedforward_layernorm",
@@ -194,21 +187,6 @@ _SPECS: list[ArchSpec] = [
              lm_head="output", embed="tok_embeddings", gated_mlp=False, input_norm="attention_norm",
              post_attn_norm="ffn_norm", attn_inputs=("attention.wk",), mlp_inputs=("ff.0",),
              v_proj="attention.wv", o_proj="attention.wo"),
-    # Vision encoders (paper A §5): no causal mask, no LM head; CLS and registers come before the
-    # patches. DINOv2's LayerScale multiplies each sublayer's output before the residual.
-    ArchSpec(model_type="dinov2", **_DINOV2, prefix_tokens=(("cls", 1),)),  # type: ignore[arg-type]
-    ArchSpec(model_type="dinov2_with_registers", **_DINOV2,  # type: ignore[arg-type]
-             prefix_tokens=(("cls", 1), ("reg", "num_register_tokens"))),
-    ArchSpec(model_type="clip_vision_model", layers="encoder.layers", attn="self_attn", mlp="mlp",
-             down_proj="mlp.fc2", final_norm="post_layernorm", embed=None, gated_mlp=False,
-             input_norm="layer_norm1", post_attn_norm="layer_norm2", v_proj="self_attn.v_proj",
-             o_proj="self_attn.out_proj", attn_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-             mlp_inputs=("mlp.fc1",), prefix_tokens=(("cls", 1),)),
-    ArchSpec(model_type="vit", layers="layers", attn="attention", mlp="mlp", down_proj="mlp.fc2", final_norm="layernorm",
-             embed=None, gated_mlp=False, input_norm="layernorm_before", post_attn_norm="layernorm_after",
-             v_proj="attention.v_proj", o_proj="attention.o_proj",
-             attn_inputs=("attention.q_proj", "attention.k_proj", "attention.v_proj"), mlp_inputs=("mlp.fc1",),
-             prefix_tokens=(("cls", 1),)),
     ArchSpec(
         model_type="opt",
         layers="model.decoder.layers",
@@ -242,6 +220,17 @@ _SPECS += [
     ArchSpec(model_type="dinov2", **_DINOV2, prefix_tokens=(("cls", 1),)),  # type: ignore[arg-type]
     ArchSpec(model_type="dinov2_with_registers", **_DINOV2,  # type: ignore[arg-type]
              prefix_tokens=(("cls", 1), ("reg", "num_register_tokens"))),
+    # CLIP's post_layernorm normalises the pooled CLS token only (last_hidden_state is not normed)
+    ArchSpec(model_type="clip_vision_model", layers="encoder.layers", attn="self_attn", mlp="mlp",
+             down_proj="mlp.fc2", final_norm="post_layernorm", embed=None, gated_mlp=False,
+             input_norm="layer_norm1", post_attn_norm="layer_norm2", v_proj="self_attn.v_proj",
+             o_proj="self_attn.out_proj", attn_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+             mlp_inputs=("mlp.fc1",), prefix_tokens=(("cls", 1),)),
+    ArchSpec(model_type="vit", layers="layers", attn="attention", mlp="mlp", down_proj="mlp.fc2", final_norm="layernorm",
+             embed=None, gated_mlp=False, input_norm="layernorm_before", post_attn_norm="layernorm_after",
+             v_proj="attention.v_proj", o_proj="attention.o_proj",
+             attn_inputs=("attention.q_proj", "attention.k_proj", "attention.v_proj"), mlp_inputs=("mlp.fc1",),
+             prefix_tokens=(("cls", 1),)),
 ]
 
 ARCH_SPECS: dict[str, ArchSpec] = {spec.model_type: spec for spec in _SPECS}
