@@ -50,7 +50,7 @@ train: setup ## train from scratch into outputs/: make train EXP=massive_activat
 sweep: setup ## multirun, e.g. make sweep ARGS='model=llama2_7b,mistral_7b hydra/launcher=slurm'
 	$(PY) -m pipeline -m experiment=$(EXP) $(ARGS)
 
-MODELS ?= smollm2_135m,gemma3_270m,dinov2_s_offline,trained_ma_gpt2_default,trained_ma_gpt2_sink,trained_ma_gpt2_attn_bias,trained_birth_readme
+MODELS ?= smollm2_135m,gemma3_270m,dinov2_s_offline  # after training, add trained_ma_gpt2_default,trained_birth_readme,...
 atlas: setup ## massive activations + super weights of many models in one table: make atlas MODELS=a,b,c
 	$(PY) -m pipeline -m experiment=atlas model=$(MODELS) $(ARGS)
 
