@@ -167,3 +167,19 @@ def test_stage_writes_curves_and_maps_and_the_model_loads_like_any_other(tmp_pat
     assert torch.equal(loaded.pe, model.pe) and ltok.decode(ltok("to be").input_ids) == "to be"
     prof = ma_profile.run(ctx("p", loaded, ltok), n_sequences=2, seq_len=16)
     assert len(prof["layer_rows"]) == 2
+
+
+def test_attention_probes_report_the_head_that_does_the_job():
+    """With several heads (the full model) the previous-token probe reads the best head: here
+    head 2 of 3 attends to t - 1 and the others to position 0."""
+    x = torch.tensor([[5, 1, 2, 6, 1, 2, 7, 1]])
+    y = torch.tensor([[1, 2, 6, 1, 2, 7, 1, 2]])
+    c = torch.tensor([[0, 1, 0, 0, 2, 0, 0, 3]])
+    t = x.shape[1]
+    att = torch.zeros(1, 3, t, t)
+    att[0, :, :, 0] = 1.0
+    att[0, 2] = 0
+    for q in range(t):
+        att[0, 2, q, max(q - 1, 0)] = 1.0
+    out = batch_metrics(torch.zeros(1, t, 8), (att, att), x, y, c)
+    assert out["score_acc"] == 1.0

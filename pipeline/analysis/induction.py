@@ -49,17 +49,19 @@ def batch_metrics(logits: torch.Tensor, attentions: tuple[torch.Tensor, ...], x:
     early = torch.zeros_like(counter, dtype=torch.bool)
     early[:, :START_WINDOW] = True
     out["acc_start"] = _acc(pred, y, (counter >= 1) & early)
+    # Attention probes per head; with several heads (the full model) the best head is reported:
+    # the one that became the previous-token / induction head (one head: the official probe).
     # layer 1: at the position after a trigger (its output is the target there), attend to t - 1
-    amax1 = attentions[0][:, 0].argmax(-1)  # head 0 (the simplified model has one)
+    amax1 = attentions[0].argmax(-1)  # (B, H, T)
     for name, sel in (("score_acc", counter[:, :-1] >= 1), ("score_start_acc", counter[:, :-1] == 1)):
         b, t = torch.where(sel)
-        out[name] = float((amax1[b, t + 1] == t).float().mean()) if len(b) else float("nan")
+        out[name] = (float((amax1[b, :, t + 1] == t[:, None]).float().mean(0).max()) if len(b) else float("nan"))
     # layer 2: a query predictable by induction attends to a key whose predecessor is the query token
     b, t = torch.where(counter >= 2)
     if len(b):
-        amax2 = attentions[1][:, 0][b, t].argmax(-1)
-        ok = (amax2 >= 1) & (x[b, (amax2 - 1).clamp(min=0)] == x[b, t])
-        out["score2_acc"] = float(ok.float().sum()) / len(b)
+        amax2 = attentions[1][b, :, t].argmax(-1)  # (n, H)
+        ok = (amax2 >= 1) & (x[b[:, None], (amax2 - 1).clamp(min=0)] == x[b, t][:, None])
+        out["score2_acc"] = float(ok.float().sum(0).max()) / len(b)
     else:
         out["score2_acc"] = float("nan")
     return out
