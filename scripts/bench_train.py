@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.analysis.profile import profile_layers
 from pipeline.bench import bench_parser, device_name, load_bench_model, ratio_rows, time_interleaved
 from pipeline.context import Context
 from pipeline.core.catalog import Catalog
@@ -90,7 +91,7 @@ def main() -> None:
     @torch.no_grad()
     def profile_callback() -> None:
         model.eval()
-        train_lm.profile_layers(ctx, probe, batch_size=4, abs_threshold=100.0, rel_threshold=1000.0, max_hits=64,
+        profile_layers(ctx, probe, batch_size=4, abs_threshold=100.0, rel_threshold=1000.0, max_hits=64,
                                 delimiters=[".", "\n"], quiet=True)
         train_lm.attention_shares(ctx, probe)
         model.train()

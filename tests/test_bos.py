@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import TEXT, make_ctx, tiny
 
-from pipeline.analysis.massive import layer_landscape
+from pipeline.analysis.profile import layer_landscape
 from pipeline.core.catalog import Catalog
 from pipeline.data import text as data
 from pipeline.data.text import build_source, encode_prompt, token_windows, tokenizer_adds_bos

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from pipeline.analysis.massive import layer_landscape
+from pipeline.analysis.profile import layer_landscape
 from pipeline.context import Context
 from pipeline.core.catalog import Catalog
 from pipeline.core.loggers import Logger

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from pipeline.analysis.massive import profile_images, profile_layers, summarize
+from pipeline.analysis.massive import summarize
+from pipeline.analysis.profile import profile_images, profile_layers
 from pipeline.analysis.super_weight import DEFAULT_PROMPT, detect, massive_dims
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.analysis.induction import batch_metrics, first_crossing, memory_probes
-from pipeline.analysis.massive import profile_layers
+from pipeline.analysis.profile import profile_layers
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import REPO_ROOT
 from pipeline.core.registry import StageSpec, register_stage

@@ -18,7 +18,8 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
-from pipeline.analysis.massive import profile_layers, steady_choice, summarize
+from pipeline.analysis.massive import steady_choice, summarize
+from pipeline.analysis.profile import profile_layers
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition

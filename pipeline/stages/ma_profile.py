@@ -19,13 +19,8 @@ from typing import Any
 
 import torch
 
-from pipeline.analysis.massive import (
-    layer_landscape,
-    massive_threshold,
-    profile_layers,
-    steady_choice,
-    summarize,
-)
+from pipeline.analysis.massive import massive_threshold, steady_choice, summarize
+from pipeline.analysis.profile import layer_landscape, profile_layers
 from pipeline.core.registry import StageSpec, register_stage
 
 STAGE = "ma_profile"

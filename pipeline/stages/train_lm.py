@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from pipeline.analysis.attention import capture_attention_weights
-from pipeline.analysis.massive import layer_landscape, profile_layers
+from pipeline.analysis.profile import layer_landscape, profile_layers
 from pipeline.core.paths import REPO_ROOT
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.models.arch import layer_module, num_layers, prefix_roles

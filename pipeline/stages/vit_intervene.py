@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.analysis.massive import profile_images, steady_choice, summarize
+from pipeline.analysis.massive import steady_choice, summarize
+from pipeline.analysis.profile import profile_images
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage

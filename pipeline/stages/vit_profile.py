@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from pipeline.analysis.massive import profile_images, steady_choice, summarize
+from pipeline.analysis.massive import steady_choice, summarize
+from pipeline.analysis.profile import profile_images
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage
