@@ -36,7 +36,7 @@ def massive_found(t):
     if steady.empty:
         return "does not hold", "no steady massive activation"
     top = steady.iloc[steady["value_mean"].abs().argmax()]
-    return "holds", (f"{len(steady)} steady: largest dim {int(top['dim'])} on {top['token_type']} from layer "
+    return "holds", (f"{len(steady)} steady: largest dim {int(top['dim'])} on {top['token_type']} from layer (1-based) "
                      f"{int(top['first_layer_1based'])} (|h| {abs(top['value_mean']):,.0f})")
 
 
