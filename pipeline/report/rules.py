@@ -36,8 +36,8 @@ def massive_found(t):
     if steady.empty:
         return "does not hold", "no steady massive activation"
     top = steady.iloc[steady["value_mean"].abs().argmax()]
-    return "holds", (f"{len(steady)} steady: largest dim {int(top['dim'])} on {top['token_type']} from layer (1-based) "
-                     f"{int(top['first_layer_1based'])} (|h| {abs(top['value_mean']):,.0f})")
+    return "holds", (f"{len(steady)} steady: largest dim {int(top['dim'])} on {top['token_type']} from layer "
+                     f"{int(top['first_layer_1based'])} (1-based; |h| {abs(top['value_mean']):,.0f})")
 
 
 @rule("set_zero_breaks_set_mean_keeps")
