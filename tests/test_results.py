@@ -334,3 +334,22 @@ def test_a_swap_killed_between_its_renames_is_undone_by_the_next_run(tmp_path):
     assert read_table(tmp_path / "a_fig1", "t").empty
     make_writer(tmp_path)
     assert read_table(tmp_path / "a_fig1", "t")["value"].tolist() == [0.0, 1.0] and not aside.exists()
+
+
+def test_clean_stale_skips_a_run_folder_renamed_while_it_scans(tmp_path, monkeypatch):
+    """Another job commits (renames its .partial folder) between our listing and our scan."""
+    runs = tmp_path / "exp" / "runs"
+    (runs / ".partial-other").mkdir(parents=True)
+    (runs / "done").mkdir()
+    real_scandir, real_listdir = os.scandir, os.listdir
+
+    def committed_meanwhile(real):
+        def call(path="."):
+            if str(path).endswith(".partial-other") and os.path.isdir(path):
+                os.replace(path, str(path)[: -len(".partial-other")] + "other")
+            return real(path)
+        return call
+
+    monkeypatch.setattr(os, "scandir", committed_meanwhile(real_scandir))
+    monkeypatch.setattr(os, "listdir", committed_meanwhile(real_listdir))
+    assert store.clean_stale(tmp_path / "exp") == 0

@@ -98,13 +98,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _run_temps(runs: Path) -> list[Path]:
+    """Temp files inside each run folder. Another job may rename its ``.partial-<key>`` folder
+    (its commit) between our listing and our scan: a folder that vanished is skipped (a glob over
+    ``*/.*.tmp`` raised FileNotFoundError then, seen with 16 concurrent jobs)."""
+    found: list[Path] = []
+    for run in runs.iterdir() if runs.is_dir() else ():
+        try:
+            found += [f for f in run.iterdir() if f.name.startswith(".") and f.name.endswith(".tmp")]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return found
+
+
 def clean_stale(exp_dir: Path) -> int:
     """Remove temp files left by killed processes of this host (a live process's are kept; other
     hosts' are theirs to clean) and restore a run left in ``.old-*`` by an interrupted swap.
     Returns how many entries were cleaned."""
     cleaned = 0
     runs = exp_dir / RUNS
-    for tmp in [*exp_dir.glob(".*.tmp"), *runs.glob("*/.*.tmp"), *runs.glob(".*.tmp")]:
+    for tmp in [*exp_dir.glob(".*.tmp"), *_run_temps(runs), *runs.glob(".*.tmp")]:
         parts = tmp.name.rsplit(".", 4)  # .<name>.<host>.<pid>.<hex>.tmp
         if len(parts) == 5 and parts[1] == _HOST and parts[2].isdigit() and not _pid_alive(int(parts[2])):
             with contextlib.suppress(OSError):
