@@ -246,3 +246,60 @@ def heads_form(t):
     ok = (last["score_acc"] >= 0.9) & (last["score2_acc"] >= 0.5)
     why = "; ".join(f"{r.label}: score_acc {r.score_acc:.2f}, score2_acc {r.score2_acc:.2f}" for r in last.itertuples())
     return ("holds" if ok.all() else "partly" if ok.any() else "does not hold"), why
+
+
+@rule("sw_removal_kills_super_activation")
+def layer_max(t):
+    """At the first layer where the original's largest output appears (the super activation's):
+    holds if removing the super weight cuts it by >= 50% while removing as many other large weights
+    keeps >= 80% of it (paper B Fig. 4: -75% on LLaMA-7B, non-SW removal harmless); partly if only
+    the first."""
+    d = t["sw_layer_max"]
+    orig = d[d["condition"] == "original"].set_index("layer")["max_abs"]
+    at = int(orig[orig >= 0.5 * orig.max()].index.min())
+    conds = set(d["condition"])
+    sw = next((c for c in conds if "prune_sw" in c and "restore" not in c), None)
+    non = next((c for c in conds if "non_sw" in c), None)
+    if sw is None or non is None:
+        return "not judged", f"conditions found: {sorted(conds)}"
+    val = {c: float(d[(d["condition"] == c) & (d["layer"] == at)]["max_abs"].iloc[0]) for c in ("original", sw, non)}
+    drop_sw, keep_non = val[sw] <= 0.5 * val["original"], val[non] >= 0.8 * val["original"]
+    why = f"layer {at}: original {val['original']:,.0f}, {sw} {val[sw]:,.0f}, {non} {val[non]:,.0f}"
+    return ("holds" if drop_sw and keep_non else "partly" if drop_sw else "does not hold"), why
+
+
+@rule("stopwords_rise")
+def stopwords(t):
+    """holds if, without the super weight, the stopwords among the original top tokens become more
+    likely on average (paper B Fig. 5: 'the', '.', ',' rise 2-10x on Llama-7B); partly if some do."""
+    d = t["sw_stopword_probs"]
+    stop = d[d["kind"] == "stopword"]
+    up = (stop["ratio"] > 1).mean() if len(stop) else 0.0
+    why = ", ".join(f"'{r.token}' x{r.ratio:.2f}" for r in stop.head(6).itertuples())
+    return ("holds" if up == 1 else "partly" if up > 0 else "does not hold"), f"{up:.0%} of stopwords rise: {why}"
+
+
+@rule("super_activation_aware_w8a8")
+def w8a8(t):
+    """holds if handling the super activation (restoring it after quantizing the rest) gives a
+    W8A8-input perplexity no worse than naive quantization (paper B Tables 3/4: it recovers most of
+    the loss, close to SmoothQuant); does not hold otherwise."""
+    d = t["sw_actquant_table"].set_index("condition")
+    c = next(c for c in d.columns if c.startswith("ppl_"))
+    naive = d.loc["naive[inputs]", c]
+    aware = next(d.loc[k, c] for k in d.index if k.startswith("super_activation") and "inputs" in k)
+    smooth = next(d.loc[k, c] for k in d.index if k.startswith("smoothquant") and "inputs" in k)
+    fp = d.loc["fp", c] if "fp" in d.index else float("nan")
+    why = f"{c[4:]}: fp {fp:.2f}, naive {naive:.2f}, super-activation aware {aware:.2f}, SmoothQuant {smooth:.2f}"
+    return ("holds" if aware <= naive else "does not hold"), why
+
+
+@rule("massive_tokens_carry_a_fixed_bias")
+def decomposition(t):
+    """holds if, in most layers measured, the attention-output part from the massive-activation
+    tokens is nearly the same for every query (cosine to its mean >= 0.8) and more constant than
+    the rest (paper A §4.2: they add an implicit, fixed bias)."""
+    d = t["ma_attention_decomposition"]
+    ok = (d["cos_massive"] >= 0.8) & (d["cos_massive"] > d["cos_rest"])
+    return ("holds" if ok.mean() > 0.5 else "partly" if ok.any() else "does not hold"), \
+        f"{ok.mean():.0%} of {len(d)} (model, layer) rows; cos massive {d['cos_massive'].median():.2f} vs rest {d['cos_rest'].median():.2f} (medians)"
