@@ -134,7 +134,7 @@ def test_embedded_dinov2_matches_its_onnx_graph_and_is_a_negative_control(tmp_pa
     assert max(r["top1"] for r in out["layers"]) < 100  # paper A's absolute threshold is far away
 
 
-@pytest.mark.parametrize("model", ["dinov2_reg_g", "clip_vit_l", "dinov2_reg_s"])
+@pytest.mark.parametrize("model", ["dinov2_reg_g", "clip_vit_l", "dinov2_reg_s", "dinov2_l"])
 @pytest.mark.parametrize("experiment", ["massive_activations_vit_profile", "massive_activations_vit_intervene"])
 def test_paper_settings_compose(model, experiment):
     from hydra import compose, initialize_config_dir
