@@ -148,3 +148,11 @@ def test_paper_settings_compose(model, experiment):
     OmegaConf.to_container(cfg.model, resolve=True, throw_on_missing=True)
     assert cfg.model.source == "hub" and cfg.data.kind == "images"
     assert (cfg.model.paper_key or "").startswith("dinov2_reg") == model.startswith("dinov2_reg")
+
+
+def test_image_encoders_are_known_by_their_arch_spec():
+    from pipeline.models.arch import is_image_encoder
+    from pipeline.models.ma_gpt2 import MAGPTConfig
+
+    assert is_image_encoder(tiny_vit()) and is_image_encoder(tiny_vit().config)
+    assert not is_image_encoder(MAGPTConfig()) and not is_image_encoder(object())

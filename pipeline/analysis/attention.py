@@ -121,6 +121,17 @@ def control_share(probs: torch.Tensor, keys: Sequence[int]) -> float:
     return float(torch.stack(vals).mean()) if vals else math.nan
 
 
+def slot_shares(probs: torch.Tensor, n_prefix: int = 0) -> dict[str, float]:
+    """Mean attention of ``probs`` (..., queries, keys) on the explicit k' slot (the first key
+    columns when keys outnumber queries), on the ``n_prefix`` prefix tokens (a sink), and on the
+    first text token (from the queries after it); NaN for what the model does not have."""
+    extra = probs.shape[-1] - probs.shape[-2]
+    nan = float("nan")
+    return {"kprime": float(probs[..., :extra].sum(-1).mean()) if extra else nan,
+            "sink": float(probs[..., extra:extra + n_prefix].sum(-1).mean()) if n_prefix else nan,
+            "first": float(probs[..., n_prefix + 1:, extra + n_prefix].mean())}
+
+
 def uniform_share(n: int, keys: Sequence[int]) -> float:
     """The share S would get if every query attended uniformly to the keys it can see."""
     vals = [sum(j <= i for j in keys) / (i + 1) for i in _queries(n, keys)]

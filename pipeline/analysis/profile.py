@@ -38,20 +38,25 @@ def profile_layers(ctx, windows: torch.Tensor, *, batch_size: int, abs_threshold
     return _profile(ctx.model, batches(), -(-len(windows) // batch_size), abs_threshold, rel_threshold, max_hits, quiet)
 
 
+def image_positions(model, pixels: torch.Tensor) -> tuple[list[str], list[str]]:
+    """(roles, labels) of an image encoder's hidden-state positions for ``pixels`` (N, 3, H, W):
+    its prefix tokens (``cls``, ``reg_k``), then the patches (role ``patch``, labelled "patch r,c")."""
+    prefix, size = prefix_roles(model), model.config.patch_size
+    rows, cols = pixels.shape[-2] // size, pixels.shape[-1] // size
+    return (prefix + ["patch"] * (rows * cols),
+            [f"<{r}>" for r in prefix] + [f"patch {i // cols},{i % cols}" for i in range(rows * cols)])
+
+
 @torch.inference_mode()
 def profile_images(ctx, pixels: torch.Tensor, *, batch_size: int, abs_threshold: float, rel_threshold: float,
                    max_hits: int, quiet: bool = False) -> LayerProfile:
     """The same profile for a vision encoder on ``pixels`` (N, 3, H, W): positions are its prefix
     tokens (``cls``, ``reg_k``) and then patches (role ``patch``, labelled by grid cell)."""
-    prefix = prefix_roles(ctx.model)
+    roles, labels = image_positions(ctx.model, pixels)
 
     def batches():
         for start in range(0, len(pixels), batch_size):
             px = pixels[start:start + batch_size]
-            n_patch = (px.shape[-2] // ctx.model.config.patch_size) * (px.shape[-1] // ctx.model.config.patch_size)
-            cols = px.shape[-1] // ctx.model.config.patch_size
-            roles = prefix + ["patch"] * n_patch
-            labels = [f"<{r}>" for r in prefix] + [f"patch {i // cols},{i % cols}" for i in range(n_patch)]
             yield [roles] * len(px), [labels] * len(px), lambda px=px: ctx.model(pixel_values=px.to(ctx.device))
 
     return _profile(ctx.model, batches(), -(-len(pixels) // batch_size), abs_threshold, rel_threshold, max_hits, quiet)

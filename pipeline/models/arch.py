@@ -71,6 +71,8 @@ class ArchSpec:
             ``(("cls", 1), ("reg", "num_register_tokens"))``); see :func:`prefix_roles`.
         v_proj: layer -> attention value projection (a Linear whose output is the values of all
             key/value heads, (batch, seq, kv_heads * head_dim)); None where q/k/v are fused.
+        image_encoder: a vision encoder (input ``pixel_values``, positions after the prefix tokens
+            are patches); loaded with ``AutoModel`` and its image processor.
         o_proj: layer -> attention output projection (input = heads concatenated head-major).
             Not quantized by W8A8 (as paper B); decomposed by ``ma_attention`` where it is a
             Linear and ``v_proj`` exists.
@@ -101,6 +103,7 @@ class ArchSpec:
     dense_down_proj: str | None = None
     v_proj: str | None = None
     o_proj: str | None = None
+    image_encoder: bool = False   # takes pixel_values; loaded with AutoModel and an image processor
 
 
 def _llama_like(model_type: str, **overrides: object) -> ArchSpec:
@@ -212,7 +215,7 @@ _SPECS: list[ArchSpec] = [
 # Encoders (paper A §5, ViTs): no LM head or token embedding; tokens before the patches carry roles.
 _DINOV2: dict[str, object] = dict(
     layers="encoder.layer", attn="attention", mlp="mlp", down_proj="mlp.fc2", final_norm="layernorm",
-    gated_mlp=False, input_norm="norm1", post_attn_norm="norm2",
+    gated_mlp=False, input_norm="norm1", post_attn_norm="norm2", image_encoder=True,
     attn_inputs=("attention.q_proj", "attention.k_proj", "attention.v_proj"), mlp_inputs=("mlp.fc1",),
     v_proj="attention.v_proj", o_proj="attention.o_proj",
 )
@@ -225,12 +228,12 @@ _SPECS += [
              down_proj="mlp.fc2", final_norm="post_layernorm", embed=None, gated_mlp=False,
              input_norm="layer_norm1", post_attn_norm="layer_norm2", v_proj="self_attn.v_proj",
              o_proj="self_attn.out_proj", attn_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-             mlp_inputs=("mlp.fc1",), prefix_tokens=(("cls", 1),)),
+             mlp_inputs=("mlp.fc1",), prefix_tokens=(("cls", 1),), image_encoder=True),
     ArchSpec(model_type="vit", layers="layers", attn="attention", mlp="mlp", down_proj="mlp.fc2", final_norm="layernorm",
              embed=None, gated_mlp=False, input_norm="layernorm_before", post_attn_norm="layernorm_after",
              v_proj="attention.v_proj", o_proj="attention.o_proj",
              attn_inputs=("attention.q_proj", "attention.k_proj", "attention.v_proj"), mlp_inputs=("mlp.fc1",),
-             prefix_tokens=(("cls", 1),)),
+             prefix_tokens=(("cls", 1),), image_encoder=True),
 ]
 
 ARCH_SPECS: dict[str, ArchSpec] = {spec.model_type: spec for spec in _SPECS}
@@ -321,6 +324,12 @@ def prefix_roles(model_or_config: object) -> list[str]:
         n = int(getattr(config, count, 0) or 0) if isinstance(count, str) else int(count)
         roles += [role] if n == 1 and isinstance(count, int) else [f"{role}_{k + 1}" for k in range(n)]
     return roles
+
+
+def is_image_encoder(model_or_config: object) -> bool:
+    """Whether the model (or config) is a vision encoder, by its arch spec; False when unknown."""
+    model_type = getattr(getattr(model_or_config, "config", model_or_config), "model_type", None)
+    return model_type in ARCH_SPECS and ARCH_SPECS[model_type].image_encoder
 
 
 def residual_width(model: nn.Module) -> int:

@@ -88,7 +88,7 @@ def _init_model(cfg: Mapping[str, Any], device: torch.device) -> tuple[torch.nn.
         tok = offline_bpe(int(spec["bpe"]), list(spec.get("datasets", ["wiki_summaries", "shakespeare", "austen"])))
     else:
         raise PipelineError(f"model '{cfg['name']}' (source init) needs tokenizer: {{bpe: <vocab size>, datasets: [...]}} "
-                            "or {hub_id: <tokenizer id>}")
+                            "or {hub_id: <tokenizer id>} or {chars: shakespeare}")
     init = dict(cfg.get("init") or {})
     init.setdefault("vocab_size", len(tok))  # paper A pads GPT-2's 50,257 to 50,304 (a multiple of 64)
     if int(init["vocab_size"]) < len(tok):
@@ -127,14 +127,13 @@ def forward_without_logits(model: torch.nn.Module, ids: torch.Tensor) -> None:
     model(input_ids=ids, use_cache=False, **extra)
 
 
-VISION_TYPES = ("dinov2", "dinov2_with_registers", "clip_vision_model", "vit")
-
-
 def is_vision(path: str, extra: Mapping[str, Any]) -> bool:
-    """A vision encoder (loaded with AutoModel and an image processor), from its config's model_type."""
+    """A vision encoder (loaded with AutoModel and an image processor): its arch spec says so."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(path, **extra).model_type in VISION_TYPES
+    from pipeline.models.arch import is_image_encoder
+
+    return is_image_encoder(AutoConfig.from_pretrained(path, **extra))
 
 
 def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.device]:

@@ -23,18 +23,14 @@ from pipeline.analysis.super_weight import DEFAULT_PROMPT, detect, massive_dims
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.text import build_source, data_config
-from pipeline.models.arch import layer_module, num_layers, prefix_roles
+from pipeline.models.arch import is_image_encoder, layer_module, num_layers, prefix_roles
 
 STAGE = "atlas"
 
 
-def _vision(model) -> bool:
-    return hasattr(model.config, "patch_size") and not hasattr(model, "generate")
-
-
 def first_massive(ctx, *, n: int, seq_len: int, image_data: str) -> tuple[dict[str, Any], str]:
     """The earliest steady massive activation (or why there is none) and what it was measured on."""
-    if _vision(ctx.model):
+    if is_image_encoder(ctx.model):
         src = build_source(data_config(image_data, ctx.catalog))
         imgs = [im for _, im in list(src.images())[:n]]
         px = ctx.tokenizer(images=imgs, return_tensors="pt")["pixel_values"]
@@ -60,7 +56,7 @@ def first_massive(ctx, *, n: int, seq_len: int, image_data: str) -> tuple[dict[s
 
 
 def super_weight_row(ctx, prompt: str) -> dict[str, Any]:
-    if _vision(ctx.model):
+    if is_image_encoder(ctx.model):
         return {"super_weight": "not applicable: the detector reads a token prompt; a vision encoder takes images"}
     try:
         layer_module(ctx.model, 0, "down_proj")

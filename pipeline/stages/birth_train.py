@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.analysis.attention import slot_shares
 from pipeline.analysis.induction import batch_metrics, first_crossing, memory_probes
 from pipeline.analysis.profile import profile_layers
 from pipeline.core.errors import PipelineError
@@ -27,7 +28,7 @@ from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.bigram import BigramTask, generate, shakespeare_stats
 from pipeline.data.bigram import fixed_triggers as trigger_ids
 from pipeline.train.data import BigramBatches
-from pipeline.train.loop import TrainConfig, point_latest, train
+from pipeline.train.loop import TrainConfig, freeze_rules, point_latest, train
 
 STAGE = "birth_train"
 PROBES = ("acc_end", "wo1", "wk1", "wk0", "wk0_64")
@@ -45,10 +46,10 @@ def start_token_stats(model, x: torch.Tensor) -> dict[str, float]:
             h.remove()
     out = {}
     for i, (a, n) in enumerate(zip(atts, norms, strict=True)):
-        extra = a.shape[-1] - a.shape[-2]  # 1 with a k'/v' slot
-        out[f"L{i}_start_share"] = float(a[..., 1:, extra].mean())
-        if extra:
-            out[f"L{i}_kprime_share"] = float(a[..., 1:, 0].mean())
+        shares = slot_shares(a)  # the start token is the first token of the text here
+        out[f"L{i}_start_share"] = shares["first"]
+        if a.shape[-1] > a.shape[-2]:  # a k'/v' slot
+            out[f"L{i}_kprime_share"] = shares["kprime"]
         out[f"L{i}_start_norm_ratio"] = float(n[:, 0].mean() / n[:, 1:].mean())
     return out
 
@@ -110,10 +111,11 @@ def run(ctx, *, steps: int = 400, batch_size: int = 512, optimizer: str = "sgd",
     ctx.tokenizer.save_pretrained(where / "final")
     point_latest(where.parent / f"{ctx.model_name}-{re.sub(r'[^A-Za-z0-9_.=-]+', '_', label)}-latest", where)
     curve = [r for r in history if "acc_end" in r]
+    loss_at = {h["step"]: h["loss"] for h in history if "loss" in h}
     for r in curve:  # the training loss of the step that followed the evaluation (official: the same batch)
-        r["train_loss"] = next((h["loss"] for h in history if h["step"] == r["step"] + 1 and "loss" in h), float("nan"))
+        r["train_loss"] = loss_at.get(r["step"] + 1, float("nan"))
     maps = attention_rows(model, test[0][:1].to(dev), attention_positions, ctx.tokenizer)
-    freeze_step = min((int(str(rule).partition(":")[0]) for rule in freeze_until), default=None)
+    freeze_step = min((until for until, _ in freeze_rules(tuple(freeze_until))), default=None)
     setting = {"label": label, "dim": model.config.dim, "batch_size": batch_size, "freeze_step": freeze_step}
     curve = [{**setting, **{k: v for k, v in r.items() if k != "loss"}} for r in curve]
     paths = {"birth_curve": ctx.results.write("birth_curve", curve, stage=STAGE, step="rows"),

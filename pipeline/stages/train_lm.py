@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from pipeline.analysis.attention import capture_attention_weights
+from pipeline.analysis.attention import capture_attention_weights, slot_shares
 from pipeline.analysis.profile import layer_landscape, profile_layers
 from pipeline.core.paths import REPO_ROOT
 from pipeline.core.registry import StageSpec, register_stage
@@ -36,20 +36,15 @@ def attention_shares(ctx, ids: torch.Tensor) -> dict[str, float]:
     """Mean attention (over layers, heads and queries) on the first text token, on the sink
     token(s) and on the k' slot, wherever the model has them."""
     n_prefix = len(prefix_roles(ctx.model))
-    sums = {"first": [], "sink": [], "kprime": []}
+    per_layer: list[dict[str, float]] = []
 
     def on_probs(_name: str, p: torch.Tensor) -> None:
-        extra = p.shape[-1] - p.shape[-2]  # 1 when an explicit key/value slot comes first
-        if extra:
-            sums["kprime"].append(float(p[..., :extra].sum(-1).mean()))
-        if n_prefix:
-            sums["sink"].append(float(p[..., extra:extra + n_prefix].sum(-1).mean()))
-        sums["first"].append(float(p[..., n_prefix + 1:, extra + n_prefix].mean()))
+        per_layer.append(slot_shares(p, n_prefix))
 
     attn = {str(i): layer_module(ctx.model, i, "attn") for i in range(num_layers(ctx.model))}
     with attention_implementation(ctx.model, "eager"), capture_attention_weights(attn, on_probs):
         ctx.model(input_ids=ids.to(ctx.device))
-    return {f"attn_share_{k}": (sum(v) / len(v) if v else float("nan")) for k, v in sums.items()}
+    return {f"attn_share_{k}": sum(r[k] for r in per_layer) / len(per_layer) for k in ("first", "sink", "kprime")}
 
 
 def run(ctx, *, steps: int = 300, decay_steps: int | None = None, micro_batch: int = 8, grad_accum: int = 1, block_size: int = 256,

@@ -16,12 +16,12 @@ from typing import Any
 import torch
 
 from pipeline.analysis.massive import steady_choice, summarize
-from pipeline.analysis.profile import profile_images
+from pipeline.analysis.profile import image_positions, profile_images
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
-from pipeline.models.arch import decoder_layers, layer, num_layers, prefix_roles
+from pipeline.models.arch import decoder_layers, is_image_encoder, layer, num_layers
 
 STAGE = "vit_profile"
 
@@ -46,16 +46,14 @@ def landscape(ctx, pixels: torch.Tensor, layer_idx: int, n_patches: int) -> list
     with capture({"h": layer(ctx.model, layer_idx)}, lambda _n, h: grabbed.__setitem__("h", h[0].float().cpu())):
         ctx.model(pixel_values=pixels[:1].to(ctx.device))
     h = grabbed["h"].abs()
-    prefix = prefix_roles(ctx.model)
-    cols = pixels.shape[-1] // ctx.model.config.patch_size
-    patch_max = h[len(prefix):].amax(-1)
-    keep = list(range(len(prefix))) + sorted((patch_max.topk(min(n_patches, len(patch_max))).indices + len(prefix)).tolist())
+    roles, labels = image_positions(ctx.model, pixels)
+    n_prefix = roles.index("patch") if "patch" in roles else len(roles)
+    patch_max = h[n_prefix:].amax(-1)
+    keep = list(range(n_prefix)) + sorted((patch_max.topk(min(n_patches, len(patch_max))).indices + n_prefix).tolist())
     rows = []
     for order, p in enumerate(keep):
-        label = f"<{prefix[p]}>" if p < len(prefix) else f"patch {(p - len(prefix)) // cols},{(p - len(prefix)) % cols}"
-        role = prefix[p] if p < len(prefix) else "patch"
         rows += [{"layer": layer_idx, "layer_1based": layer_idx + 1, "position": order, "token_position": p,
-                  "token": label, "token_type": role, "dim": d, "value": float(grabbed["h"][p, d]),
+                  "token": labels[p], "token_type": roles[p], "dim": d, "value": float(grabbed["h"][p, d]),
                   "abs_value": float(h[p, d])} for d in range(h.shape[1])]
     return rows
 
@@ -63,7 +61,7 @@ def landscape(ctx, pixels: torch.Tensor, layer_idx: int, n_patches: int) -> list
 def run(ctx, *, n_images: int = 12, batch_size: int = 4, abs_threshold: float = 100.0, rel_threshold: float = 1000.0,
         max_hits: int = 1024, landscape_layer: int | str = "auto", landscape_patches: int = 12) -> dict[str, Any]:
     """Profile every block over the image set; detect massive activations; one block's landscape."""
-    if not prefix_roles(ctx.model) and not hasattr(ctx.model.config, "patch_size"):
+    if not is_image_encoder(ctx.model):
         raise PipelineError(f"stage {STAGE} profiles vision encoders; {ctx.model_name} is not one")
     names, pixels = pixel_batch(ctx, n_images)
     prof = profile_images(ctx, pixels, batch_size=batch_size, abs_threshold=abs_threshold,

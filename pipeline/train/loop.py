@@ -74,16 +74,20 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     raise PipelineError(f"optimizer must be adamw or sgd, not {cfg.optimizer!r}")
 
 
-def frozen_at(step: int, rules: tuple[str, ...]) -> list[str]:
-    """Parameter-name prefixes frozen at ``step``: a rule "N:prefix" freezes it before step N."""
+def freeze_rules(rules: tuple[str, ...]) -> list[tuple[int, str]]:
+    """("N:prefix", ...) -> [(N, prefix), ...]; a malformed rule fails in one line."""
     out = []
     for rule in rules:
         until, _, prefix = str(rule).partition(":")
         if not until.isdigit() or not prefix:
             raise PipelineError(f"freeze_until entry {rule!r}: expected 'STEP:parameter.prefix'")
-        if step < int(until):
-            out.append(prefix)
+        out.append((int(until), prefix))
     return out
+
+
+def frozen_at(step: int, rules: tuple[str, ...]) -> list[str]:
+    """Parameter-name prefixes frozen at ``step``: a rule "N:prefix" freezes it before step N."""
+    return [prefix for until, prefix in freeze_rules(rules) if step < until]
 
 
 # --- checkpoints ------------------------------------------------------------------------------
