@@ -15,7 +15,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.loggers import argv_has_secret
 from pipeline.core.paths import CONF_DIR
 
-CHECKED_GROUPS = ("model", "data", "experiment", "logger", "debug", "stage", "variant", "tier", "birth_variant")
+CHECKED_GROUPS = ("model", "data", "experiment", "logger", "debug", "stage", "variant", "setting")
 
 
 def check_choices(argv: list[str]) -> None:
@@ -30,31 +30,27 @@ def check_choices(argv: list[str]) -> None:
                 raise PipelineError(f"unknown {key} '{choice}'; known: {', '.join(known)}")
 
 
-def selected_stages(cfg) -> dict:
-    """The stages the experiment selected, in order (``debug`` files may add size overrides for
-    stages that are not selected: those have no ``_target_``)."""
-    return {name: c for name, c in cfg.stage.items() if "_target_" in c}
-
-
 def run(cfg) -> dict:
     """Run every stage of a composed config; returns {stage name: stage output}."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from pipeline.config import selected_stages
     from pipeline.context import build_context
     from pipeline.core.ranks import adopt_slurm_env, process_rank
+    from pipeline.core.registry import get_stage
     from pipeline.figures import draw_experiment
     from pipeline.validate import validate
 
     t0 = time.perf_counter()
     adopt_slurm_env()  # a SLURM job with N tasks (submitit launcher) is one DDP run of N ranks
-    validate(cfg)  # the config alone: one line, before the model loads
+    stages = selected_stages(cfg)  # typed and range-checked: one line, before anything loads
+    validate(cfg)  # what needs the model's shape (from its config file alone)
     ctx = build_context(cfg)
     outputs = {}
     try:
-        for name, stage_cfg in selected_stages(cfg).items():
+        for name, args in stages.items():
             print(f"[pipeline] stage {name} on {ctx.model_name} / {ctx.data_cfg['name']}", flush=True)
-            outputs[name] = instantiate(stage_cfg)(ctx)
+            outputs[name] = get_stage(name).run(ctx, args)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved.pop("catalog", None)  # the whole catalog: only the entries used are recorded
         manifest = ctx.results.commit(
@@ -70,7 +66,7 @@ def run(cfg) -> dict:
 
 def _report(outputs: dict, out_dir: Path, manifest: Path, figures: list[Path]) -> None:
     """Each stage's one-screen summary (its ``format_summary``), then where the files are."""
-    from pipeline.core.registry import get_stage  # the stages that ran registered on import
+    from pipeline.core.registry import get_stage
 
     for name, out in outputs.items():
         print()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import tempfile
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import selected_stages
 from pipeline.core.catalog import Catalog
 from pipeline.core.errors import PipelineError
 from pipeline.core.loggers import Logger, build_logger
@@ -101,8 +103,7 @@ def run_setting(cfg: DictConfig, model_cfg: dict, data_cfg: dict, dtype: str) ->
     """What decides a run's numbers, hashed into every row's ``setting``: the selected stages'
     arguments, the model config (with the dtype it resolved to) and the data config (split
     included), experiment and seed. Where the model runs (device, device_map) is not part of it."""
-    stages = {name: {k: v for k, v in OmegaConf.to_container(c, resolve=True).items() if not k.startswith("_")}
-              for name, c in cfg.stage.items() if "_target_" in c}
+    stages = {name: dataclasses.asdict(args) for name, args in selected_stages(cfg).items()}
     model = {k: v for k, v in model_cfg.items() if k not in ("device", "device_map")}
     return {"experiment": cfg.run.experiment, "seed": int(cfg.run.seed), "stages": stages,
             "model": {**model, "dtype_resolved": dtype}, "data": data_cfg}

@@ -2,8 +2,9 @@
 anything loads (a typo used to cost a minute of model loading and a screenful of traceback).
 
 - ``run``: the seed is an integer; where results go (``context.results_root``).
-- each selected stage's arguments: known names, the types of ``run``'s annotations, counts and
-  sizes >= 1, no NaN, layer indices inside the model, sequence lengths inside its context.
+- each selected stage's arguments against the model's shape: layer indices inside the model,
+  sequence lengths inside its context. (Names, types and ranges are the schemas' job:
+  :mod:`pipeline.config`.)
   The model's depth and context are read from its config file alone (no weights), where one is
   at hand (tiny models, local folders, the GGUF cache, the Hub cache); otherwise the stage checks
   them itself once the model is loaded.
@@ -11,57 +12,20 @@ anything loads (a typo used to cost a minute of model loading and a screenful of
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import dataclasses
 import json
-import math
-import types
-import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config import selected_stages
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import CACHE_DIR
 
-POSITIVE = {"n_sequences", "seq_len", "batch_size", "calib_sequences", "calib_seq_len", "ppl_seq_len",
-            "ppl_windows", "eval_batch_size", "calib_windows", "n_prompts", "top_k", "max_hits", "max_iter",
-            "bits", "calib_max_tokens", "zero_shot_limit"}
-LENGTHS = {"seq_len", "calib_seq_len", "ppl_seq_len"}
-LAYERS = {"layer", "fig1_layer", "layers", "decomp_layers"}
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    """Does ``value`` (plain Python, from the config) fit the annotation ``tp``?"""
-    if tp is Any or tp is inspect.Parameter.empty:
-        return True
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is str:
-        return isinstance(value, str)
-    if origin in (list, tuple, Sequence) or tp in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return all(_matches(v, args[0]) for v in value) if args else True
-    if origin in (dict, Mapping) or tp in (dict,):
-        return isinstance(value, dict)
-    return True
-
-
-def _describe(tp: Any) -> str:
-    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "").replace("collections.abc.", "")
+LENGTHS = {"seq_len", "calib_seq_len", "ppl_seq_len", "block_size"}
+LAYERS = {"layer", "fig1_layer", "layers", "decomp_layers", "landscape_layer"}
 
 
 def model_shape(model_cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -91,17 +55,7 @@ def model_shape(model_cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
     return (int(layers) if layers else None), (int(context) if context else None)
 
 
-def _check_arg(where: str, name: str, value: Any, tp: Any, shape: tuple[int | None, int | None]) -> None:
-    if not _matches(value, tp):
-        raise PipelineError(f"{where}.{name}={value!r}: expected {_describe(tp)}")
-    numbers = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
-    numbers += [v for v in value if isinstance(v, (int, float))] if isinstance(value, (list, tuple)) else []
-    if any(isinstance(v, float) and math.isnan(v) for v in numbers):
-        raise PipelineError(f"{where}.{name}={value!r}: NaN is not a value (it would silently match nothing)")
-    if name == "ppl_windows" and isinstance(value, str) and value not in ("all", "protocol"):
-        raise PipelineError(f"{where}.{name}={value!r}: a number of windows, 'all' or 'protocol'")
-    if name in POSITIVE and isinstance(value, int) and value < 1:
-        raise PipelineError(f"{where}.{name}={value}: must be at least 1")
+def _check_shape(where: str, name: str, value: Any, shape: tuple[int | None, int | None]) -> None:
     n_layers, context = shape
     if name in LAYERS and n_layers is not None:
         indices = [v for v in (value if isinstance(value, (list, tuple)) else [value])
@@ -133,17 +87,6 @@ def validate(cfg: DictConfig) -> None:
         if rule not in BOS_MODES:
             raise PipelineError(f"stage.{stage_name}.{key}={rule!r}: one of {', '.join(BOS_MODES)}")
     shape = model_shape(OmegaConf.to_container(cfg.model, resolve=True))
-    for stage, stage_cfg in cfg.stage.items():
-        if "_target_" not in stage_cfg:
-            continue
-        module, _, fn = str(stage_cfg._target_).rpartition(".")
-        run = getattr(importlib.import_module(module), fn)
-        params = inspect.signature(run).parameters
-        hints = typing.get_type_hints(run)
-        for name, value in OmegaConf.to_container(stage_cfg, resolve=True).items():
-            if name.startswith("_"):
-                continue
-            if name not in params:
-                known = ", ".join(p for p in params if p != "ctx")
-                raise PipelineError(f"stage.{stage}.{name}: unknown argument; {stage} takes {known}")
-            _check_arg(f"stage.{stage}", name, value, hints.get(name, Any), shape)
+    for stage, args in selected_stages(cfg).items():
+        for f in dataclasses.fields(args):
+            _check_shape(f"stage.{stage}", f.name, getattr(args, f.name), shape)

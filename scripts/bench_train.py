@@ -22,6 +22,7 @@ import torch
 
 from pipeline.analysis.profile import profile_layers
 from pipeline.bench import bench_parser, device_name, load_bench_model, ratio_rows, time_interleaved
+from pipeline.config.training import TrainConfig
 from pipeline.context import Context
 from pipeline.core.catalog import Catalog
 from pipeline.core.loggers import Logger
@@ -31,7 +32,7 @@ from pipeline.models.arch import get_arch
 from pipeline.stages import train_lm
 from pipeline.train.corpus import corpus_tokens
 from pipeline.train.data import TokenBatches
-from pipeline.train.loop import TrainConfig, make_optimizer, train
+from pipeline.train.loop import make_optimizer, train
 
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0}  # dense
 
@@ -57,8 +58,8 @@ def main() -> None:
                   paper_key=None, data_cfg=data_cfg, source=build_source(data_cfg), results=results,
                   logger=Logger(), experiment="bench", seed=0, catalog=Catalog.from_files())
     source = TokenBatches(corpus_tokens(tok, [args.data], ctx.catalog), micro_batch=args.batch, block_size=args.seq_len)
-    cfg = TrainConfig(max_steps=args.steps, micro_batch=args.batch, block_size=args.seq_len, warmup_steps=2,
-                      decay_steps=args.steps, eval_every=10**9, ckpt_every=10**9, save_at_end=False)
+    cfg = TrainConfig(steps=args.steps, micro_batch=args.batch, block_size=args.seq_len, lr=6e-4, min_lr=6e-5,
+                      warmup_steps=2, eval_every=10**9, ckpt_every=10**9, save_at_end=False)
     model.train()
     opt = make_optimizer(model, cfg)
 
@@ -77,7 +78,7 @@ def main() -> None:
 
     def loop() -> None:
         with tempfile.TemporaryDirectory() as tmp:  # fresh: nothing to resume; the final save is outside
-            train(model, source.batch, cfg, Path(tmp) / "ckpt", device=device, desc="bench")
+            train(model, source.batch, cfg, Path(tmp) / "ckpt", device=device, seed=0, desc="bench")
 
     val = [source.batch("val", 0, i) for i in range(4)]
     probe = source.batch("val", 1, 0)[:4]

@@ -14,6 +14,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import pipeline  # noqa: E402,F401  (registers the stage schemas that conf/stage/*.yaml extend)
+
 
 @pytest.fixture(autouse=True)
 def _deterministic():

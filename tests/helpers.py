@@ -97,7 +97,7 @@ def unchanged(model, state: dict) -> bool:
     return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def tiny_training(ckpt_dir, max_steps: int = 12, kill_at: int | None = None, **cfg_kw):
+def tiny_training(ckpt_dir, steps: int = 12, kill_at: int | None = None, **cfg_kw):
     """Train a tiny GPT-2 variant on random tokens (the SIGKILL test runs this in a child
     process: ``kill_at`` = the step at which it kills itself, after a checkpoint)."""
     import os
@@ -105,21 +105,31 @@ def tiny_training(ckpt_dir, max_steps: int = 12, kill_at: int | None = None, **c
 
     import numpy as np
 
+    from pipeline.config.training import TrainConfig
     from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
     from pipeline.train.data import TokenBatches
-    from pipeline.train.loop import TrainConfig, train
+    from pipeline.train.loop import train
 
     torch.manual_seed(0)
     model = MAGPTForCausalLM(MAGPTConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4))
     rng = np.random.RandomState(0)
     source = TokenBatches({"train": rng.randint(0, 64, 5000), "val": rng.randint(0, 64, 1000)},
                           micro_batch=4, block_size=16, seed=0)
-    cfg = TrainConfig(**{"max_steps": max_steps, "warmup_steps": 2, "decay_steps": max_steps, "eval_every": 1,
-                         "ckpt_every": 4, "lr": 3e-3, "grad_accum": 2, **cfg_kw})
+    cfg = TrainConfig(**{"steps": steps, "warmup_steps": 2, "eval_every": 1, "ckpt_every": 4, "lr": 3e-3,
+                         "min_lr": 6e-5, "grad_accum": 2, **cfg_kw})
 
     def on_eval(step):
         if kill_at is not None and step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return {"val_loss": float(model(input_ids=source.batch("val", 0), labels=source.batch("val", 0)).loss)}
 
-    return model, train(model, source.batch, cfg, Path(ckpt_dir), device=torch.device("cpu"), on_eval=on_eval)
+    return model, train(model, source.batch, cfg, Path(ckpt_dir), device=torch.device("cpu"), seed=0, on_eval=on_eval)
+
+
+def run_stage(name: str, ctx, **overrides):
+    """Run stage ``name`` on ``ctx`` with its schema's defaults (``pipeline.config``) and ``overrides``,
+    typed and checked as a composed config would be."""
+    from pipeline.config import typed_args
+    from pipeline.core.registry import get_stage
+
+    return get_stage(name).run(ctx, typed_args(name, overrides))

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from pipeline.analysis.induction import batch_metrics, first_crossing, memory_probes
+from pipeline.config.training import TrainConfig
 from pipeline.data.bigram import BigramTask, shakespeare_stats
 from pipeline.models.birth import SIMPLIFIED_FROZEN, BirthConfig, BirthForCausalLM
 from pipeline.train.data import BigramBatches
-from pipeline.train.loop import TrainConfig, train
+from pipeline.train.loop import train
+from tests.helpers import run_stage
 
 
 def hand_built(vocab=8, dim=64, positions=16, ffn="none") -> BirthForCausalLM:
@@ -86,15 +88,15 @@ def test_simplified_model_trains_only_wk1_wk2_wo2_and_freeze_until_keeps_them_fr
         "layers.0.attention.wk.weight", "layers.1.attention.wk.weight", "layers.1.attention.wo.weight"]
     frozen_before = {n: p.detach().clone() for n, p in m.named_parameters()}
     source = BigramBatches(stats, BigramTask(k=3, seq_len=32), micro_batch=16, loss_head_only=True)
-    cfg = TrainConfig(max_steps=6, optimizer="sgd", lr=0.5, min_lr=0.5, warmup_steps=0, grad_clip=0, eval_every=3,
-                      ckpt_every=3, freeze_until=("4:layers.1.attention.wo",), eval_at_start=True)
+    cfg = TrainConfig(steps=6, optimizer="sgd", lr=0.5, min_lr=None, warmup_steps=0, grad_clip=0, eval_every=3,
+                      ckpt_every=3, freeze_until=["4:layers.1.attention.wo"], eval_at_start=True)
     seen = {}
 
     def on_eval(step):
         seen[step] = m.layers[1].attention.wo.weight.detach().clone()
         return {"probe": 1.0}
 
-    hist = train(m, source.batch, cfg, tmp_path / "ckpt", device=torch.device("cpu"), on_eval=on_eval)
+    hist = train(m, source.batch, cfg, tmp_path / "ckpt", device=torch.device("cpu"), seed=0, on_eval=on_eval)
     assert hist[0] == {"step": 0, "probe": 1.0}  # the initial model is evaluated
     after = dict(m.named_parameters())
     for n in ("layers.0.attention.wv.weight", "layers.0.attention.wo.weight", "tok_embeddings.weight"):
@@ -138,7 +140,7 @@ def test_stage_writes_curves_and_maps_and_the_model_loads_like_any_other(tmp_pat
     from pipeline.data.text import build_source
     from pipeline.models.arch import get_arch
     from pipeline.models.load import load_model
-    from pipeline.stages import birth_train, ma_profile
+    from pipeline.stages import birth_train
 
     stats = shakespeare_stats()
     tok = char_tokenizer(stats.chars, bos=True)
@@ -154,8 +156,8 @@ def test_stage_writes_curves_and_maps_and_the_model_loads_like_any_other(tmp_pat
                        experiment="birth", seed=0, catalog=Catalog({"data": {"shakespeare": data}}))
 
     c = ctx("r", model, tok)
-    out = birth_train.run(c, steps=4, batch_size=4, seq_len=32, eval_every=2, ckpt_every=2, bos=True, k=2,
-                          test_sequences=4, attention_positions=6, checkpoint_dir=str(tmp_path / "ckpt"), label="tiny")
+    out = run_stage("birth_train", c, steps=4, micro_batch=4, block_size=32, eval_every=2, ckpt_every=2, bos=True, k=2,
+                    test_sequences=4, attention_positions=6, checkpoint_dir=str(tmp_path / "ckpt"), label="tiny")
     curve = c.results.read("birth_curve")
     assert list(curve["step"]) == [0, 2, 4] and set(curve["label"]) == {"tiny"}
     for col in ("acc_end", "wo1", "wk1", "wk0", "wk0_64", "acc_end_test", "L0_start_share", "L0_kprime_share", "ratio_max"):
@@ -165,7 +167,7 @@ def test_stage_writes_curves_and_maps_and_the_model_loads_like_any_other(tmp_pat
     assert "first step >= 0.5" in birth_train.format_summary(out)
     loaded, ltok, _ = load_model({"name": "b", "source": "local", "path": out["checkpoint"], "dtype": "float32", "device": "cpu"})
     assert torch.equal(loaded.pe, model.pe) and ltok.decode(ltok("to be").input_ids) == "to be"
-    prof = ma_profile.run(ctx("p", loaded, ltok), n_sequences=2, seq_len=16)
+    prof = run_stage("ma_profile", ctx("p", loaded, ltok), n_sequences=2, seq_len=16)
     assert len(prof["layer_rows"]) == 2
 
 

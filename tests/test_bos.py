@@ -18,6 +18,7 @@ from pipeline.analysis.profile import layer_landscape
 from pipeline.core.catalog import Catalog
 from pipeline.data import text as data
 from pipeline.data.text import build_source, encode_prompt, token_windows, tokenizer_adds_bos
+from tests.helpers import run_stage
 
 DOCS = {"kind": "text", "text": TEXT, "joiner": "\n\n"}
 
@@ -101,13 +102,12 @@ def test_zero_shot_is_told_the_runs_rule(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("stage", ["ma_profile", "ma_attention"])
 def test_prompt_stages_give_a_bos_model_its_bos(tmp_path, stage):
-    from pipeline.stages import ma_attention
 
     ctx = make_ctx(tmp_path, arch="gemma3", add_bos=True, data_bos="auto")
     if stage == "ma_profile":
         rows = layer_landscape(ctx, "Summer is warm.", 0)
         first = next(r["token"] for r in rows if r["position"] == 0)
     else:
-        out = ma_attention.run(ctx, prompt="Summer is warm. Winter is cold.", layers=[1])
+        out = run_stage("ma_attention", ctx, prompt="Summer is warm. Winter is cold.", layers=[1])
         first = out["tokens"][0]
     assert first == "<bos>"

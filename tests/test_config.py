@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +37,37 @@ def test_experiment_composes_with_debug_cpu(experiment):
     variant = (group_choices(experiment) or {}).get("variant")
     expected = experiment.removesuffix(f"_{variant}") if variant else experiment
     assert cfg.run.experiment == expected
-    from pipeline.__main__ import selected_stages
+    from pipeline.config import STAGE_ARGS, selected_stages
+    from pipeline.core.registry import get_stage
 
-    assert selected_stages(cfg), "an experiment selects at least one stage"
-    for name, stage_cfg in selected_stages(cfg).items():
-        fn = instantiate(stage_cfg)  # a functools.partial of the stage's run
-        assert fn.func.__module__ == f"pipeline.stages.{name}"
-        inspect.signature(fn.func).bind(None, **fn.keywords)  # every key is a real argument
+    stages = selected_stages(cfg)  # typed by each stage's schema: every key a real, well-typed argument
+    assert stages, "an experiment selects at least one stage"
+    for name, args in stages.items():
+        assert isinstance(args, STAGE_ARGS[name]) and get_stage(name).run.__module__ == f"pipeline.stages.{name}"
+
+
+@pytest.mark.parametrize("setting", ["reduced", "paper"])
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiment_composes_with_each_setting(experiment, setting):
+    """Every experiment has its paper protocol (and a reduced one) as config that composes, typed,
+    with no missing keys: conf/protocol/<experiment>/<setting>.yaml."""
+    from pipeline.config import selected_stages
+
+    assert (CONF / "protocol" / experiment / f"{setting}.yaml").is_file()
+    offline = _compose([f"experiment={experiment}"])
+    cfg = _compose([f"experiment={experiment}", f"setting={setting}"])
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert cfg.run.setting == setting and offline.run.setting == "offline"
+    assert selected_stages(cfg).keys() == selected_stages(offline).keys()
+
+
+def test_no_experiment_keeps_its_paper_setting_in_a_comment():
+    """A paper setting written as a command line in a comment is a setting nothing composes or tests:
+    it lives in conf/protocol/<experiment>/paper.yaml, and the comment points there."""
+    for path in (CONF / "experiment").glob("*.yaml"):
+        comments = [ln.lower() for ln in path.read_text().splitlines() if ln.lstrip().startswith("#")]
+        assert not any("paper setting" in ln for ln in comments), path.name
+        assert any("setting=paper" in ln for ln in comments), path.name
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -98,18 +121,54 @@ def test_hub_model_offline_fails_fast_with_one_line(offline_env):
 
 
 def test_stage_and_figure_registries_cover_every_stage():
-    """Every conf/stage file has a registered stage whose run is its _target_; every figure reads
-    tables its stage writes (the registries replace module lookup and CSV-name dispatch)."""
+    """Every conf/stage file has a registered stage and a typed schema that the file extends;
+    every figure reads tables its stage writes (the registries replace module lookup)."""
     import pipeline.stages  # noqa: F401  (registers every stage)
+    from pipeline.config import STAGE_ARGS
     from pipeline.core.registry import STAGES, get_stage
     from pipeline.figures.registry import FIGURES
 
     names = sorted(p.stem for p in (ROOT / "conf" / "stage").glob("*.yaml"))
-    assert [get_stage(n).name for n in names] == names == sorted(STAGES)
+    assert [get_stage(n).name for n in names] == names == sorted(STAGES) == sorted(STAGE_ARGS)
     for n in names:
-        target = OmegaConf.load(ROOT / "conf" / "stage" / f"{n}.yaml")["_target_"]
-        assert f"{STAGES[n].run.__module__}.{STAGES[n].run.__name__}" == target
+        assert f"/schema/stage/{n}@_here_" in OmegaConf.load(ROOT / "conf" / "stage" / f"{n}.yaml")["defaults"]
     assert FIGURES and all(set(f.reads) <= set(STAGES[f.stage].tables) for f in FIGURES)
+
+
+def test_importing_the_stages_package_alone_registers_every_stage():
+    """Run alone (a fresh interpreter), not helped by what other tests imported before."""
+    code = ("import pathlib, pipeline.stages; from pipeline.core.registry import STAGES; "
+            "names = sorted(p.stem for p in pathlib.Path('conf/stage').glob('*.yaml')); "
+            "assert sorted(STAGES) == names, (sorted(STAGES), names); print(len(names))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_no_default_is_written_both_in_yaml_and_in_python():
+    """A stage's defaults are its schema's; its YAML keeps only values that differ, and its run()
+    takes the typed arguments object (no keyword defaults left in a stage's signature)."""
+    import pipeline.stages  # noqa: F401
+    from pipeline.config import STAGE_ARGS
+    from pipeline.core.registry import STAGES
+
+    for name, cls in STAGE_ARGS.items():
+        params = list(inspect.signature(STAGES[name].run).parameters.values())
+        assert [p.name for p in params] == ["ctx", "args"] and all(p.default is p.empty for p in params), name
+        schema = OmegaConf.structured(cls)
+        values = {k: v for k, v in OmegaConf.load(ROOT / "conf" / "stage" / f"{name}.yaml").items() if k != "defaults"}
+        same = [k for k, v in values.items() if k in schema and OmegaConf.merge(schema, {k: v})[k] == schema[k]]
+        assert not same, f"conf/stage/{name}.yaml repeats the schema's defaults {same}"
+
+
+def test_a_stage_argument_typo_or_wrong_type_fails_in_one_line_before_loading(tmp_path):
+    for arg, needle in (("stage.ma_profile.n_sequences=abc", "n_sequences"),
+                        ("stage.ma_profile.n_sequences=0", "at least 1")):
+        r = subprocess.run([sys.executable, "-m", "pipeline", "model=tiny_llama", arg,
+                            f"run.results_dir={tmp_path}", "hydra.run.dir=" + str(tmp_path / "h")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+        err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr[-1500:]
+        assert any(needle in ln for ln in err), err
 
 
 def test_catalog_composes_every_data_eval_and_paper_file_and_overrides_reach_stages(tmp_path):
@@ -174,3 +233,13 @@ def test_an_endpoint_that_accepts_tcp_but_fails_tls_is_unreachable():
     finally:
         server.close()
         hub._probe.cache_clear()
+
+
+def test_every_hook_is_registered_through_pipeline_hooks():
+    """Raw ``register_forward(_pre)_hook`` calls bypass hooks/forward.py's accessor (the bug class it
+    exists to prevent: reading ``out[0]`` of a block that returns a Tensor)."""
+    files = [p for p in [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "scripts").rglob("*.py")]
+             if not p.is_relative_to(ROOT / "pipeline" / "hooks")]
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, ln in enumerate(p.read_text().splitlines(), 1)
+                 if "register_forward_hook(" in ln or "register_forward_pre_hook(" in ln]
+    assert not offenders, offenders

@@ -19,7 +19,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.figures import draw_experiment
 from pipeline.models.arch import layer_module
 from pipeline.stages import ma_attention
-from tests.helpers import make_ctx, planted
+from tests.helpers import make_ctx, planted, run_stage
 
 # Hand-built head-wise attention (H=3, T=4), causal rows summing to 1.
 PROBS = torch.tensor([
@@ -105,7 +105,7 @@ def test_parts_reconstruct_the_o_proj_output(model_type, tmp_path):
 def test_planted_activation_gives_the_massive_token_and_layer(tmp_path):
     ctx = make_ctx(tmp_path)
     with planted(ctx.model, layer_idx=1, dim=7, value=5000.0, position=0):
-        out = ma_attention.run(ctx)
+        out = run_stage("ma_attention", ctx)
     assert out["massive_layer"] == 1
     assert [t["position"] for t in out["massive_tokens"]] == [0]
     assert out["massive_tokens"][0]["token_type"] == "first_token"
@@ -122,7 +122,7 @@ def test_planted_activation_gives_the_massive_token_and_layer(tmp_path):
 def test_tables_written_and_figures_drawn_from_csv(tmp_path):
     ctx = make_ctx(tmp_path)
     with planted(ctx.model, layer_idx=1, dim=7, value=5000.0, position=0):
-        out = ma_attention.run(ctx, decomp_layers=[1, 2, 3])
+        out = run_stage("ma_attention", ctx, decomp_layers=[1, 2, 3])
     share = ctx.results.read("ma_attention_share")
     assert len(share) == 4 and (share["stage"] == "ma_attention").all()
     assert {"layer", "share_massive", "share_control", "n_massive_tokens"} <= set(share.columns)
@@ -134,7 +134,7 @@ def test_tables_written_and_figures_drawn_from_csv(tmp_path):
     assert row0["prob"].tolist() == pytest.approx([1.0]) and row0["logprob"].tolist() == pytest.approx([0.0], abs=1e-6)
     sums = maps[maps["layer"] == 3].groupby("query")["prob"].sum()
     assert sums.to_numpy() == pytest.approx(1.0, abs=1e-5)
-    ma_attention.run(ctx)  # a re-run replaces its rows
+    run_stage("ma_attention", ctx)  # a re-run replaces its rows
     assert len(ctx.results.read("ma_attention_share")) == 4
     ctx.results.commit({})  # the figures read the committed record only
     figs = draw_experiment(ctx.out_dir)
@@ -148,23 +148,23 @@ def test_tables_written_and_figures_drawn_from_csv(tmp_path):
 def test_gpt2_has_shares_but_no_decomposition(tmp_path):
     ctx = make_ctx(tmp_path, "gpt2")
     with planted(ctx.model, layer_idx=1, dim=7, value=5000.0, position=0):
-        out = ma_attention.run(ctx, layers=[2])
+        out = run_stage("ma_attention", ctx, layers=[2])
     assert out["massive_layer"] == 1 and len(out["share_rows"]) == 4
     assert out["decomp_rows"] == [] and "no decomposition" in out["notes"][0]
     assert "ma_attention_decomposition" not in out["paths"]
 
 
 def test_no_massive_activation_falls_back_to_the_first_token_and_says_so(tmp_path):
-    out = ma_attention.run(make_ctx(tmp_path), layers=[1])
+    out = run_stage("ma_attention", make_ctx(tmp_path), layers=[1])
     assert out["massive_layer"] is None and out["token_set"].startswith("first_token")
     assert "no steady massive activation" in ma_attention.format_summary(out)
 
 
 def test_out_of_range_layer_is_a_clear_error(tmp_path):
     with pytest.raises(PipelineError, match="out of range"):
-        ma_attention.run(make_ctx(tmp_path), layers=[99])
+        run_stage("ma_attention", make_ctx(tmp_path), layers=[99])
     with pytest.raises(PipelineError, match="out of range"):
-        ma_attention.run(make_ctx(tmp_path), decomp_layers=[-1])
+        run_stage("ma_attention", make_ctx(tmp_path), decomp_layers=[-1])
 
 
 def test_model_outputs_bit_identical_after_the_stage(tmp_path):
@@ -173,7 +173,7 @@ def test_model_outputs_bit_identical_after_the_stage(tmp_path):
     ids = torch.tensor([[3, 9, 14, 15, 26, 5, 35, 8]])
     with torch.no_grad():
         before = ctx.model(ids).logits
-    ma_attention.run(ctx)
+    run_stage("ma_attention", ctx)
     with torch.no_grad():
         after = ctx.model(ids).logits
     assert ctx.model.config._attn_implementation == "sdpa"
@@ -203,7 +203,7 @@ def test_smollm2_attention_sink_and_implicit_bias(tmp_path):
     ctx = Context(model=model, tokenizer=tok, arch=get_arch(model), device=device, model_name="smollm2_135m",
                   paper_key=None, data_cfg=data_cfg, source=build_source(data_cfg), results=results,
                   logger=Logger(), experiment="real", seed=0)
-    out = ma_attention.run(ctx, decomp_layers="after_massive")
+    out = run_stage("ma_attention", ctx, decomp_layers="after_massive")
     ml = out["massive_layer"]
     assert ml is not None and [t["token_type"] for t in out["massive_tokens"]] == ["first_token"]
     after = [r for r in out["share_rows"] if r["layer"] > ml]

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.core.errors import PipelineError
 from pipeline.stages import ma_intervene
-from tests.helpers import make_ctx, planted_in_mlp
+from tests.helpers import make_ctx, planted_in_mlp, run_stage
 
 KW = dict(calib_data="wiki_summaries", calib_sequences=3, calib_seq_len=48, ppl_data=["wiki_summaries"],
           ppl_seq_len=48, ppl_windows=4, eval_suite=None, batch_size=2)
@@ -21,7 +21,7 @@ def test_zero_hurts_mean_preserves_random_is_harmless(tmp_path):
     ctx = make_ctx(tmp_path)
     state = _state(ctx.model)
     with planted_in_mlp(ctx.model, layer_idx=1, dim=7, value=3000.0):
-        out = ma_intervene.run(ctx, **KW)
+        out = run_stage("ma_intervene", ctx, **KW)
     assert out["layer"] == 1
     assert [(s["dim"], s["token_type"]) for s in out["sites"]] == [(7, "first_token")]
     assert out["sites"][0]["value_mean"] == pytest.approx(3000.0, rel=0.01)
@@ -44,7 +44,7 @@ def test_zero_hurts_mean_preserves_random_is_harmless(tmp_path):
 def test_with_zero_shot_suite(tmp_path):
     ctx = make_ctx(tmp_path)
     with planted_in_mlp(ctx.model, layer_idx=1, dim=7, value=3000.0):
-        out = ma_intervene.run(ctx, **{**KW, "conditions": ["original", "set_zero"], "eval_suite": "paper_a",
+        out = run_stage("ma_intervene", ctx, **{**KW, "conditions": ["original", "set_zero"], "eval_suite": "paper_a",
                                        "zero_shot_limit": 2, "eval_batch_size": 4})
     rows = [r for r in out["rows"] if r["eval"] == "zero_shot" and r["metric"] == "acc"]
     assert {r["eval_data"] for r in rows} >= {"piqa", "arc_easy", "arc_challenge", "boolq", "winogrande"}
@@ -54,28 +54,12 @@ def test_with_zero_shot_suite(tmp_path):
 
 def test_no_massive_activations_is_a_clear_error(tmp_path):
     with pytest.raises(PipelineError, match="no steady massive activations"):
-        ma_intervene.run(make_ctx(tmp_path), **KW)
+        run_stage("ma_intervene", make_ctx(tmp_path), **KW)
 
 
 def test_unknown_condition(tmp_path):
     with pytest.raises(PipelineError, match="unknown conditions"):
-        ma_intervene.run(make_ctx(tmp_path), **{**KW, "conditions": ["set_42"]})
-
-
-def test_paper_comparison_rows():
-    from pipeline.core.paper import paper_numbers
-
-    paper = paper_numbers("massive_activations", "llama2_7b")
-    table = [{"condition": "original", "ppl_wikitext2": 5.5, "ppl_austen": 9.0, "acc_mean": 0.69},
-             {"condition": "set_zero", "ppl_wikitext2": math.inf, "acc_mean": 0.37}]
-    rows = ma_intervene.compare_with_paper(paper, table)
-    got = {(r["condition"], r["quantity"]): (r["ours"], r["paper"]) for r in rows}
-    published = paper["intervention_ppl"]["value"]  # read from conf/paper, not copied
-    assert got[("original", "ppl_wikitext2")] == (5.5, float(published["original"]["wikitext2"]))
-    assert got[("set_zero", "ppl_wikitext2")] == (math.inf, float(published["set_zero"]["wikitext2"]))
-    assert got[("set_zero", "acc_mean_pct")] == (37.0, float(paper["intervention_acc_mean"]["value"]["set_zero"]))
-    assert ("original", "ppl_austen") not in got  # no paper number for an offline stand-in
-    assert ma_intervene.compare_with_paper(None, table) == []
+        run_stage("ma_intervene", make_ctx(tmp_path), **{**KW, "conditions": ["set_42"]})
 
 
 def test_nan_weights_do_not_look_like_a_leaked_edit(tmp_path):

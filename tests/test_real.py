@@ -11,7 +11,7 @@ from pipeline.data.text import build_source
 from pipeline.hooks.positions import delimiter_test, token_types
 from pipeline.models.arch import get_arch, num_layers
 from pipeline.models.load import load_model
-from pipeline.stages import ma_profile
+from tests.helpers import run_stage
 from tests.test_config import CONF
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -57,7 +57,7 @@ def test_delimiters_on_the_real_tokenizer(smollm):
 def test_ma_profile_finds_massive_activations_that_meet_the_definition(smollm, tmp_path):
     model, tok, device = smollm
     ctx = _ctx(smollm, tmp_path)
-    out = ma_profile.run(ctx, n_sequences=2, seq_len=256, batch_size=2, delimiters=[".", "\n"])
+    out = run_stage("ma_profile", ctx, n_sequences=2, seq_len=256, batch_size=2, delimiters=[".", "\n"])
     massive = out["massive"]
     assert massive, "SmolLM2-135M has massive activations; none were detected"
     # Check the detections independently: recompute the hidden states with output_hidden_states
@@ -85,11 +85,10 @@ def test_ma_profile_finds_massive_activations_that_meet_the_definition(smollm, t
 
 
 def test_ma_intervene_zero_destroys_mean_preserves(smollm, tmp_path):
-    from pipeline.stages import ma_intervene
 
     model, tok, device = smollm
     ctx = _ctx(smollm, tmp_path)
-    out = ma_intervene.run(ctx, conditions=["original", "set_zero", "set_mean", "random_zero"],
+    out = run_stage("ma_intervene", ctx, conditions=["original", "set_zero", "set_mean", "random_zero"],
                            calib_sequences=4, calib_seq_len=256, ppl_data=["wiki_summaries"],
                            ppl_seq_len=256, ppl_windows=2, eval_suite=None, batch_size=2)
     assert {s["token_type"] for s in out["sites"]} == {"first_token"}
@@ -100,9 +99,8 @@ def test_ma_intervene_zero_destroys_mean_preserves(smollm, tmp_path):
 
 
 def test_super_weight_found_and_pruning_it_destroys_the_model(smollm, tmp_path):
-    from pipeline.stages import sw_ablate
 
-    out = sw_ablate.run(_ctx(smollm, tmp_path), ppl_data=["wiki_summaries"], ppl_seq_len=256, ppl_windows=2,
+    out = run_stage("sw_ablate", _ctx(smollm, tmp_path), ppl_data=["wiki_summaries"], ppl_seq_len=256, ppl_windows=2,
                         eval_suite=None, batch_size=2)
     assert out["sites"], "SmolLM2 has at least one super weight"
     ppl = {r["condition"]: r["ppl_wiki_summaries"] for r in out["table"]}

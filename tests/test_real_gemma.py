@@ -17,7 +17,7 @@ from pipeline.core.results import ResultsWriter
 from pipeline.data.text import build_source, tokenizer_adds_bos
 from pipeline.models.arch import get_arch
 from pipeline.models.load import load_model
-from pipeline.stages import ma_profile, sw_detect
+from tests.helpers import run_stage
 from tests.test_config import CONF
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
@@ -56,7 +56,7 @@ def test_the_model_and_its_bos(ctx):
 
 
 def test_profile_finds_the_steady_dim_where_plain_transformers_does(ctx):
-    out = ma_profile.run(ctx, n_sequences=2, seq_len=128)
+    out = run_stage("ma_profile", ctx, n_sequences=2, seq_len=128)
     steady = [m for m in out["massive"] if m["steady"]]
     first = min(m["first_layer"] for m in steady)
     assert out["fig1_layer"] == first and "not steady, skipped" in out["fig1_why"]
@@ -70,7 +70,7 @@ def test_profile_finds_the_steady_dim_where_plain_transformers_does(ctx):
 
 
 def test_super_weight_detector_reports_the_distributed_structure(ctx):
-    out = sw_detect.run(ctx, prompt=PROMPT)
+    out = run_stage("sw_detect", ctx, detect_prompt=PROMPT)
     ids = ctx.encode(PROMPT)
     hs = _plain_hidden(ctx.model, ids)
     peak_layer = max(range(len(hs)), key=lambda i: float(hs[i][0].abs().max()))

@@ -65,3 +65,40 @@ def test_freezing_order_rule_reads_the_crossing_steps():
     runs["W_K1 frozen until 300"] = 500  # the lowest matrix delays most: not top-down
     df = pd.concat([curve(k, v) for k, v in runs.items()])
     assert RULES["freezing_order"]({"birth_curve": df})[0] == "does not hold"
+
+
+def test_readme_headline_is_the_report_of_the_committed_record():
+    """The README's headline block is what `make report` writes from results/ (never hand-copied)."""
+    from pathlib import Path
+
+    from pipeline.report.build import sections
+    from pipeline.report.headline import block_between_markers, readme_block
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    assert block_between_markers(readme) == readme_block(sections(repo / "results")), "run make report"
+
+
+def test_marker_replacement_touches_only_the_block():
+    import pytest
+
+    from pipeline.core.errors import PipelineError
+    from pipeline.report.headline import block_between_markers, replace_between_markers
+
+    text = "# Title\n\nintro\n<!-- s -->\nold 1\nold 2\n<!-- e -->\n\nafter\n"
+    new = replace_between_markers(text, "new\n", "<!-- s -->", "<!-- e -->")
+    assert new == "# Title\n\nintro\n<!-- s -->\nnew\n<!-- e -->\n\nafter\n"
+    assert replace_between_markers(new, "new", "<!-- s -->", "<!-- e -->") == new  # idempotent
+    assert block_between_markers(new, "<!-- s -->", "<!-- e -->") == "new"
+    assert replace_between_markers("<!-- s -->\n<!-- e -->", "x", "<!-- s -->", "<!-- e -->") == "<!-- s -->\nx\n<!-- e -->"
+    for broken in ("no markers\n", "<!-- e -->\n<!-- s -->\n", "<!-- s -->\n<!-- s -->\n<!-- e -->\n"):
+        with pytest.raises(PipelineError):
+            replace_between_markers(broken, "x", "<!-- s -->", "<!-- e -->")
+
+
+def test_published_table_names_its_paper():
+    from pipeline.core.paper import paper_numbers, paper_table_lines
+
+    a = paper_table_lines(paper_numbers("massive_activations", "llama2_7b"), "intervention_ppl", "perplexity")
+    b = paper_table_lines(paper_numbers("super_weight", "llama_7b"), "w8a8", "perplexity")
+    assert a[0].startswith("  Sun et al. 2024, Massive Activations") and b[0].startswith("  Yu et al. 2024, The Super Weight")

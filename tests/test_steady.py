@@ -15,7 +15,7 @@ from contextlib import ExitStack, contextmanager
 
 from pipeline.analysis.massive import is_steady
 from pipeline.stages import ma_attention, ma_intervene, ma_profile
-from tests.helpers import make_ctx, planted, planted_in_mlp
+from tests.helpers import make_ctx, planted, planted_in_mlp, run_stage
 
 KW = dict(calib_data="wiki_summaries", calib_sequences=3, calib_seq_len=48, ppl_data=["wiki_summaries"],
           ppl_seq_len=48, ppl_windows=2, eval_suite=None, batch_size=2, conditions=["original", "set_zero"])
@@ -39,7 +39,7 @@ def test_the_definition():
 def test_intervention_edits_the_steady_dim_not_the_first_one(tmp_path):
     ctx = make_ctx(tmp_path)
     with transient_then_steady(ctx.model):
-        out = ma_intervene.run(ctx, **KW)
+        out = run_stage("ma_intervene", ctx, **KW)
     assert out["layer"] == 1 and [s["dim"] for s in out["sites"]] == [7]
     assert "not steady, skipped: dim 3" in out["why"] and out["why"] in ma_intervene.format_summary(out)
 
@@ -47,7 +47,7 @@ def test_intervention_edits_the_steady_dim_not_the_first_one(tmp_path):
 def test_attention_token_set_is_the_steady_position(tmp_path):
     ctx = make_ctx(tmp_path)
     with transient_then_steady(ctx.model, transient_position=2):
-        out = ma_attention.run(ctx, prompt="Summer is warm. Winter is cold. The cat sat on the mat.", layers=[2])
+        out = run_stage("ma_attention", ctx, prompt="Summer is warm. Winter is cold. The cat sat on the mat.", layers=[2])
     assert out["massive_layer"] == 1 and [t["position"] for t in out["massive_tokens"]] == [0]
     summary = ma_attention.format_summary(out)
     assert "left out of S: 1 position(s): 2 " in summary and "queries" in summary
@@ -56,7 +56,7 @@ def test_attention_token_set_is_the_steady_position(tmp_path):
 def test_fig1_is_drawn_where_the_steady_dim_appears(tmp_path):
     ctx = make_ctx(tmp_path)
     with transient_then_steady(ctx.model):
-        out = ma_profile.run(ctx, n_sequences=2, seq_len=32)
+        out = run_stage("ma_profile", ctx, n_sequences=2, seq_len=32)
     steady = {m["dim"]: m["steady"] for m in out["massive"]}
     assert steady == {3: False, 7: True} and out["fig1_layer"] == 1
     assert "NOT massive" not in out["fig1_why"]
@@ -69,7 +69,7 @@ def test_peak_layer_is_searched_in_every_layer(tmp_path):
     ctx = make_ctx(tmp_path)
     with planted(ctx.model, 1, dim=7, value=5000.0), planted(ctx.model, 3, dim=7, value=50000.0), \
             planted(ctx.model, 3, dim=slice(None), value=100.0, position=slice(None)):  # median of layer 3 -> ~100
-        out = ma_profile.run(ctx, n_sequences=2, seq_len=32)
+        out = run_stage("ma_profile", ctx, n_sequences=2, seq_len=32)
     dim7 = next(m for m in out["massive"] if m["dim"] == 7)
     assert dim7["last_layer"] == 2 and dim7["peak_layer"] == 3 and dim7["peak_value_mean"] > 50000
 
@@ -79,6 +79,6 @@ def test_a_transient_dim_on_the_steady_token_does_not_move_the_massive_layer(tmp
     layer 3: the attention layers must follow the steady one."""
     ctx = make_ctx(tmp_path)
     with transient_then_steady(ctx.model, transient_position=0):
-        out = ma_attention.run(ctx, prompt="Summer is warm. Winter is cold. The cat sat on the mat.")
+        out = run_stage("ma_attention", ctx, prompt="Summer is warm. Winter is cold. The cat sat on the mat.")
     assert out["massive_layer"] == 1 and [t["position"] for t in out["massive_tokens"]] == [0]
     assert out["layers"][0] == 2  # the layer after the massive layer

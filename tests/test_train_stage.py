@@ -19,9 +19,9 @@ from pipeline.models.arch import get_arch
 from pipeline.models.load import load_model
 from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
 from pipeline.models.tiny import tiny_tokenizer
-from pipeline.stages import ma_attention, ma_intervene, ma_profile, sw_detect, train_lm
+from pipeline.stages import train_lm
 from pipeline.train import corpus
-from tests.helpers import TEXT
+from tests.helpers import TEXT, run_stage
 
 DATA = {"kind": "text", "text": TEXT, "joiner": "\n\n", "bos": "never"}
 VARIANTS = {"default": {}, "sink": {"sink_tokens": 1}, "attn_bias": {"attn_bias": True}}
@@ -44,7 +44,7 @@ def test_train_then_profile_the_checkpoint(tmp_path, monkeypatch, variant):
     model = MAGPTForCausalLM(MAGPTConfig(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4,
                                          **VARIANTS[variant]))
     ctx = context(tmp_path, model, tok, variant)
-    out = train_lm.run(ctx, steps=4, micro_batch=2, block_size=32, eval_every=2, ckpt_every=2, eval_batches=1,
+    out = run_stage("train_lm", ctx, steps=4, micro_batch=2, block_size=32, eval_every=2, ckpt_every=2, eval_batches=1,
                        profile_sequences=2, data=["tinytext"], checkpoint_dir=str(tmp_path / "ckpt"))
     curve = ctx.results.read("train_curve")
     assert list(curve["step"]) == [1, 2, 3, 4] and curve["val_loss"].notna().tolist() == [False, True, False, True]
@@ -64,7 +64,7 @@ def test_train_then_profile_the_checkpoint(tmp_path, monkeypatch, variant):
     # the trained model is a model like any other: load it and profile it
     loaded, ltok, dev = load_model({"name": variant, "source": "local", "path": out["checkpoint"],
                                     "dtype": "float32", "device": "cpu"})
-    prof = ma_profile.run(context(tmp_path / "p", loaded, ltok, variant), n_sequences=2, seq_len=32)
+    prof = run_stage("ma_profile", context(tmp_path / "p", loaded, ltok, variant), n_sequences=2, seq_len=32)
     assert len(prof["layer_rows"]) == 2
     first = layer_landscape(context(tmp_path / "f", loaded, ltok, variant), "Summer is warm.", 0)[0]
     text_first = ltok.decode(ltok("Summer is warm.", add_special_tokens=False).input_ids[:1])
@@ -72,11 +72,11 @@ def test_train_then_profile_the_checkpoint(tmp_path, monkeypatch, variant):
     # the attention stage and the super-weight detector run on every variant: the k' column is
     # split off the probabilities (its share reported), the sink leads the token list
     actx = context(tmp_path / "a", loaded, ltok, variant)
-    att = ma_attention.run(actx, prompt="Summer is warm. Winter is cold. The cat sat on the mat.", layers=[1])
+    att = run_stage("ma_attention", actx, prompt="Summer is warm. Winter is cold. The cat sat on the mat.", layers=[1])
     assert (att["tokens"][0] == "<sink_1>") == (variant == "sink")
     extra = [r["share_extra_slot"] for r in att["share_rows"]]
     assert all(0 < x < 1 for x in extra) if variant == "attn_bias" else all(math.isnan(x) for x in extra)
-    det = sw_detect.run(actx)
+    det = run_stage("sw_detect", actx)
     assert len(det["maxima"]) == 2
 
 
@@ -90,7 +90,7 @@ def test_intervention_on_a_massive_activation_held_by_the_sink(tmp_path):
                                          sink_tokens=1)).eval()
     with torch.no_grad():
         model.transformer.sink[0, 0, 7] = 5000.0  # carried by the residual stream through every block
-    out = ma_intervene.run(context(tmp_path, model, tok, "sink"), calib_data="tinytext", calib_sequences=2,
+    out = run_stage("ma_intervene", context(tmp_path, model, tok, "sink"), calib_data="tinytext", calib_sequences=2,
                            calib_seq_len=32, ppl_data=["tinytext"], ppl_windows=2, ppl_seq_len=32, eval_suite=None)
     assert {(s["token_type"], s["dim"]) for s in out["sites"]} == {("sink_1", 7)}
     ppl = {r["condition"]: r["value"] for r in out["rows"] if r["metric"] == "ppl"}

@@ -1,4 +1,4 @@
-"""The GPT-2 experiment's tiers and cluster path: tier configs compose to the paper's numbers,
+"""The GPT-2 experiment's settings and cluster path: setting=paper / reduced compose to the paper's numbers,
 SLURM tasks become DDP ranks, and a Hub corpus is prepared into token files like nanoGPT's."""
 
 import json
@@ -22,18 +22,24 @@ def _compose(overrides, hydra_cfg=False):
         return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
 
 
-def test_paper_tier_is_paper_a_gpt2_setting():
-    cfg = _compose(["experiment=massive_activations_gpt2_sink", "tier=paper"])
+def test_paper_setting_is_paper_a_gpt2_recipe():
+    cfg = _compose(["experiment=massive_activations_gpt2_sink", "setting=paper", "model=ma_gpt2_paper"])
     st, m = cfg.stage.train_lm, cfg.model
     assert st.micro_batch * st.grad_accum * st.block_size == 491_520  # tokens per step, all GPUs
     assert (st.steps, st.decay_steps, st.warmup_steps, st.lr, st.min_lr) == (50_000, 600_000, 2_000, 6e-4, 6e-5)
     assert (m.init.n_layer, m.init.n_embd, m.init.n_head, m.init.vocab_size) == (12, 768, 12, 50_304)
     assert m.tokenizer.hub_id == "gpt2" and list(st.data) == ["openwebtext"]
     assert m.name == "ma_gpt2_paper_sink" and m.init.sink_tokens == 1
+    from pipeline.config import typed_args
+
+    args = typed_args("train_lm", st)  # what the loop reads: the composed node, typed
+    assert (args.decay_over, args.lr_floor) == (600_000, 6e-5)
+    offline = typed_args("train_lm", _compose(["experiment=massive_activations_gpt2_sink"]).stage.train_lm)
+    assert offline.decay_steps is None and offline.decay_over == offline.steps  # null: cosine over the run
 
 
-def test_gpu_tier_and_offline_names():
-    gpu = _compose(["experiment=massive_activations_gpt2_attn_bias", "tier=gpu"])
+def test_reduced_setting_and_offline_names():
+    gpu = _compose(["experiment=massive_activations_gpt2_attn_bias", "setting=reduced", "model=ma_gpt2_gpu"])
     assert gpu.model.name == "ma_gpt2_gpu_attn_bias" and gpu.model.init.attn_bias
     assert 2_000 <= gpu.stage.train_lm.steps <= 5_000
     offline = _compose(["experiment=massive_activations_gpt2_default"])
@@ -41,7 +47,7 @@ def test_gpu_tier_and_offline_names():
 
 
 def test_slurm_ddp_launcher_runs_one_task_per_gpu():
-    cfg = _compose(["experiment=massive_activations_gpt2_default", "tier=paper", "hydra/launcher=slurm_ddp"],
+    cfg = _compose(["experiment=massive_activations_gpt2_default", "setting=paper", "model=ma_gpt2_paper", "hydra/launcher=slurm_ddp"],
                    hydra_cfg=True)
     launcher = cfg.hydra.launcher
     assert "submitit" in launcher._target_ and launcher.tasks_per_node == launcher.gpus_per_node == 8

@@ -13,6 +13,7 @@ from pipeline.core.results import ResultsWriter
 from pipeline.data.text import build_source
 from pipeline.models.arch import get_arch, prefix_roles
 from pipeline.stages import vit_profile
+from tests.helpers import run_stage
 
 PHOTOS = {"name": "photos", "kind": "images", "source": "skimage", "names": ["astronaut", "coffee", "chelsea", "rocket"]}
 
@@ -54,20 +55,20 @@ def test_prefix_roles_read_the_register_count():
 
 def test_planted_register_outlier_is_found_on_reg_3(tmp_path):
     ctx = vit_ctx(tmp_path, tiny_vit(plant=4000.0), small_processor())
-    out = vit_profile.run(ctx, n_images=4, batch_size=2)
+    out = run_stage("vit_profile", ctx, n_images=4, batch_size=2)
     steady = [m for m in out["massive"] if m["steady"]]
     assert [(m["dim"], m["token_type"], m["first_layer"]) for m in steady] == [(7, "reg_3", 0)]
     land = ctx.results.read("vit_landscape")
     assert list(land.drop_duplicates("position")["token"][:5]) == ["<cls>", "<reg_1>", "<reg_2>", "<reg_3>", "<reg_4>"]
     assert land.loc[(land["token"] == "<reg_3>") & (land["dim"] == 7), "abs_value"].iloc[0] > 1000
     assert "massive: dim 7 on reg_3" in vit_profile.format_summary(out)
-    as_paper = vit_profile.run(vit_ctx(tmp_path / "g", tiny_vit(plant=4000.0), small_processor(), paper_key="dinov2_reg_g"),
+    as_paper = run_stage("vit_profile", vit_ctx(tmp_path / "g", tiny_vit(plant=4000.0), small_processor(), paper_key="dinov2_reg_g"),
                                n_images=2, batch_size=2)  # the paper's numbers are printed beside ours
     assert "paper A massive_dims: [179, 999] (verified" in vit_profile.format_summary(as_paper)
 
 
 def test_no_outlier_means_none_found(tmp_path):
-    out = vit_profile.run(vit_ctx(tmp_path, tiny_vit(), small_processor()), n_images=2, batch_size=2)
+    out = run_stage("vit_profile", vit_ctx(tmp_path, tiny_vit(), small_processor()), n_images=2, batch_size=2)
     assert not [m for m in out["massive"] if m["steady"]]
     assert "massive activations: none found" in vit_profile.format_summary(out)
 
@@ -77,7 +78,7 @@ def test_a_text_dataset_is_refused_in_one_line(tmp_path):
 
     text = {"name": "t", "kind": "text", "text": "hello"}
     with pytest.raises(PipelineError, match="needs an image dataset"):
-        vit_profile.run(vit_ctx(tmp_path, tiny_vit(), small_processor(), data=text), n_images=1)
+        run_stage("vit_profile", vit_ctx(tmp_path, tiny_vit(), small_processor(), data=text), n_images=1)
 
 
 def test_fix_reg_mean_and_set_mean_keep_the_planted_model_set_zero_breaks_it(tmp_path):
@@ -88,7 +89,7 @@ def test_fix_reg_mean_and_set_mean_keep_the_planted_model_set_zero_breaks_it(tmp
     with torch.no_grad():
         before = model(pixel_values=pixels).last_hidden_state
     data = {**PHOTOS, "names": None}  # every shipped photo: 4 to evaluate, 4 to calibrate
-    out = vit_intervene.run(vit_ctx(tmp_path, model, small_processor(), data=data), eval_images=4, calib_images=4,
+    out = run_stage("vit_intervene", vit_ctx(tmp_path, model, small_processor(), data=data), eval_images=4, calib_images=4,
                             calib_views=4, probe_images=60)
     change = {r["condition"]: r["value"] for r in out["rows"] if r["metric"] == "pooled_rel_l2_change"}
     assert [(s["token_type"], s["dim"]) for s in out["sites"]] == [("reg_3", 7)]
@@ -96,7 +97,7 @@ def test_fix_reg_mean_and_set_mean_keep_the_planted_model_set_zero_breaks_it(tmp
     assert change["set_zero"] > 0.1  # the model relied on the outlier as a fixed bias
     with torch.no_grad():
         assert torch.equal(model(pixel_values=pixels).last_hidden_state, before)  # bit-identical on exit
-    plain = vit_intervene.run(vit_ctx(tmp_path / "p", tiny_vit(), small_processor(), data=data), eval_images=4,
+    plain = run_stage("vit_intervene", vit_ctx(tmp_path / "p", tiny_vit(), small_processor(), data=data), eval_images=4,
                               calib_images=4, calib_views=2, probe_images=0, conditions=["set_zero", "fix_reg_mean"])
     reasons = {r["condition"]: r["why"] for r in plain["rows"] if r["metric"] == "not_applicable"}
     assert reasons == {"set_zero": "no steady massive activation on a CLS / register token"}
@@ -129,7 +130,7 @@ def test_embedded_dinov2_matches_its_onnx_graph_and_is_a_negative_control(tmp_pa
         [name], {"input_image": x.numpy()})[0]
     assert ours.shape == theirs.shape == (1, 257, 384)
     assert np.abs(ours - theirs).max() < 1e-3 and np.abs(theirs).max() > 5
-    out = vit_profile.run(vit_ctx(tmp_path, model, processor), n_images=4, batch_size=2)
+    out = run_stage("vit_profile", vit_ctx(tmp_path, model, processor), n_images=4, batch_size=2)
     assert not [m for m in out["massive"] if m["steady"]]
     assert max(r["top1"] for r in out["layers"]) < 100  # paper A's absolute threshold is far away
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from pipeline.core.errors import PipelineError
+from pipeline.hooks.forward import capture
 from pipeline.models.arch import get_arch, layer, resolve
 from pipeline.models.attention_impl import attention_implementation
 
@@ -54,23 +55,15 @@ def capture_attention_weights(
     attention implementation is eager (use :func:`eager_attention`), which is a clear error here.
     The hook is an observer (returns None): the model's output is untouched.
     """
-    handles = []
+    def on_output(name: str, out: Any) -> None:
+        weights = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else None
+        if not isinstance(weights, torch.Tensor):
+            raise PipelineError(f"attention module '{name}' returned no attention weights; run the forward "
+                                "inside pipeline.analysis.attention.eager_attention(model)")
+        fn(name, weights)
 
-    try:
-        for name, module in modules.items():
-            def post(_m: nn.Module, _a: tuple, out: Any, _n: str = name) -> None:
-                weights = out[1] if isinstance(out, (tuple, list)) and len(out) > 1 else None
-                if not isinstance(weights, torch.Tensor):
-                    raise PipelineError(
-                        f"attention module '{_n}' returned no attention weights; run the forward "
-                        "inside pipeline.attention.eager_attention(model)")
-                fn(_n, weights)
-
-            handles.append(module.register_forward_hook(post))
+    with capture(modules, on_output, whole_output=True):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def attention_site(model: nn.Module, i: int, which: str) -> nn.Module | None:

@@ -23,6 +23,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from kernels.token_quant import token_fake_quant
+from pipeline.hooks.forward import capture, patch
 from pipeline.hooks.moe import expert_down_io, routed_calls
 from pipeline.hooks.weights import decoder_matrices
 from pipeline.models.arch import get_arch
@@ -43,26 +44,29 @@ def observe_inputs(model: nn.Module, windows: torch.Tensor, device,
     expert's slice the rows of the tokens routed to that expert (its gate/up input, or the
     down projection's input ``act(gate) * up``, recomputed by :mod:`pipeline.hooks.moe`)."""
     spec = get_arch(model)
-    handles, experts = [], {}
+    plain, experts = {}, {}
     for m in decoder_matrices(model):
         if m.expert is None:
-            handles.append(m.module.register_forward_pre_hook(
-                lambda _m, a, _n=m.name: observe(_n, a[0].reshape(-1, a[0].shape[-1]), window[0])))
+            plain[m.name] = m.module
         else:
             experts.setdefault(id(m.module), (m.module, [], []))[1].append(m)
-    for module, _mats, calls in experts.values():
-        handles.append(routed_calls(module, calls))
+    handles = [routed_calls(module, calls) for module, _mats, calls in experts.values()]
     window = [0]
+
+    def on_input(name: str, x: torch.Tensor) -> None:
+        observe(name, x.reshape(-1, x.shape[-1]), window[0])
+
     try:
-        for window[0], w in enumerate(windows):
-            model(input_ids=w[None].to(device), use_cache=False)
-            for module, mats, calls in experts.values():
-                for hidden, top_index, _weights in calls:
-                    for m in mats:
-                        routed, x, _y = expert_down_io(module, spec.expert_down_param, hidden, top_index, m.expert)
-                        if routed.any():
-                            observe(m.name, (x if m.param == spec.expert_down_param else hidden)[routed], window[0])
-                calls.clear()
+        with capture(plain, on_input, inputs=True):
+            for window[0], w in enumerate(windows):
+                model(input_ids=w[None].to(device), use_cache=False)
+                for module, mats, calls in experts.values():
+                    for hidden, top_index, _weights in calls:
+                        for m in mats:
+                            routed, x, _y = expert_down_io(module, spec.expert_down_param, hidden, top_index, m.expert)
+                            if routed.any():
+                                observe(m.name, (x if m.param == spec.expert_down_param else hidden)[routed], window[0])
+                    calls.clear()
     finally:
         for h in handles:
             h.remove()
@@ -92,22 +96,12 @@ def quantized_inputs(modules: Mapping[str, nn.Module],
                      outliers: Mapping[str, Sequence[int]] | None = None) -> Iterator[None]:
     """INT8 per-token fake-quantization of the first input of each module; ``outliers[name]``
     lists channels handled super-outlier aware in that module's input."""
-    handles = []
-
-    def make(name):
+    def quantize(name: str, x: torch.Tensor) -> torch.Tensor:
         chans = list((outliers or {}).get(name, ()))
+        return token_fake_quant(x, chans or None)
 
-        def pre(_m, args):
-            return (token_fake_quant(args[0], chans or None), *args[1:])
-        return pre
-
-    try:
-        for name, mod in modules.items():
-            handles.append(mod.register_forward_pre_hook(make(name)))
+    with patch(modules, quantize, inputs=True):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 ATTN_NAME = "pipeline_w8a8_eager"

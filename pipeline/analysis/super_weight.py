@@ -22,8 +22,9 @@ from typing import NamedTuple
 import torch
 
 from pipeline.analysis.massive import massive_cells
+from pipeline.config.shared import SuperWeightDetection
 from pipeline.core.errors import PipelineError
-from pipeline.hooks.forward import as_tensor
+from pipeline.hooks.forward import capture
 from pipeline.hooks.moe import expert_down_io, routed_calls
 from pipeline.hooks.weights import WeightSite, down_proj_matrix, scale_weights
 from pipeline.models.arch import (
@@ -34,8 +35,6 @@ from pipeline.models.arch import (
     prefix_roles,
     resolve,
 )
-
-DEFAULT_PROMPT = "Apple Inc. is a worldwide tech company."  # paper B's analyze.py
 
 
 @torch.inference_mode()
@@ -54,29 +53,24 @@ def down_proj_io(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict, dict,
     def first(t):  # batch row 0 of a (B, T, .) or token-flattened (B * T, .) tensor
         return t.reshape(-1, n_tok, t.shape[-1])[0]
 
+    down, norms = {}, {}
+    for i in range(num_layers(model)):
+        mod = layer_module(model, i, "down_proj")
+        if spec.moe and hasattr(mod, spec.expert_down_param):
+            calls[i] = []
+            handles.append(routed_calls(mod, calls[i]))
+            continue
+        down[i] = mod
+        if spec.mlp_out_norm:
+            norms[i] = resolve(decoder_layers(model)[i], spec.mlp_out_norm, spec.model_type)
+
+    def keep(store: dict, keyed: bool):
+        return lambda i, t: store.__setitem__((i, None) if keyed else i, (first(t) if keyed else t[0]).float().cpu())
+
     try:
-        for i in range(num_layers(model)):
-            mod = layer_module(model, i, "down_proj")
-            if spec.moe and hasattr(mod, spec.expert_down_param):
-                calls[i] = []
-                handles.append(routed_calls(mod, calls[i]))
-                continue
-
-            def pre(_m, args, _i=i):
-                xs[(_i, None)] = first(args[0]).float().cpu()
-
-            def post(_m, _a, out, _i=i):
-                ys[(_i, None)] = first(as_tensor(out)).float().cpu()
-
-            handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
-            if spec.mlp_out_norm:
-                norm = resolve(decoder_layers(model)[i], spec.mlp_out_norm, spec.model_type)
-                handles.append(norm.register_forward_hook(
-                    lambda _m, _a, out, _i=i: rs.__setitem__((_i, None), first(as_tensor(out)).float().cpu())))
-        for i, lay in enumerate(decoder_layers(model)):
-            handles.append(lay.register_forward_hook(
-                lambda _m, _a, out, _i=i: hs.__setitem__(_i, as_tensor(out)[0].float().cpu())))
-        model(input_ids=ids, use_cache=False)
+        with (capture(down, keep(xs, True), inputs=True), capture(down, keep(ys, True)),
+              capture(norms, keep(rs, True)), capture(dict(enumerate(decoder_layers(model))), keep(hs, False))):
+            model(input_ids=ids, use_cache=False)
     finally:
         for h in handles:
             h.remove()
@@ -232,12 +226,20 @@ def _cancels(f: dict, hs: dict) -> bool:
     return f["residual_before"] * f["out_value"] < 0 and abs(f["residual_before"]) > 0.5 * abs(f["out_value"])
 
 
-def super_weights(ctx, *, prompt: str = DEFAULT_PROMPT, roles: tuple[str, ...] = ("creates",), **detect_kw) -> list[WeightSite]:
-    """The super weights other stages act on (detected here, never hard-coded)."""
-    ids = ctx.encode(prompt).to(ctx.device)
-    found = detect(ctx.model, ids, **detect_kw).found
-    sites = [site(f) for f in found if f["role"] in roles]
+def detect_kwargs(args: SuperWeightDetection) -> dict:
+    """:func:`detect`'s keyword arguments from a stage's detection group (every field but the
+    prompt, which the caller encodes, and ``roles``, which filters what is found)."""
+    return {"threshold": args.threshold, "rel_spike": args.rel_spike, "min_abs": args.min_abs,
+            "min_share": args.min_share, "max_iter": args.max_iter}
+
+
+def super_weights(ctx, args: SuperWeightDetection) -> list[WeightSite]:
+    """The super weights other stages act on (detected on ``args.detect_prompt`` with all of
+    ``args``' detection settings, never hard-coded): those whose role is in ``args.roles``."""
+    ids = ctx.encode(args.detect_prompt).to(ctx.device)
+    found = detect(ctx.model, ids, **detect_kwargs(args)).found
+    sites = [site(f) for f in found if f["role"] in args.roles]
     if not sites:
-        raise PipelineError(f"no super weight ({'/'.join(roles)}) detected with prompt {prompt!r}; "
+        raise PipelineError(f"no super weight ({'/'.join(args.roles)}) detected with prompt {args.detect_prompt!r}; "
                             "lower the threshold (the stage's threshold argument)")
     return sites

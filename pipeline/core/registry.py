@@ -1,7 +1,7 @@
 """The stage registry: name -> run, one-screen summary, tables written, paper artefact.
 
 Each module in ``pipeline/stages/`` registers itself once, at import, with :func:`register_stage`
-(Hydra's ``_target_`` imports the stages a run selects; ``import pipeline.stages`` imports all);
+(:func:`get_stage` imports the module of the stage a run selects; ``import pipeline.stages`` imports all);
 the registry itself imports no stage. The CLI prints summaries through it, ``make figures`` and
 the figure registry (``pipeline.figures``) name the tables each stage writes through it. A stage
 never imports another stage: what two stages share lives in ``analysis/``, ``hooks/`` or
@@ -43,6 +43,12 @@ def register_stage(spec: StageSpec) -> StageSpec:
 def get_stage(name: str) -> StageSpec:
     """The registered stage ``name``; one line naming the known ones otherwise. (A stage module
     registers itself when imported: ``import pipeline.stages`` imports them all.)"""
+    if name not in STAGES:
+        import importlib
+        import importlib.util
+
+        if importlib.util.find_spec(f"pipeline.stages.{name}") is not None:
+            importlib.import_module(f"pipeline.stages.{name}")
     if name not in STAGES:
         raise PipelineError(f"unknown stage '{name}'; known: {', '.join(sorted(STAGES))}")
     return STAGES[name]

@@ -7,6 +7,7 @@ from typing import Any
 
 
 def fmt(v: Any) -> str:
+    """A number as the summaries print it: 4 significant digits, ``inf`` and ``nan`` by name."""
     if isinstance(v, float):
         return "inf" if math.isinf(v) else ("nan" if math.isnan(v) else f"{v:.4g}")
     return str(v)

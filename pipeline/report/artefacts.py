@@ -1,8 +1,8 @@
 """The report's artefacts, read from ``conf/report/artefacts.yaml`` (data, like lm-eval's task
 files): per artefact, in the papers' order, the experiment and results folder, the table shown
 (our numbers), the published entries put beside it (``conf/paper/``, each tagged verified or
-recalled), the verdict rule (:mod:`pipeline.report.rules`), the command that regenerates it and
-the hardware it needs. One without a rule is "not judged", said so, never dropped.
+recalled), the verdict rule (by name, validated against :mod:`pipeline.report.rules`), the command
+that regenerates it and the hardware it needs. One without a rule is "not judged", said so, never dropped.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from pipeline.core.paths import CONF_DIR
 from pipeline.core.results import PROVENANCE_COLUMNS, read_table
 from pipeline.report.artefacts import ARTEFACTS, Artefact
+from pipeline.report.headline import headline_table
 from pipeline.report.rules import RULES
 
 PAPERS = {"A": "Massive Activations (Sun et al. 2024)", "B": "The Super Weight (Yu et al. 2024)",
@@ -114,8 +115,7 @@ def markdown(secs: list[dict[str, Any]], root: Path) -> str:
              "Written by `make report` from the committed CSVs under `results/` and the published numbers in "
              "`conf/paper/` (no model is loaded). Each verdict is computed by the rule printed under it; "
              "a published value is tagged verified (checked against the paper or its code) or recalled.", "",
-             "## Headline", "", "| paper | artefact | verdict | numbers |", "|---|---|---|---|"]
-    lines += [f"| {s['a'].paper} | {s['a'].title} (`{s['a'].experiment}`) | **{s['verdict']}** | {s['why']} |" for s in secs]
+             "## Headline", "", *headline_table(secs, numbers=True)]
     for paper, name in PAPERS.items():
         lines += ["", f"## {paper}: {name}" if paper != "beyond" else f"## {name}"]
         for s in (s for s in secs if s["a"].paper == paper):

@@ -1,14 +1,8 @@
-"""One leaf module per stage; importing this package registers them all (``core.registry``)."""
+"""One leaf module per stage. Importing this package imports (and so registers) every module in
+it, found by listing the package: a new stage file cannot be missed."""
 
-from pipeline.stages import (  # noqa: F401
-    ma_attention,
-    ma_intervene,
-    ma_profile,
-    sw_ablate,
-    sw_actquant,
-    sw_detect,
-    sw_scale,
-    sw_stopwords,
-    sw_weightquant,
-    train_lm,
-)
+import importlib
+import pkgutil
+
+for _info in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_info.name}")

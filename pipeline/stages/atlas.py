@@ -9,6 +9,7 @@ applicable" and why (no MLP down-projection; a vision encoder takes no token pro
 first line), never an empty or misleading number.
 
 Table: ``atlas`` (one row per model; re-runs replace their own row).
+Arguments: :class:`pipeline.config.massive_activations.AtlasArgs`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 
 from pipeline.analysis.massive import summarize
 from pipeline.analysis.profile import profile_images, profile_layers
-from pipeline.analysis.super_weight import DEFAULT_PROMPT, detect, massive_dims
+from pipeline.analysis.super_weight import detect, massive_dims
+from pipeline.config.massive_activations import AtlasArgs
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.text import build_source, data_config
@@ -28,19 +30,21 @@ from pipeline.models.arch import is_image_encoder, layer_module, num_layers, pre
 STAGE = "atlas"
 
 
-def first_massive(ctx, *, n: int, seq_len: int, image_data: str) -> tuple[dict[str, Any], str]:
+def first_massive(ctx, args: AtlasArgs) -> tuple[dict[str, Any], str]:
     """The earliest steady massive activation (or why there is none) and what it was measured on."""
     if is_image_encoder(ctx.model):
-        src = build_source(data_config(image_data, ctx.catalog))
-        imgs = [im for _, im in list(src.images())[:n]]
+        src = build_source(data_config(args.image_data, ctx.catalog))
+        imgs = [im for _, im in list(src.images())[:args.n_inputs]]
         px = ctx.tokenizer(images=imgs, return_tensors="pt")["pixel_values"]
-        prof = profile_images(ctx, px, batch_size=2, abs_threshold=100.0, rel_threshold=1000.0, max_hits=256, quiet=True)
-        on = f"{len(imgs)} images of {image_data}"
+        prof = profile_images(ctx, px, batch_size=2, abs_threshold=args.abs_threshold, rel_threshold=args.rel_threshold,
+                              max_hits=args.max_hits, quiet=True)
+        on = f"{len(imgs)} images of {args.image_data}"
     else:
-        seq_len = min(seq_len, int(getattr(ctx.model.config, "max_position_embeddings", seq_len) or seq_len))
-        ids = ctx.windows(seq_len, n)
-        prof = profile_layers(ctx, ids, batch_size=1, abs_threshold=100.0, rel_threshold=1000.0, max_hits=256,
-                              delimiters=[".", "\n"], quiet=True)
+        context = getattr(ctx.model.config, "max_position_embeddings", args.seq_len) or args.seq_len
+        seq_len = min(args.seq_len, int(context))
+        ids = ctx.windows(seq_len, args.n_inputs)
+        prof = profile_layers(ctx, ids, batch_size=1, abs_threshold=args.abs_threshold, rel_threshold=args.rel_threshold,
+                              max_hits=args.max_hits, delimiters=list(args.delimiters), quiet=True)
         on = f"{len(ids)} x {seq_len} tokens of {ctx.data_cfg['name']}"
     layers = prof.layer_rows()
     peak = max(layers, key=lambda r: r["top1_over_median"])
@@ -55,14 +59,14 @@ def first_massive(ctx, *, n: int, seq_len: int, image_data: str) -> tuple[dict[s
             "massive_ratio": abs(m["value_mean"]) / max(median, 1e-12), "n_steady": len(steady)}, on
 
 
-def super_weight_row(ctx, prompt: str) -> dict[str, Any]:
+def super_weight_row(ctx, args: AtlasArgs) -> dict[str, Any]:
     if is_image_encoder(ctx.model):
         return {"super_weight": "not applicable: the detector reads a token prompt; a vision encoder takes images"}
     try:
         layer_module(ctx.model, 0, "down_proj")
     except (PipelineError, AttributeError):
         return {"super_weight": f"not applicable: the model has no MLP down-projection ('{ctx.arch.down_proj}' is absent)"}
-    ids = ctx.encode(prompt).to(ctx.device)
+    ids = ctx.encode(args.detect_prompt).to(ctx.device)
     try:
         det = detect(ctx.model, ids)
     except (PipelineError, RuntimeError, ValueError, IndexError) as err:
@@ -70,7 +74,7 @@ def super_weight_row(ctx, prompt: str) -> dict[str, Any]:
     creates = [f for f in det.found if f.get("role") == "creates"]
     if not creates:
         return {"super_weight": "none found", "sw_rebuilt": len(det.rebuilt)}
-    mdims = massive_dims(det.hs, 100.0, 1000.0)
+    mdims = massive_dims(det.hs, args.abs_threshold, args.rel_threshold)
     f = max(creates, key=lambda r: abs(r["out_value"]))
     return {"super_weight": "yes", "n_super_weights": len(creates), "sw_layer": f["layer"], "sw_row": f["row"],
             "sw_col": f["col"], "sw_weight": f["weight"], "sw_in_spike": f["in_value"], "sw_out_spike": f["out_value"],
@@ -78,16 +82,15 @@ def super_weight_row(ctx, prompt: str) -> dict[str, Any]:
 
 
 @torch.inference_mode()
-def run(ctx, *, n_inputs: int = 4, seq_len: int = 256, image_data: str = "skimage_photos",
-        prompt: str = DEFAULT_PROMPT) -> dict[str, Any]:
+def run(ctx, args: AtlasArgs) -> dict[str, Any]:
     cfg = ctx.model.config
     row: dict[str, Any] = {"model_type": cfg.model_type, "layers": num_layers(ctx.model),
                            "hidden": int(getattr(cfg, "hidden_size", 0) or 0),
                            "params_m": round(sum(p.numel() for p in ctx.model.parameters()) / 1e6, 1),
                            "prefix_tokens": " ".join(prefix_roles(ctx.model))}
-    massive, _ = first_massive(ctx, n=n_inputs, seq_len=seq_len, image_data=image_data)
+    massive, _ = first_massive(ctx, args)
     row.update(massive)
-    row.update(super_weight_row(ctx, prompt))
+    row.update(super_weight_row(ctx, args))
     path = ctx.results.write("atlas", [row], stage=STAGE)
     return {"row": row, "paths": {"atlas": path}, "model": ctx.model_name}
 

@@ -22,13 +22,15 @@ import torch
 from pipeline.analysis.attention import slot_shares
 from pipeline.analysis.induction import batch_metrics, first_crossing, memory_probes
 from pipeline.analysis.profile import profile_layers
+from pipeline.config.training import BirthTrainArgs
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import REPO_ROOT
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.bigram import BigramTask, generate, shakespeare_stats
 from pipeline.data.bigram import fixed_triggers as trigger_ids
+from pipeline.hooks.forward import capture
 from pipeline.train.data import BigramBatches
-from pipeline.train.loop import TrainConfig, freeze_rules, point_latest, train
+from pipeline.train.loop import freeze_rules, point_latest, train
 
 STAGE = "birth_train"
 PROBES = ("acc_end", "wo1", "wk1", "wk0", "wk0_64")
@@ -38,12 +40,9 @@ def start_token_stats(model, x: torch.Tensor) -> dict[str, float]:
     """With a start token at position 0: per layer, the attention it receives (mean over heads
     and queries after it) and its residual norm over the mean norm of the other positions."""
     norms: list[torch.Tensor] = []
-    hooks = [layer.register_forward_hook(lambda _m, _i, out: norms.append(out[0].norm(dim=-1))) for layer in model.layers]
-    try:
+    layers = {str(i): layer for i, layer in enumerate(model.layers)}
+    with capture(layers, lambda _name, h: norms.append(h.norm(dim=-1))):
         atts = model(input_ids=x, output_attentions=True).attentions
-    finally:
-        for h in hooks:
-            h.remove()
     out = {}
     for i, (a, n) in enumerate(zip(atts, norms, strict=True)):
         shares = slot_shares(a)  # the start token is the first token of the text here
@@ -54,33 +53,30 @@ def start_token_stats(model, x: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def run(ctx, *, steps: int = 400, batch_size: int = 512, optimizer: str = "sgd", lr: float = 0.03,
-        weight_decay: float = 1e-4, momentum: float = 0.9, betas: list[float] | tuple[float, float] = (0.9, 0.95),
-        loss_head_only: bool = True, k: int = 5, fixed_triggers: bool = True, outputs: str = "uniform",
-        test_outputs: str | None = None, ood: bool = False, no_repeat: bool = False, seq_len: int = 256,
-        bos: bool = False, eval_every: int = 5, ckpt_every: int = 50, freeze_until: list[str] | tuple[str, ...] = (),
-        attention_positions: int = 64, test_sequences: int = 512, checkpoint_dir: str | None = None,
-        label: str = "default") -> dict[str, Any]:
+def run(ctx, args: BirthTrainArgs) -> dict[str, Any]:
     """Train ``ctx.model`` (model_type birth) on the task; write the curves and attention maps."""
     model = ctx.model
     if getattr(model.config, "model_type", None) != "birth":
         raise PipelineError(f"stage {STAGE} trains paper C's models (model=birth_simplified or birth_full), "
                             f"not {ctx.model_name}")
     stats = shakespeare_stats()
+    bos, seq_len = args.bos, args.block_size
     bos_id = ctx.tokenizer.bos_token_id if bos else None
     if bos and bos_id is None:
         raise PipelineError("bos=true needs a tokenizer with a start token (model.tokenizer.bos=true)")
     if model.config.vocab_size != stats.vocab_size + bool(bos) or model.config.n_positions < seq_len + bool(bos):
         raise PipelineError(f"the model's vocabulary ({model.config.vocab_size}) / positions ({model.config.n_positions}) "
                             f"do not fit {stats.vocab_size} characters{' + a start token' if bos else ''} and T = {seq_len}")
-    task = BigramTask(k=k, fixed_triggers=fixed_triggers, outputs=outputs, ood="train" if ood else None,
-                      no_repeat=no_repeat, seq_len=seq_len)
-    test_task = BigramTask(k=k, fixed_triggers=fixed_triggers, outputs=test_outputs or outputs,
-                           ood="test" if ood else None, no_repeat=no_repeat, seq_len=seq_len)
-    source = BigramBatches(stats, task, batch_size, seed=ctx.seed, loss_head_only=loss_head_only, bos_id=bos_id)
-    test = source.with_bos(*(torch.from_numpy(a) for a in _split(generate(stats, test_task, np.random.default_rng(0), test_sequences))))
-    triggers = trigger_ids(stats, task) if fixed_triggers else None
-    n_train = int(0.75 * stats.vocab_size) if ood else stats.vocab_size
+    task = BigramTask(k=args.k, fixed_triggers=args.fixed_triggers, outputs=args.outputs,
+                      ood="train" if args.ood else None, no_repeat=args.no_repeat, seq_len=seq_len)
+    test_task = BigramTask(k=args.k, fixed_triggers=args.fixed_triggers, outputs=args.test_outputs or args.outputs,
+                           ood="test" if args.ood else None, no_repeat=args.no_repeat, seq_len=seq_len)
+    source = BigramBatches(stats, task, args.micro_batch, seed=ctx.seed, loss_head_only=args.loss_head_only,
+                           bos_id=bos_id)
+    held_out = generate(stats, test_task, np.random.default_rng(0), args.test_sequences)
+    test = source.with_bos(*(torch.from_numpy(a) for a in _split(held_out)))
+    triggers = trigger_ids(stats, task) if args.fixed_triggers else None
+    n_train = int(0.75 * stats.vocab_size) if args.ood else stats.vocab_size
     dev, off = ctx.device, int(bos)
 
     def on_eval(step: int) -> dict[str, Any]:
@@ -94,37 +90,36 @@ def run(ctx, *, steps: int = 400, batch_size: int = 512, optimizer: str = "sgd",
         row["acc_end_test"] = float((pred[sel] == yt[:, off:][sel]).float().mean())
         if bos:
             row.update(start_token_stats(model, x[:8].to(dev)))
-            layers = profile_layers(ctx, x[:4], batch_size=4, abs_threshold=100.0, rel_threshold=1000.0, max_hits=64,
-                                    delimiters=["."], quiet=True).layer_rows()
+            layers = profile_layers(ctx, x[:4], batch_size=4, abs_threshold=args.abs_threshold,
+                                    rel_threshold=args.rel_threshold, max_hits=64, delimiters=["."],
+                                    quiet=True).layer_rows()
             row["ratio_max"] = max(r["top1_over_median"] for r in layers)
             row["top1_max"] = max(r["top1"] for r in layers)
         ctx.logger.log_metrics({f"birth/{k}": v for k, v in row.items()}, step=step)  # live curves in W&B
         return row
 
-    cfg = TrainConfig(max_steps=steps, micro_batch=batch_size, block_size=seq_len, optimizer=optimizer, lr=lr,
-                      min_lr=lr, warmup_steps=0, decay_steps=steps, weight_decay=weight_decay, betas=tuple(betas),
-                      momentum=momentum, grad_clip=0.0, eval_every=eval_every, ckpt_every=ckpt_every, seed=ctx.seed,
-                      freeze_until=tuple(freeze_until), eval_at_start=True)
-    where = Path(checkpoint_dir) if checkpoint_dir else REPO_ROOT / "outputs" / "checkpoints" / ctx.experiment / ctx.results.key
-    history = train(model, source.batch, cfg, where / "last", device=dev, on_eval=on_eval, desc=STAGE)
+    where = (Path(args.checkpoint_dir) if args.checkpoint_dir
+             else REPO_ROOT / "outputs" / "checkpoints" / ctx.experiment / ctx.results.key)
+    history = train(model, source.batch, args, where / "last", device=dev, seed=ctx.seed, on_eval=on_eval, desc=STAGE)
     model.save_pretrained(where / "final")
     ctx.tokenizer.save_pretrained(where / "final")
+    label = args.label
     point_latest(where.parent / f"{ctx.model_name}-{re.sub(r'[^A-Za-z0-9_.=-]+', '_', label)}-latest", where)
     curve = [r for r in history if "acc_end" in r]
     loss_at = {h["step"]: h["loss"] for h in history if "loss" in h}
     for r in curve:  # the training loss of the step that followed the evaluation (official: the same batch)
         r["train_loss"] = loss_at.get(r["step"] + 1, float("nan"))
-    maps = attention_rows(model, test[0][:1].to(dev), attention_positions, ctx.tokenizer)
-    freeze_step = min((until for until, _ in freeze_rules(tuple(freeze_until))), default=None)
-    setting = {"label": label, "dim": model.config.dim, "batch_size": batch_size, "freeze_step": freeze_step}
+    maps = attention_rows(model, test[0][:1].to(dev), args.attention_positions, ctx.tokenizer)
+    freeze_step = min((until for until, _ in freeze_rules(args.freeze_until)), default=None)
+    setting = {"label": label, "dim": model.config.dim, "batch_size": args.micro_batch, "freeze_step": freeze_step}
     curve = [{**setting, **{k: v for k, v in r.items() if k != "loss"}} for r in curve]
     paths = {"birth_curve": ctx.results.write("birth_curve", curve, stage=STAGE, step="rows"),
              "birth_attention": ctx.results.write("birth_attention", [{"label": label, **r} for r in maps],
-                                                  stage=STAGE, step=steps)}
+                                                  stage=STAGE, step=args.steps)}
     last = curve[-1]
     crossings = {p: (first_crossing(curve, p, 0.5), first_crossing(curve, p, 0.9)) for p in PROBES}
-    return {"paths": paths, "last": last, "label": label, "crossings": crossings, "steps": steps, "checkpoint": str(where / "final"),
-            "task": task, "batch_size": batch_size}
+    return {"paths": paths, "last": last, "label": label, "crossings": crossings, "steps": args.steps,
+            "checkpoint": str(where / "final"), "task": task, "batch_size": args.micro_batch}
 
 
 def _split(pair: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,6 +14,10 @@ Tables written (``results/<experiment>/``):
   ma_attention_share          one row per decoder layer: share of attention on S and controls
   ma_attention_decomposition  one row per decomposition layer: constancy of part_S vs part_rest
   ma_attention_maps           (layer, query, key) for key <= query: head-mean prob and log-prob
+
+Arguments: :class:`pipeline.config.massive_activations.MaAttentionArgs`. The default prompt is paper
+A exp4's MMLU prompt; its official code tokenized it without special tokens (``prompt_bos=never``),
+the default ``auto`` follows the model's tokenizer.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pipeline.analysis.attention import (
     uniform_share,
 )
 from pipeline.analysis.massive import cell_layers, is_steady, massive_cells
+from pipeline.config.massive_activations import MaAttentionArgs
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.forward import capture
 from pipeline.hooks.positions import delimiter_test, position_tokens, token_types
@@ -45,10 +50,6 @@ from pipeline.models.load import forward_without_logits
 
 STAGE = "ma_attention"
 log = logging.getLogger(__name__)
-# Paper A exp4 (official main_llm.py) tokenized it with add_special_tokens=False (no BOS): that is
-# prompt_bos=never; the default follows the model's tokenizer (the same text with or without BOS).
-DEFAULT_PROMPT = ("The following are multiple choice questions (with answers) about machine learning."
-                  "\n\n A 6-sided die is rolled 15 times and the results are: side 1 comes up 0 times;")
 
 
 @torch.inference_mode()
@@ -183,19 +184,16 @@ def map_rows(rec: dict, chosen: list[int], tokens: list[str], keys: list[int]) -
     return rows
 
 
-def run(ctx, *, prompt: str = DEFAULT_PROMPT, layers: list[int] | int | str = "auto",
-        decomp_layers: list[int] | int | str = "layers", abs_threshold: float = 100.0,
-        rel_threshold: float = 1000.0, delimiters: list[str] | tuple[str, ...] = (".", "\n"),
-        prompt_bos: str = "auto") -> dict[str, Any]:
+def run(ctx, args: MaAttentionArgs) -> dict[str, Any]:
     """Attention concentration on massive-activation tokens and the implicit-bias decomposition.
 
     ``layers`` (heat maps): "auto", "after_massive" or 0-based indices; ``decomp_layers``: the
     same choices, or "layers" for the heat-map layers. Out-of-range layers raise PipelineError.
     """
-    ids = ctx.encode(prompt, prompt_bos)
+    ids = ctx.encode(args.prompt, args.prompt_bos)
     prefix = prefix_roles(ctx.model)  # tokens the model puts before the text (a sink) lead its hidden states
     tokens = position_tokens(ctx.model, ctx.tokenizer, ids[0].tolist())
-    cells_by_layer = detect_massive(ctx, ids, abs_threshold, rel_threshold)
+    cells_by_layer = detect_massive(ctx, ids, args.abs_threshold, args.rel_threshold)
     keys, massive_layer, transient = steady_positions(cells_by_layer)
     massive_by_layer = [sorted({p for p, _ in cells}) for cells in cells_by_layer]
     notes = []
@@ -210,11 +208,12 @@ def run(ctx, *, prompt: str = DEFAULT_PROMPT, layers: list[int] | int | str = "a
         notes.append(f"not steady (massive in too few layers), left out of S: {len(transient)} position(s): "
                      + ", ".join(f"{p} {tokens[p]!r} (layers {ls[0]}-{ls[-1]})" for p, ls in shown)
                      + (", ..." if len(transient) > len(shown) else ""))
-    chosen = choose_layers(ctx.model, layers, massive_layer)
-    decomp_at = chosen if decomp_layers == "layers" else choose_layers(ctx.model, decomp_layers, massive_layer)
+    chosen = choose_layers(ctx.model, args.layers, massive_layer)
+    decomp_at = (chosen if args.decomp_layers == "layers"
+                 else choose_layers(ctx.model, args.decomp_layers, massive_layer))
     rec = record_attention(ctx, ids, sorted(set(chosen) | set(decomp_at)))
 
-    types = prefix + token_types(ids, delimiter_test(ctx.tokenizer, list(delimiters)))[0]
+    types = prefix + token_types(ids, delimiter_test(ctx.tokenizer, list(args.delimiters)))[0]
     massive_tokens = [{"position": p, "token": tokens[p], "token_type": types[p]} for p in keys]
     shares = share_rows(rec, keys, massive_by_layer, token_set)
     decomp = [r for i in decomp_at if (r := decomposition_row(ctx, i, rec, keys)) is not None]

@@ -11,6 +11,9 @@ zero-shot accuracy under four conditions:
 Tables written: ``ma_intervene_sites`` (the edited sites and their calibration means),
 ``ma_intervene`` (one row per condition x dataset/task x metric) and ``ma_intervene_table`` (the
 paper's layout: conditions as rows). The model is checked bit-identical after every condition.
+
+Arguments: :class:`pipeline.config.massive_activations.MaInterveneArgs`. Paper A's numbers are set
+beside ours by the report (``make report``), from ``conf/paper/``.
 """
 
 from __future__ import annotations
@@ -20,16 +23,17 @@ from typing import Any
 
 from pipeline.analysis.massive import steady_choice, summarize
 from pipeline.analysis.profile import profile_layers
+from pipeline.config.massive_activations import MaInterveneArgs
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
-from pipeline.evaluation.summary import fmt, format_table
+from pipeline.evaluation.summary import format_table
 from pipeline.hooks.positions import delimiter_test
 from pipeline.hooks.sites import Site, editable_roles, random_control, set_sites
 from pipeline.models.arch import num_layers, residual_width
 
 STAGE = "ma_intervene"
-CONDITIONS = ("original", "set_zero", "set_mean", "random_zero")
+KNOWN_CONDITIONS = frozenset({"original", "set_zero", "set_mean", "random_zero"})  # what run() can build
 
 
 def detect_sites(ctx, *, calib_data: str, calib_split: str, calib_sequences: int, calib_seq_len: int,
@@ -59,29 +63,25 @@ def detect_sites(ctx, *, calib_data: str, calib_split: str, calib_sequences: int
     return int(layer), sites, why
 
 
-def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int | str = "auto",
-        calib_data: str = "wiki_summaries", calib_split: str = "train", calib_sequences: int = 20,
-        calib_seq_len: int = 512, min_frac: float = 0.5, ppl_data: list[str] | tuple[str, ...] = ("wiki_summaries",),
-        ppl_seq_len: int = 1024, ppl_windows: int | str = 16, eval_suite: str | None = "paper_a",
-        zero_shot_limit: int | None = 100, batch_size: int = 1, eval_batch_size: int = 8,
-        abs_threshold: float = 100.0, rel_threshold: float = 1000.0, max_hits: int = 1024,
-        delimiters: list[str] | tuple[str, ...] = (".", "\n"), seed: int = 0) -> dict[str, Any]:
+def run(ctx, args: MaInterveneArgs) -> dict[str, Any]:
     """Run every condition; returns the paper-style table and where it was written."""
-    unknown = sorted(set(conditions) - set(CONDITIONS))
+    conditions = list(args.conditions)
+    unknown = sorted(set(conditions) - KNOWN_CONDITIONS)
     if unknown:
-        raise PipelineError(f"unknown conditions {unknown}; known: {', '.join(CONDITIONS)}")
+        raise PipelineError(f"unknown conditions {unknown}; known: {', '.join(sorted(KNOWN_CONDITIONS))}")
     layer_idx, sites, why = detect_sites(
-        ctx, calib_data=calib_data, calib_split=calib_split, calib_sequences=calib_sequences,
-        calib_seq_len=calib_seq_len, layer=layer, min_frac=min_frac, batch_size=batch_size,
-        abs_threshold=abs_threshold, rel_threshold=rel_threshold, max_hits=max_hits, delimiters=list(delimiters))
+        ctx, calib_data=args.calib_data, calib_split=args.calib_split, calib_sequences=args.calib_sequences,
+        calib_seq_len=args.calib_seq_len, layer=args.layer, min_frac=args.min_frac, batch_size=args.batch_size,
+        abs_threshold=args.abs_threshold, rel_threshold=args.rel_threshold, max_hits=args.max_hits,
+        delimiters=list(args.delimiters))
     hidden = residual_width(ctx.model)  # not the embedding width (OPT-350m projects 512 -> 1024)
     edits = {
         "original": None,
         "set_zero": [Site(s["token_type"], s["dim"], 0.0) for s in sites],
         "set_mean": [Site(s["token_type"], s["dim"], s["value_mean"]) for s in sites],
     }
-    edits["random_zero"] = random_control(edits["set_zero"], hidden, seed)
-    is_delim = delimiter_test(ctx.tokenizer, list(delimiters))
+    edits["random_zero"] = random_control(edits["set_zero"], hidden, args.seed)
+    is_delim = delimiter_test(ctx.tokenizer, list(args.delimiters))
 
     def condition(sites_c):
         return (lambda: nullcontext()) if sites_c is None else (lambda: set_sites(ctx.model, {layer_idx: sites_c}, is_delim))
@@ -90,35 +90,14 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, layer: int
                     ";".join(f"{s.token_type}:{s.dim}={s.value:.4g}" for s in edits[c])} for c in conditions}
     rows, table = evaluate_conditions(
         ctx, STAGE, {c: condition(edits[c]) for c in conditions},
-        ppl_sets=ctx.eval_windows(ppl_data, ppl_seq_len, ppl_windows), eval_suite=eval_suite,
-        zero_shot_limit=zero_shot_limit, batch_size=batch_size, eval_batch_size=eval_batch_size, describe=describe,
-        tables=("ma_intervene", "ma_intervene_table"))
+        ppl_sets=ctx.eval_windows(list(args.ppl_data), args.ppl_seq_len, args.ppl_windows),
+        eval_suite=args.eval_suite, zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size, describe=describe, tables=("ma_intervene", "ma_intervene_table"))
     paths = {"ma_intervene_sites": ctx.results.write("ma_intervene_sites", sites, stage=STAGE),
              **write_by_condition(ctx, STAGE, {"ma_intervene": rows, "ma_intervene_table": table})}
-    comparison = compare_with_paper(ctx.paper_numbers("massive_activations"), table)
-    if comparison:
-        paths["ma_intervene_paper"] = ctx.results.write("ma_intervene_paper", comparison, stage=STAGE)
     return {"layer": layer_idx, "sites": sites, "why": why, "rows": rows, "table": table, "paths": paths,
-            "comparison": comparison,
-            "zero_shot": eval_suite is not None, "zero_shot_limit": zero_shot_limit, "ppl_setting": f"{ppl_windows} x {ppl_seq_len} tokens"}
-
-
-def compare_with_paper(paper: dict | None, table: list[dict]) -> list[dict]:
-    """Our intervention numbers beside paper A's (conf/paper/massive_activations.yaml)."""
-    if not paper:
-        return []
-    rows = []
-    for row in table:
-        cond = row["condition"]
-        for name, value in paper.get("intervention_ppl", {}).get("value", {}).get(cond, {}).items():
-            if f"ppl_{name}" in row:
-                rows.append({"condition": cond, "quantity": f"ppl_{name}", "ours": row[f"ppl_{name}"],
-                             "paper": float(value), "paper_verified": paper["intervention_ppl"]["verified"]})
-        acc = paper.get("intervention_acc_mean", {}).get("value", {}).get(cond)
-        if acc is not None and "acc_mean" in row:
-            rows.append({"condition": cond, "quantity": "acc_mean_pct", "ours": 100 * row["acc_mean"],
-                         "paper": float(acc), "paper_verified": paper["intervention_acc_mean"]["verified"]})
-    return rows
+            "zero_shot": args.eval_suite is not None, "zero_shot_limit": args.zero_shot_limit,
+            "ppl_setting": f"{args.ppl_windows} x {args.ppl_seq_len} tokens"}
 
 
 def format_summary(out: dict[str, Any]) -> str:
@@ -132,12 +111,9 @@ def format_summary(out: dict[str, Any]) -> str:
              f"  perplexity on {out['ppl_setting']}; {zero_shot}",
              *format_table(out["table"])]
     lines = [line for line in lines if line]
-    if out.get("comparison"):
-        lines.append("beside paper A (all its intervention numbers are RECALL, unverified):")
-        for c in out["comparison"]:
-            lines.append(f"  {c['condition']:<13}{c['quantity']:<22} ours {fmt(c['ours']):>10}   paper {fmt(c['paper'])}")
+    lines.append("  beside the papers' numbers: make report (results/REPORT.md)")
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_intervene_sites', 'ma_intervene', 'ma_intervene_table', 'ma_intervene_paper'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_intervene_sites', 'ma_intervene', 'ma_intervene_table'),
                                 artefact='paper A §3, Table 3: set to zero / set to mean'))

@@ -10,7 +10,9 @@ Tables written (``results/<experiment>/``):
   ma_activations.csv   one row per (layer, dim, token type) holding massive activations
   ma_massive.csv       one row per (dim, token type): first layer, value mean/std, ratio (summary)
   ma_fig1.csv          |h| of every token x dim of one layer on the Fig. 1 prompt
-  ma_paper.csv         our numbers beside the paper's, for the paper's models
+
+Arguments: :class:`pipeline.config.massive_activations.MaProfileArgs`. The papers' numbers are
+set beside ours by the report (``make report``), from ``conf/paper/``.
 """
 
 from __future__ import annotations
@@ -21,42 +23,21 @@ import torch
 
 from pipeline.analysis.massive import massive_threshold, steady_choice, summarize
 from pipeline.analysis.profile import layer_landscape, profile_layers
+from pipeline.config.massive_activations import MaProfileArgs
 from pipeline.core.registry import StageSpec, register_stage
 
 STAGE = "ma_profile"
 
 
-def compare_with_paper(paper: dict | None, layer_rows: list[dict], massive: list[dict]) -> list[dict]:
-    """Our numbers beside the published ones (conf/paper/massive_activations.yaml)."""
-    if not paper:
-        return []
-    steady = [m for m in massive if m["steady"]]
-    peak = max(layer_rows, key=lambda r: r["top1"])
-    ours = {
-        "massive_dims": sorted({m["dim"] for m in steady}),
-        "first_layer_1based": min((m["first_layer_1based"] for m in steady), default=None),
-        "token_types": sorted({m["token_type"] for m in steady}),
-        "table1_top": [round(peak[f"top{j}"], 1) for j in (1, 2, 3)],
-        "table1_median": round(peak["median"], 3),
-    }
-    return [
-        {"quantity": q, "ours": str(ours[q]), "paper": str(entry["value"]),
-         "paper_source": entry.get("source", ""), "paper_verified": bool(entry.get("verified", False))}
-        for q, entry in paper.items() if q in ours
-    ]
-
-
-def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: str = "sequential",
-        abs_threshold: float = 100.0, rel_threshold: float = 1000.0, max_hits: int = 1024,
-        delimiters: list[str] | tuple[str, ...] = (".", "\n"), fig1_prompt: str = "Summer is warm. Winter is cold.",
-        fig1_layer: int | str = "auto", fig1_bos: str = "auto") -> dict[str, Any]:
+def run(ctx, args: MaProfileArgs) -> dict[str, Any]:
     """Profile |hidden state| per layer, detect massive activations, and record the Fig. 1 layer."""
-    windows = ctx.windows(seq_len, n_sequences, sampling)
-    prof = profile_layers(ctx, windows, batch_size=batch_size, abs_threshold=abs_threshold,
-                          rel_threshold=rel_threshold, max_hits=max_hits, delimiters=list(delimiters))
+    windows = ctx.windows(args.seq_len, args.n_sequences, args.sampling)
+    prof = profile_layers(ctx, windows, batch_size=args.batch_size, abs_threshold=args.abs_threshold,
+                          rel_threshold=args.rel_threshold, max_hits=args.max_hits, delimiters=list(args.delimiters))
     layer_rows, act_rows = prof.layer_rows(), prof.activation_rows()
     massive = summarize(act_rows, len(layer_rows), prof.seen_values())
     first, why = steady_choice(massive, "Fig. 1 layer")
+    fig1_layer = args.fig1_layer
     if fig1_layer != "auto":
         why = f"Fig. 1 layer: {fig1_layer} (set by hand)"
     elif first is not None:
@@ -64,27 +45,25 @@ def run(ctx, *, n_sequences: int, seq_len: int, batch_size: int = 1, sampling: s
     else:  # nothing steady: the layer with the largest top-1 / median ratio
         fig1_layer = max(layer_rows, key=lambda r: r["top1_over_median"])["layer"]
         why += f"; drawn at layer {fig1_layer}, the largest top-1 / median ratio"
-    fig1 = layer_landscape(ctx, fig1_prompt, int(fig1_layer), fig1_bos)
+    fig1 = layer_landscape(ctx, args.fig1_prompt, int(fig1_layer), args.fig1_bos)
     mags = torch.tensor([r["abs_value"] for r in fig1])
-    fig1_massive = bool(mags.max() > massive_threshold(float(mags.median()), abs_threshold, rel_threshold))
+    fig1_massive = bool(mags.max() > massive_threshold(float(mags.median()), args.abs_threshold, args.rel_threshold))
     if not fig1_massive:
         why += f"; on the Fig. 1 prompt the layer-{fig1_layer} maximum ({float(mags.max()):.1f}) is NOT massive by the rule"
-    comparison = compare_with_paper(ctx.paper_numbers("massive_activations"), layer_rows, massive)
 
     paths = {}
     for table, rows in [("ma_layer_stats", layer_rows), ("ma_activations", act_rows),
-                        ("ma_massive", massive), ("ma_fig1", fig1), ("ma_paper", comparison)]:
-        if rows or table != "ma_paper":
-            paths[table] = ctx.results.write(table, rows, stage=STAGE)
+                        ("ma_massive", massive), ("ma_fig1", fig1)]:
+        paths[table] = ctx.results.write(table, rows, stage=STAGE)
     metrics = {"ma/n_massive_groups": len(massive), "ma/max_top1": max(r["top1"] for r in layer_rows),
                "ma/first_layer": min((m["first_layer"] for m in massive), default=-1)}
     ctx.logger.log_metrics(metrics)
     ctx.logger.log_table("ma_massive", _frame(massive))
     ctx.logger.log_table("ma_layer_stats", _frame(layer_rows))
     return {"metrics": metrics, "paths": paths, "massive": massive, "layer_rows": layer_rows,
-            "comparison": comparison, "fig1_layer": int(fig1_layer), "fig1_why": why, "truncated": sorted(prof.truncated),
+            "fig1_layer": int(fig1_layer), "fig1_why": why, "truncated": sorted(prof.truncated),
             "nonfinite": {i: n for i, n in enumerate(prof.nonfinite) if n},
-            "setting": f"{n_sequences} x {seq_len} tokens of {ctx.data_cfg['name']}"}
+            "setting": f"{args.n_sequences} x {args.seq_len} tokens of {ctx.data_cfg['name']}"}
 
 
 def _frame(rows: list[dict]):
@@ -118,13 +97,9 @@ def format_summary(out: dict[str, Any], max_rows: int = 12) -> str:
         lines.append(f"  warning: NaN/inf values left out of the statistics (layer: count) {out['nonfinite']}")
     if out["truncated"]:
         lines.append(f"  warning: more hits than max_hits in layers {out['truncated']}: raise max_hits")
-    if out["comparison"]:
-        lines.append("beside the paper (RECALL = unverified published number):")
-        for c in out["comparison"]:
-            tag = "" if c["paper_verified"] else "  [RECALL]"
-            lines.append(f"  {c['quantity']:<20} ours {c['ours']:<28} paper {c['paper']}{tag}")
+    lines.append("  beside the papers' numbers: make report (results/REPORT.md)")
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_layer_stats', 'ma_activations', 'ma_massive', 'ma_fig1', 'ma_paper'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_layer_stats', 'ma_activations', 'ma_massive', 'ma_fig1'),
                                 artefact='paper A §2: Table 1, Fig. 1, Fig. 3'))

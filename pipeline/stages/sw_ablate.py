@@ -12,6 +12,10 @@ Conditions (all reversible; the model is checked bit-identical after each):
                        weights (paper B: top 1e-6 of each matrix, about 7,000 weights on LLaMA-7B)
 Each with perplexity and the paper-B zero-shot suite (Table 1), and per layer the max |decoder
 layer output| on the detection prompt (Fig. 4).
+
+Tables: ``sw_ablate`` (long), ``sw_ablate_table`` (one row per condition), ``sw_layer_max`` (Fig. 4).
+Arguments: :class:`pipeline.config.super_weight.SwAblateArgs`. Paper B's numbers are set beside
+ours by the report (``make report``), from ``conf/paper/``.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ from typing import Any
 
 import torch
 
-from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
+from pipeline.analysis.super_weight import super_weights
+from pipeline.config.super_weight import SwAblateArgs
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
-from pipeline.hooks.forward import as_tensor, capture, with_tensor
+from pipeline.hooks.forward import capture, patch_seeing_inputs
 from pipeline.hooks.moe import expert_down_io, routing_weight
 from pipeline.hooks.weights import (
     WeightSite,
@@ -40,7 +45,7 @@ from pipeline.hooks.weights import (
 from pipeline.models.arch import decoder_layers, get_arch, layer, layer_module
 
 STAGE = "sw_ablate"
-CONDITIONS = ("original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw")
+CONDITIONS = ("original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw")  # the known ones (checked)
 
 
 @contextmanager
@@ -55,51 +60,41 @@ def restore_super_activation(model: torch.nn.Module, sites: Sequence[WeightSite]
     for s in sites:
         by_layer[s.layer].append((s.row, s.col, float(down_proj_matrix(model, s.layer, s.expert)[s.row, s.col]), s.expert))
     shapes: dict[int, tuple[int, int]] = {}
-    handles = []
 
-    def record_shape(lay):
-        def pre(_m, args, kwargs):
-            h = args[0] if args else kwargs["hidden_states"]
-            shapes[lay] = tuple(h.shape[:2])
-        return pre
+    def record_shape(name: str, h: torch.Tensor) -> None:  # the decoder layer's input: (B, T, d)
+        shapes[int(name)] = tuple(h.shape[:2])
 
-    def make_hook(lay, entries):
-        def hook(m, args, kwargs, out):
-            y = as_tensor(out)
-            flat = y.reshape(-1, y.shape[-1]).clone()  # (B * T, d) whatever the layout
-            if any(e is not None for *_, e in entries):
-                hidden, top_index, top_weights = (list(args) + [kwargs.get(k) for k in
-                                                  ("hidden_states", "top_k_index", "top_k_weights")[len(args):]])[:3]
-                hidden, top_index = hidden.reshape(-1, hidden.shape[-1]), top_index.reshape(-1, top_index.shape[-1])
-                top_weights = top_weights.reshape(-1, top_weights.shape[-1])
-            else:
-                x = args[0].reshape(-1, args[0].shape[-1])
-            b_size, n_tok = shapes[lay]
-            for row in dict.fromkeys(r for r, *_ in entries):
-                original = flat[:, row].clone()
-                for r, c, w, e in entries:
-                    if r != row:
-                        continue
-                    if e is None:
-                        original += x[:, c] * w
-                    else:
-                        _, xe, _ = expert_down_io(m, spec.expert_down_param, hidden, top_index, e)
-                        original += routing_weight(top_index, top_weights, e).to(xe.dtype) * xe[:, c] * w
-                per_seq = original.view(b_size, n_tok)
-                t = per_seq.abs().argmax(dim=1)
-                b = torch.arange(b_size, device=y.device)
-                flat.view(b_size, n_tok, -1)[b, t, row] = per_seq[b, t]
-            return with_tensor(out, flat.view(y.shape))
-        return hook
+    def restore(name: str, m: torch.nn.Module, args: tuple, kwargs: dict, y: torch.Tensor) -> torch.Tensor:
+        lay = int(name)
+        entries = by_layer[lay]
+        flat = y.reshape(-1, y.shape[-1]).clone()  # (B * T, d) whatever the layout
+        if any(e is not None for *_, e in entries):
+            hidden, top_index, top_weights = (list(args) + [kwargs.get(k) for k in
+                                              ("hidden_states", "top_k_index", "top_k_weights")[len(args):]])[:3]
+            hidden, top_index = hidden.reshape(-1, hidden.shape[-1]), top_index.reshape(-1, top_index.shape[-1])
+            top_weights = top_weights.reshape(-1, top_weights.shape[-1])
+        else:
+            x = args[0].reshape(-1, args[0].shape[-1])
+        b_size, n_tok = shapes[lay]
+        for row in dict.fromkeys(r for r, *_ in entries):
+            original = flat[:, row].clone()
+            for r, c, w, e in entries:
+                if r != row:
+                    continue
+                if e is None:
+                    original += x[:, c] * w
+                else:
+                    _, xe, _ = expert_down_io(m, spec.expert_down_param, hidden, top_index, e)
+                    original += routing_weight(top_index, top_weights, e).to(xe.dtype) * xe[:, c] * w
+            per_seq = original.view(b_size, n_tok)
+            t = per_seq.abs().argmax(dim=1)
+            b = torch.arange(b_size, device=y.device)
+            flat.view(b_size, n_tok, -1)[b, t, row] = per_seq[b, t]
+        return flat.view(y.shape)
 
-    try:
-        for lay, entries in by_layer.items():
-            handles.append(layer(model, lay).register_forward_pre_hook(record_shape(lay), with_kwargs=True))
-            handles.append(layer_module(model, lay, "down_proj").register_forward_hook(make_hook(lay, entries), with_kwargs=True))
+    with capture({str(lay): layer(model, lay) for lay in by_layer}, record_shape, inputs=True), \
+            patch_seeing_inputs({str(lay): layer_module(model, lay, "down_proj") for lay in by_layer}, restore):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
@@ -119,57 +114,35 @@ def layer_max(ctx, ids: torch.Tensor) -> list[float]:
     return [maxima[i] for i in range(len(mods))]
 
 
-def run(ctx, *, conditions: Sequence[str] = CONDITIONS, prompt: str = DEFAULT_PROMPT,
-        threshold: float | str = "auto", roles: Sequence[str] = ("creates",), non_sw_fraction: float = 1e-6,
-        non_sw_min_per_matrix: int = 1, ppl_data: Sequence[str] = ("wiki_summaries",), ppl_seq_len: int = 1024,
-        ppl_windows: int | str = 16, eval_suite: str | None = "paper_b", zero_shot_limit: int | None = 50,
-        batch_size: int = 1, eval_batch_size: int = 8) -> dict[str, Any]:
-    """Table 1 and Fig. 4 for the super weights detected on ``prompt``."""
-    unknown = sorted(set(conditions) - set(CONDITIONS))
+def run(ctx, args: SwAblateArgs) -> dict[str, Any]:
+    """Table 1 and Fig. 4 for the super weights detected on ``args.detect_prompt``."""
+    unknown = sorted(set(args.conditions) - set(CONDITIONS))
     if unknown:
         raise PipelineError(f"unknown conditions {unknown}; known: {', '.join(CONDITIONS)}")
-    sites = super_weights(ctx, prompt=prompt, roles=tuple(roles), threshold=threshold)
-    non_sw = largest_weights(ctx.model, non_sw_fraction, non_sw_min_per_matrix, exclude=sites)
+    sites = super_weights(ctx, args)
+    non_sw = largest_weights(ctx.model, args.non_sw_fraction, args.non_sw_min_per_matrix, exclude=sites)
     makers = {"original": lambda: nullcontext(),
               "prune_sw": lambda: scale_weights(ctx.model, sites, 0.0),
               "prune_sw_restore_sa": lambda: prune_restore(ctx.model, sites),
               "prune_non_sw": lambda: zero_weights(non_sw)}
-    chosen = {c: makers[c] for c in conditions}
+    chosen = {c: makers[c] for c in args.conditions}
     sw_text = ";".join(s.key for s in sites)
     describe = {c: {"super_weights": sw_text, "n_weights_edited": {"original": 0, "prune_non_sw": len(non_sw)}.get(c, len(sites))}
-                for c in conditions}
+                for c in args.conditions}
 
-    ids = ctx.tokenizer(prompt, return_tensors="pt").input_ids.to(ctx.device)
+    ids = ctx.tokenizer(args.detect_prompt, return_tensors="pt").input_ids.to(ctx.device)
     fig4 = []
     for cond, make in chosen.items():
         with make():
             fig4 += [{"condition": cond, "layer": i, "max_abs": v} for i, v in enumerate(layer_max(ctx, ids))]
     rows, table = evaluate_conditions(
-        ctx, STAGE, chosen, ppl_sets=ctx.eval_windows(ppl_data, ppl_seq_len, ppl_windows),
-        eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
-        eval_batch_size=eval_batch_size, describe=describe, tables=("sw_ablate", "sw_ablate_table"))
+        ctx, STAGE, chosen, ppl_sets=ctx.eval_windows(args.ppl_data, args.ppl_seq_len, args.ppl_windows),
+        eval_suite=args.eval_suite, zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size, describe=describe, tables=("sw_ablate", "sw_ablate_table"))
     paths = write_by_condition(ctx, STAGE, {"sw_ablate": rows, "sw_ablate_table": table, "sw_layer_max": fig4})
-    comparison = compare_with_paper(ctx.paper_numbers("super_weight"), table)
-    if comparison:
-        paths["sw_ablate_paper"] = ctx.results.write("sw_ablate_paper", comparison, stage=STAGE)
     return {"sites": sites, "n_non_sw": len(non_sw), "rows": rows, "table": table, "fig4": fig4,
-            "paths": paths, "comparison": comparison, "zero_shot_limit": zero_shot_limit,
-            "ppl_setting": f"{ppl_windows} x {ppl_seq_len} tokens", "eval_suite": eval_suite}
-
-
-def compare_with_paper(paper: dict | None, table: list[dict]) -> list[dict]:
-    """Our Table 1 beside paper B's (LLaMA-7B): average accuracy (%) and perplexities."""
-    if not paper or "table1" not in paper:
-        return []
-    rows = []
-    for row in table:
-        theirs = paper["table1"]["value"].get(row["condition"], {})
-        for key, value in theirs.items():
-            ours = 100 * row["acc_mean"] if key == "avg_acc" and "acc_mean" in row else row.get(f"ppl_{key}")
-            if ours is not None:
-                rows.append({"condition": row["condition"], "quantity": key, "ours": ours, "paper": float(value),
-                             "paper_verified": bool(paper["table1"].get("verified", False))})
-    return rows
+            "paths": paths, "zero_shot_limit": args.zero_shot_limit,
+            "ppl_setting": f"{args.ppl_windows} x {args.ppl_seq_len} tokens", "eval_suite": args.eval_suite}
 
 
 def format_summary(out: dict[str, Any]) -> str:
@@ -181,10 +154,9 @@ def format_summary(out: dict[str, Any]) -> str:
     for r in out["fig4"]:
         peaks[r["condition"]] = max(peaks.get(r["condition"], 0.0), r["max_abs"])
     lines.append("  max |layer output| on the prompt: " + ", ".join(f"{c} {fmt(v)}" for c, v in peaks.items()))
-    for c in out["comparison"]:
-        lines.append(f"  paper B {c['condition']:<20} {c['quantity']:<10} ours {fmt(c['ours']):>10}  paper {fmt(c['paper'])}")
+    lines.append("  beside the papers' numbers: make report (results/REPORT.md)")
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_ablate', 'sw_ablate_table', 'sw_layer_max', 'sw_ablate_paper'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_ablate', 'sw_ablate_table', 'sw_layer_max'),
                                 artefact='paper B Table 1, Fig. 4'))

@@ -25,7 +25,8 @@ Conditions:
 Metric: perplexity (paper B: WikiText-2 and C4; offline stand-ins). Tables: ``sw_actquant`` (long),
 ``sw_actquant_table`` (one row per condition, with paper B's recovery shares computed from our
 numbers: ``recovered_vs_smoothquant_<data>`` = (naive - ours) / (naive - smoothquant) and
-``recovered_vs_fp_<data>`` = (naive - ours) / (naive - fp), in percent).
+``recovered_vs_fp_<data>`` = (naive - ours) / (naive - fp), in percent). Arguments:
+:class:`pipeline.config.super_weight.SwActquantArgs`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from pipeline.analysis.quant import (
     quantized_weights,
 )
 from pipeline.analysis.smoothquant import NotApplicable, input_absmax, smoothed, smoothing_factors
-from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
+from pipeline.analysis.super_weight import super_weights
+from pipeline.config.super_weight import SwActquantArgs
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
@@ -55,7 +57,7 @@ from pipeline.hooks.weights import WeightSite
 from pipeline.models.arch import decoder_layers, get_arch, layer_module, num_layers, resolve_or_none
 
 STAGE = "sw_actquant"
-CONDITIONS = ("fp", "naive", "super_activation_aware", "smoothquant")
+CONDITIONS = ("fp", "naive", "super_activation_aware", "smoothquant")  # the known ones (checked)
 
 
 def quantized_modules(model) -> dict[str, torch.nn.Module]:
@@ -80,7 +82,7 @@ def outlier_channels(model, sites: Sequence[WeightSite], modules: dict[str, torc
     return {k: sorted(v) for k, v in out.items()}
 
 
-PARTS = ("weights", "inputs", "attention")
+PARTS = ("weights", "inputs", "attention")  # what W8A8 can quantize (checked); all = the unlabelled rows
 
 
 @contextmanager
@@ -115,14 +117,9 @@ def recovery(table: list[dict], data: Sequence[str], parts: Sequence[str] = PART
             ours[f"{col}_{d}"] = 100 * (naive - ours[key]) / gap if gap and math.isfinite(gap) else math.nan
 
 
-def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smooth_down_proj: bool = False,
-        parts: Sequence[str] = PARTS,
-        calib_data: str = "wiki_summaries", calib_split: str = "train", calib_seq_len: int = 256,
-        calib_windows: int = 4, ppl_data: Sequence[str] = ("wiki_summaries", "austen"),
-        ppl_seq_len: int = 512, ppl_windows: int | str = 4, batch_size: int = 1, eval_suite: str | None = None,
-        zero_shot_limit: int | None = 20, eval_batch_size: int = 8, detect_prompt: str = DEFAULT_PROMPT,
-        roles: Sequence[str] = ("creates",), threshold: float | str = "auto") -> dict[str, Any]:
+def run(ctx, args: SwActquantArgs) -> dict[str, Any]:
     """Perplexity of the model under each W8A8 condition."""
+    conditions, parts, alpha, ppl_data = args.conditions, args.parts, args.alpha, args.ppl_data
     bad = [c for c in conditions if c not in CONDITIONS]
     if bad:
         raise PipelineError(f"unknown condition(s) {bad}; choose from {', '.join(CONDITIONS)}")
@@ -133,16 +130,16 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smo
     modules = quantized_modules(ctx.model)
     sites: list[WeightSite] = []
     if "super_activation_aware" in conditions:
-        sites = super_weights(ctx, prompt=detect_prompt, roles=tuple(roles), threshold=threshold)
+        sites = super_weights(ctx, args)
     outliers = outlier_channels(ctx.model, sites, modules)
     makers = {"fp": nullcontext, "naive": lambda: w8a8(ctx.model, modules, None, parts),
               "super_activation_aware": lambda: w8a8(ctx.model, modules, outliers, parts)}
     not_applicable = ""
     if "smoothquant" in conditions:
-        calib = ctx.calibration_windows(calib_data, calib_split, calib_seq_len, calib_windows)
+        calib = ctx.calibration_windows(args.calib_data, args.calib_split, args.calib_seq_len, args.calib_windows)
         try:
             factors = smoothing_factors(ctx.model, input_absmax(ctx.model, calib, ctx.device), alpha,
-                                        smooth_down_proj)
+                                        args.smooth_down_proj)
         except NotApplicable as e:
             not_applicable = str(e)
             print(f"[{STAGE}] smoothquant not applicable: {e}", flush=True)
@@ -158,10 +155,10 @@ def run(ctx, *, conditions: Sequence[str] = CONDITIONS, alpha: float = 0.85, smo
                                   "alpha": alpha if c == "smoothquant" else math.nan,
                                   "quantized": "" if c == "fp" else "+".join(parts), "note": ""}
                 for c in conditions if c in makers}
-    ppl_sets = ctx.eval_windows(ppl_data, ppl_seq_len, ppl_windows)
-    rows, table = evaluate_conditions(ctx, STAGE, chosen, ppl_sets=ppl_sets, eval_suite=eval_suite,
-                                      zero_shot_limit=zero_shot_limit, batch_size=batch_size,
-                                      eval_batch_size=eval_batch_size, describe=describe,
+    ppl_sets = ctx.eval_windows(ppl_data, args.ppl_seq_len, args.ppl_windows)
+    rows, table = evaluate_conditions(ctx, STAGE, chosen, ppl_sets=ppl_sets, eval_suite=args.eval_suite,
+                                      zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,
+                                      eval_batch_size=args.eval_batch_size, describe=describe,
                                       tables=("sw_actquant", "sw_actquant_table"))
     if not_applicable:
         table.append({"condition": label("smoothquant", parts), **{f"ppl_{d}": math.nan for d in ppl_data},

@@ -9,57 +9,45 @@ layer, row, col, weight, input and output spike, token, share of the output expl
 whether ``row`` is a massive-activation dim), ``sw_structure`` (per steady massive activation: one
 super weight, several MLPs writing it, or none; computed, never empty when there is one) and
 ``sw_writers`` (the MLPs that write each one, with their largest weight).
+
+Arguments: :class:`pipeline.config.super_weight.SwDetectArgs` (``roles`` is not a filter here: the
+directory lists every weight found with its role). Paper B's Table 2 is set beside ours by the
+report (``make report``), from ``conf/paper/``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.analysis.super_weight import DEFAULT_PROMPT, detect, massive_dims
+from pipeline.analysis.super_weight import detect, detect_kwargs, massive_dims
 from pipeline.analysis.writers import massive_structure
+from pipeline.config.super_weight import SwDetectArgs
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.positions import position_tokens
 
 STAGE = "sw_detect"
 
 
-def run(ctx, *, prompt: str = DEFAULT_PROMPT, threshold: float | str = "auto", rel_spike: float = 0.05,
-        min_abs: float = 50.0, min_share: float = 0.5, max_iter: int = 10, abs_threshold: float = 100.0,
-        rel_threshold: float = 1000.0) -> dict[str, Any]:
+def run(ctx, args: SwDetectArgs) -> dict[str, Any]:
     """Detect the super weights of ``ctx.model`` and write the directory and the Fig. 3 table."""
-    ids = ctx.encode(prompt).to(ctx.device)  # paper B: the tokenizer's default special tokens = auto
-    detection = detect(ctx.model, ids, threshold=threshold, rel_spike=rel_spike, min_abs=min_abs,
-                       min_share=min_share, max_iter=max_iter)
+    ids = ctx.encode(args.detect_prompt).to(ctx.device)  # paper B: the tokenizer's default special tokens = auto
+    detection = detect(ctx.model, ids, **detect_kwargs(args))
     found, maxima, hs, threshold, in_threshold, rebuilt = detection[:6]
-    mdims = massive_dims(hs, abs_threshold, rel_threshold)
+    mdims = massive_dims(hs, args.abs_threshold, args.rel_threshold)
     toks = position_tokens(ctx.model, ctx.tokenizer, ids[0].tolist())  # a sink token leads the hidden states
     directory = [{**f, "token_text": toks[f["token"]], "row_is_massive_dim": f["row"] in mdims} for f in found]
-    structure, writers = massive_structure(ctx.model, ids, detection, rel_spike=rel_spike,
-                                           abs_threshold=abs_threshold, rel_threshold=rel_threshold)
+    structure, writers = massive_structure(ctx.model, ids, detection, rel_spike=args.rel_spike,
+                                           abs_threshold=args.abs_threshold, rel_threshold=args.rel_threshold)
     for r in structure + writers:
         r["token_text"] = toks[r["token"]]
     paths = {"sw_down_proj_max": ctx.results.write("sw_down_proj_max", maxima, stage=STAGE),
              "sw_directory": ctx.results.write("sw_directory", directory, stage=STAGE),
              "sw_structure": ctx.results.write("sw_structure", structure, stage=STAGE),
              "sw_writers": ctx.results.write("sw_writers", writers, stage=STAGE)}
-    comparison = compare_with_paper(ctx.paper_numbers("super_weight"), directory)
-    if comparison:
-        paths["sw_paper"] = ctx.results.write("sw_paper", comparison, stage=STAGE)
     ctx.logger.log_metrics({"sw/n_super_weights": len(directory)})
     return {"directory": directory, "maxima": maxima, "massive_dims": sorted(mdims), "paths": paths,
-            "comparison": comparison, "prompt": prompt, "threshold": threshold, "in_threshold": in_threshold,
+            "prompt": args.detect_prompt, "threshold": threshold, "in_threshold": in_threshold,
             "structure": structure, "normed": ctx.arch.mlp_out_norm is not None, "rebuilt": rebuilt}
-
-
-def compare_with_paper(paper: dict | None, directory: list[dict]) -> list[dict]:
-    """Our (layer, row, col) beside paper B's Table 2 (0-based layers, W[row=out, col=in])."""
-    if not paper or "super_weights" not in paper:
-        return []
-    theirs = {tuple(c) for c in paper["super_weights"]["value"]}
-    ours = {(d["layer"], d["row"], d["col"]) for d in directory}
-    return [{"layer": c[0], "row": c[1], "col": c[2], "in_ours": c in ours, "in_paper": c in theirs,
-             "paper_verified": bool(paper["super_weights"].get("verified", False))}
-            for c in sorted(ours | theirs)]
 
 
 def format_summary(out: dict[str, Any]) -> str:
@@ -84,11 +72,9 @@ def format_summary(out: dict[str, Any]) -> str:
     for r in out["structure"]:
         lines.append(f"  dim {r['dim']} at token {r['token']} {r['token_text']!r} (peak {r['peak_value']:+.4g} at layer "
                      f"{r['peak_layer']}): {r['structure']}")
-    for c in out["comparison"]:
-        lines.append(f"  paper B: layer {c['layer']} [{c['row']}, {c['col']}]  ours {'yes' if c['in_ours'] else 'no'}"
-                     f"  paper {'yes' if c['in_paper'] else 'no'}")
+    lines.append("  beside the papers' numbers: make report (results/REPORT.md)")
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_down_proj_max', 'sw_directory', 'sw_structure', 'sw_writers', 'sw_paper'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_down_proj_max', 'sw_directory', 'sw_structure', 'sw_writers'),
                                 artefact='paper B §3.2: Table 2, Fig. 3'))

@@ -11,16 +11,17 @@ with ``condition="scale_<s>"``, so a Hydra multirun with one factor per job
 (``stage.sw_scale.scales=[0],[0.5],...``) fills the same tables as one run with a list.
 
 Tables: ``sw_scale`` (long: scale x perplexity set / task x metric) and ``sw_scale_table`` (one
-row per scale: perplexities, per-task acc, ``acc_mean``).
+row per scale: perplexities, per-task acc, ``acc_mean``). Arguments:
+:class:`pipeline.config.super_weight.SwScaleArgs`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
-from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
+from pipeline.analysis.super_weight import super_weights
+from pipeline.config.super_weight import SwScaleArgs
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions
@@ -28,40 +29,33 @@ from pipeline.evaluation.summary import format_table
 from pipeline.hooks.weights import scale_weights
 
 STAGE = "sw_scale"
-SCALES = (0.0, 0.1, 0.2, 0.5, 0.8, 1.0, 1.2, 1.5, 2.0, 3.0)  # paper B Fig. 6 spans 0 to 3
 
 
 def condition_name(scale: float) -> str:
     return f"scale_{scale:g}"
 
 
-def run(ctx, *, scales: Sequence[float] = SCALES, eval_suite: str | None = "paper_b",
-        zero_shot_limit: int | None = 20, ppl_data: Sequence[str] = ("wiki_summaries",),
-        ppl_seq_len: int = 512, ppl_windows: int | str = 8, batch_size: int = 1, eval_batch_size: int = 8,
-        detect_prompt: str = DEFAULT_PROMPT, roles: Sequence[str] = ("creates",),
-        threshold: float | str = "auto", rel_spike: float = 0.05, min_abs: float = 50.0,
-        min_share: float = 0.5, max_iter: int = 10) -> dict[str, Any]:
-    """Evaluate the model with its super weights scaled by each factor in ``scales``."""
-    scales = [float(s) for s in scales]
+def run(ctx, args: SwScaleArgs) -> dict[str, Any]:
+    """Evaluate the model with its super weights scaled by each factor in ``args.scales``."""
+    scales = [float(s) for s in args.scales]
     if not scales or len(set(scales)) != len(scales) or any(not math.isfinite(s) for s in scales):
         raise PipelineError(f"scales must be distinct finite numbers (got {scales})")
-    sites = super_weights(ctx, prompt=detect_prompt, roles=tuple(roles), threshold=threshold,
-                          rel_spike=rel_spike, min_abs=min_abs, min_share=min_share, max_iter=max_iter)
+    sites = super_weights(ctx, args)
     sw_text = ";".join(s.key for s in sites)
     conditions = {condition_name(s): (lambda s=s: scale_weights(ctx.model, sites, s)) for s in scales}
-    limit = zero_shot_limit if zero_shot_limit is not None else math.nan
+    limit = args.zero_shot_limit if args.zero_shot_limit is not None else math.nan
     describe = {condition_name(s): {"scale": s, "super_weights": sw_text, "zero_shot_limit": limit}
                 for s in scales}
     # each factor is written as it finishes (`condition` is provenance): an interrupted sweep keeps
     # its rows, and a re-run of the same setting resumes after them
     rows, table = evaluate_conditions(
-        ctx, STAGE, conditions, ppl_sets=ctx.eval_windows(ppl_data, ppl_seq_len, ppl_windows),
-        eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
-        eval_batch_size=eval_batch_size, describe=describe, tables=("sw_scale", "sw_scale_table"),
+        ctx, STAGE, conditions, ppl_sets=ctx.eval_windows(args.ppl_data, args.ppl_seq_len, args.ppl_windows),
+        eval_suite=args.eval_suite, zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size, describe=describe, tables=("sw_scale", "sw_scale_table"),
         long_columns=("scale", "super_weights"))
     paths = {t: ctx.results.path(t) for t in ("sw_scale", "sw_scale_table")}
-    return {"sites": sites, "table": table, "rows": rows, "paths": paths, "zero_shot_limit": zero_shot_limit,
-            "ppl_setting": f"{ppl_windows} x {ppl_seq_len} tokens"}
+    return {"sites": sites, "table": table, "rows": rows, "paths": paths, "zero_shot_limit": args.zero_shot_limit,
+            "ppl_setting": f"{args.ppl_windows} x {args.ppl_seq_len} tokens"}
 
 
 def format_summary(out: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ row sees exactly what it would see alone (tested: batched == one by one).
 Tables: ``sw_stopword_probs`` (the top-k tokens of the original average distribution, plus the
 top-k of the pruned one: token, probabilities with and without the super weights, ratio) and
 ``sw_case_study`` (p(target), the top-1 token and its probability, with and without them).
+Arguments: :class:`pipeline.config.super_weight.SwStopwordsArgs`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
+from pipeline.analysis.super_weight import super_weights
+from pipeline.config.super_weight import SwStopwordsArgs
 from pipeline.core.assets import package_dir
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
@@ -133,34 +135,30 @@ def _state_probe(model: torch.nn.Module, seq: Sequence[int], device) -> torch.Te
         return model(input_ids=torch.tensor([list(seq)], device=device), use_cache=False).logits.float().cpu()
 
 
-def run(ctx, *, n_prompts: int = 500, top_k: int = 20, case_prompt: str = "Summer is hot. Winter is",
-        case_target: str = " cold", detect_prompt: str = DEFAULT_PROMPT, roles: Sequence[str] = ("creates",),
-        batch_size: int = 8, add_special_tokens: bool = True, threshold: float | str = "auto",
-        rel_spike: float = 0.05, min_abs: float = 50.0, min_share: float = 0.5, max_iter: int = 10) -> dict[str, Any]:
+def run(ctx, args: SwStopwordsArgs) -> dict[str, Any]:
     """Average next-token distributions on LAMBADA with and without the super weights."""
-    sites = super_weights(ctx, prompt=detect_prompt, roles=tuple(roles), threshold=threshold,
-                          rel_spike=rel_spike, min_abs=min_abs, min_share=min_share, max_iter=max_iter)
+    sites = super_weights(ctx, args)
     sw_text = ";".join(s.key for s in sites)
-    prompts = lambada_prompts(n_prompts)
-    seqs = [ctx.tokenizer(p, add_special_tokens=add_special_tokens).input_ids for p in prompts]
+    prompts = lambada_prompts(args.n_prompts)
+    seqs = [ctx.tokenizer(p, add_special_tokens=args.add_special_tokens).input_ids for p in prompts]
     pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
     reference = _state_probe(ctx.model, seqs[0], ctx.device)
     dists, cases = {}, []
     for variant in VARIANTS:
         with scale_weights(ctx.model, sites if variant == "no_sw" else [], 0.0):
-            dists[variant] = mean_next_token_probs(ctx.model, seqs, batch_size=batch_size, pad_id=pad,
+            dists[variant] = mean_next_token_probs(ctx.model, seqs, batch_size=args.batch_size, pad_id=pad,
                                                    device=ctx.device, desc=f"LAMBADA [{variant}]")
-            cases.append({"variant": variant, **case_study(ctx.model, ctx.tokenizer, case_prompt, case_target,
-                                                           add_special_tokens=add_special_tokens, device=ctx.device),
+            cases.append({"variant": variant, **case_study(ctx.model, ctx.tokenizer, args.case_prompt, args.case_target,
+                                                           add_special_tokens=args.add_special_tokens, device=ctx.device),
                           "super_weights": sw_text})
     if not same_bits(_state_probe(ctx.model, seqs[0], ctx.device), reference):
         raise RuntimeError("pruning the super weights left the model changed")
-    rows = [{**r, "n_prompts": n_prompts, "super_weights": sw_text}
-            for r in stopword_rows(dists["original"], dists["no_sw"], ctx.tokenizer, top_k)]
+    rows = [{**r, "n_prompts": args.n_prompts, "super_weights": sw_text}
+            for r in stopword_rows(dists["original"], dists["no_sw"], ctx.tokenizer, args.top_k)]
     paths = {"sw_stopword_probs": ctx.results.write("sw_stopword_probs", rows, stage=STAGE),
              "sw_case_study": ctx.results.write("sw_case_study", cases, stage=STAGE)}
     ctx.logger.log_metrics({f"sw_stopwords/p_target_{c['variant']}": c["p_target"] for c in cases})
-    return {"sites": sites, "rows": rows, "cases": cases, "paths": paths, "n_prompts": n_prompts,
+    return {"sites": sites, "rows": rows, "cases": cases, "paths": paths, "n_prompts": args.n_prompts,
             "mass": {v: float(d.sum()) for v, d in dists.items()}}
 
 

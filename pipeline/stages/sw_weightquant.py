@@ -22,7 +22,8 @@ or when restored (rtn_clip_restore); 1 = the plain methods.
 Each condition gets perplexity and the paper-B zero-shot average (``conditions.evaluate_conditions``,
 which checks the model bit-identical after each). Tables: ``sw_weightquant`` (long),
 ``sw_weightquant_table`` (one row per condition), ``sw_weightquant_z`` (the z search:
-block size x z -> reconstruction error, the chosen one flagged).
+block size x z -> reconstruction error, the chosen one flagged). Arguments:
+:class:`pipeline.config.super_weight.SwWeightquantArgs`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from tqdm import tqdm
 
 from kernels.block_quant import block_fake_quant
 from pipeline.analysis.quant import observe_inputs, quantized_weights
-from pipeline.analysis.super_weight import DEFAULT_PROMPT, super_weights
+from pipeline.analysis.super_weight import super_weights
+from pipeline.config.super_weight import SwWeightquantArgs
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
@@ -52,9 +54,7 @@ from pipeline.hooks.weights import (
 )
 
 STAGE = "sw_weightquant"
-METHODS = ("rtn", "rtn_clip_restore")
-BLOCK_SIZES = (128 ** 2, 256 ** 2, 512 ** 2, 1024 ** 2)  # paper B Fig. 7
-Z_GRID = (3.0, 4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, math.inf)
+METHODS = ("rtn", "rtn_clip_restore")  # the known ones (checked)
 
 
 def condition_name(method: str, block: int, sw_scale: float = 1.0, tile: tuple[int, int] | None = None) -> str:
@@ -164,47 +164,41 @@ def choose_z(model, inputs, *, bits, block_size, z_grid, sites, tile=None) -> tu
     return best["z"], rows
 
 
-def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str] = METHODS, bits: int = 4,
-        tile: Sequence[int] | None = None, z: float | None = None, z_grid: Sequence[float] = Z_GRID,
-        calib_data: str = "wiki_summaries", calib_split: str = "train", calib_seq_len: int = 256, calib_windows: int = 4,
-        calib_max_tokens: int | None = 2048,
-        sw_scales: Sequence[float] = (1.0,), include_original: bool = True,
-        eval_suite: str | None = "paper_b", zero_shot_limit: int | None = 20,
-        ppl_data: Sequence[str] = ("wiki_summaries",), ppl_seq_len: int = 512, ppl_windows: int | str = 4,
-        batch_size: int = 1, eval_batch_size: int = 8, detect_prompt: str = DEFAULT_PROMPT,
-        roles: Sequence[str] = ("creates",), threshold: float | str = "auto") -> dict[str, Any]:
+def run(ctx, args: SwWeightquantArgs) -> dict[str, Any]:
     """Evaluate the model quantized at each block size by each method."""
+    methods, bits = args.methods, args.bits
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise PipelineError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    block_sizes = args.block_sizes
     if not block_sizes or any(int(b) < 1 for b in block_sizes):
         raise PipelineError(f"block_sizes must be positive integers (got {list(block_sizes)})")
-    tile = tuple(int(t) for t in tile) if tile else None
+    tile = tuple(int(t) for t in args.tile) if args.tile else None
     if tile:  # one tile shape replaces the list of block sizes
         if len(tile) != 2 or min(tile) < 1:
             raise PipelineError(f"tile must be [rows, cols] of positive integers (got {list(tile)})")
         block_sizes = [tile[0] * tile[1]]
-    sites = super_weights(ctx, prompt=detect_prompt, roles=tuple(roles), threshold=threshold)
+    sites = super_weights(ctx, args)
     zs: dict[int, float | None] = {}
     z_rows: list[dict] = []
     if "rtn_clip_restore" in methods:
-        if z is not None:
-            zs = {int(b): float(z) for b in block_sizes}
+        if args.z is not None:
+            zs = {int(b): float(args.z) for b in block_sizes}
         else:
-            calib = ctx.calibration_windows(calib_data, calib_split, calib_seq_len, calib_windows)
-            inputs = calibration_inputs(ctx.model, calib, ctx.device, calib_max_tokens, ctx.seed)
+            calib = ctx.calibration_windows(args.calib_data, args.calib_split, args.calib_seq_len, args.calib_windows)
+            inputs = calibration_inputs(ctx.model, calib, ctx.device, args.calib_max_tokens, ctx.seed)
             for b in block_sizes:
-                zs[int(b)], rows = choose_z(ctx.model, inputs, bits=bits, block_size=int(b), z_grid=z_grid,
+                zs[int(b)], rows = choose_z(ctx.model, inputs, bits=bits, block_size=int(b), z_grid=args.z_grid,
                                             sites=sites, tile=tile)
                 z_rows += rows
             del inputs
     conditions, describe = {}, {}
-    if include_original:
+    if args.include_original:
         conditions["original"] = nullcontext
         describe["original"] = {"method": "none", "block_size": 0, "z": math.nan, "sw_scale": 1.0}
     for b in (int(b) for b in block_sizes):
         for m in methods:
-            for s in (float(s) for s in sw_scales):
+            for s in (float(s) for s in args.sw_scales):
                 name = condition_name(m, b, s, tile)
                 zb = zs.get(b) if m == "rtn_clip_restore" else None
                 conditions[name] = (lambda m=m, b=b, zb=zb, s=s: quantized_model(
@@ -214,9 +208,9 @@ def run(ctx, *, block_sizes: Sequence[int] = BLOCK_SIZES, methods: Sequence[str]
     for d in describe.values():
         d.update(bits=bits, tile="x".join(map(str, tile)) if tile else "", super_weights=sw_text)
     rows, table = evaluate_conditions(
-        ctx, STAGE, conditions, ppl_sets=ctx.eval_windows(ppl_data, ppl_seq_len, ppl_windows),
-        eval_suite=eval_suite, zero_shot_limit=zero_shot_limit, batch_size=batch_size,
-        eval_batch_size=eval_batch_size, describe=describe, tables=("sw_weightquant", "sw_weightquant_table"))
+        ctx, STAGE, conditions, ppl_sets=ctx.eval_windows(args.ppl_data, args.ppl_seq_len, args.ppl_windows),
+        eval_suite=args.eval_suite, zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size, describe=describe, tables=("sw_weightquant", "sw_weightquant_table"))
     paths = write_by_condition(ctx, STAGE, {"sw_weightquant": rows, "sw_weightquant_table": table})
     if z_rows:
         paths["sw_weightquant_z"] = ctx.results.write("sw_weightquant_z", z_rows, stage=STAGE)

@@ -20,13 +20,14 @@ import torch
 
 from pipeline.analysis.attention import capture_attention_weights, slot_shares
 from pipeline.analysis.profile import layer_landscape, profile_layers
+from pipeline.config.training import TrainLmArgs
 from pipeline.core.paths import REPO_ROOT
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.models.arch import layer_module, num_layers, prefix_roles
 from pipeline.models.attention_impl import attention_implementation
 from pipeline.train.corpus import corpus_tokens
 from pipeline.train.data import TokenBatches
-from pipeline.train.loop import TrainConfig, distributed, point_latest, train
+from pipeline.train.loop import distributed, point_latest, train
 
 STAGE = "train_lm"
 PROFILE_COLUMNS = ("top1", "top2", "top3", "median", "top1_over_median", "top1_dim", "top1_token_type")
@@ -47,24 +48,19 @@ def attention_shares(ctx, ids: torch.Tensor) -> dict[str, float]:
     return {f"attn_share_{k}": sum(r[k] for r in per_layer) / len(per_layer) for k in ("first", "sink", "kprime")}
 
 
-def run(ctx, *, steps: int = 300, decay_steps: int | None = None, micro_batch: int = 8, grad_accum: int = 1, block_size: int = 256,
-        optimizer: str = "adamw", lr: float = 1e-3, min_lr: float = 1e-4, warmup_steps: int = 30,
-        weight_decay: float = 0.1, grad_clip: float = 1.0, eval_every: int = 25, ckpt_every: int = 50,
-        eval_batches: int = 4, profile_sequences: int = 4, data: list[str] | tuple[str, ...] = ("wiki_summaries", "shakespeare", "austen"),
-        checkpoint_dir: str | None = None, abs_threshold: float = 100.0, rel_threshold: float = 1000.0,
-        freeze_until: list[str] | tuple[str, ...] = (), landscape_prompt: str = "Summer is warm. Winter is cold.",
-        landscape_layer: int | str = "auto") -> dict[str, Any]:
+def run(ctx, args: TrainLmArgs) -> dict[str, Any]:
     """Train ``ctx.model``; write the curves; save the model where other stages can load it."""
-    source = TokenBatches(corpus_tokens(ctx.tokenizer, list(data), ctx.catalog), micro_batch=micro_batch, block_size=block_size, seed=ctx.seed)
-    val = [source.batch("val", 0, i) for i in range(eval_batches)]  # fixed: the same every evaluation
-    probe = source.batch("val", 1, 0)[:profile_sequences]
+    source = TokenBatches(corpus_tokens(ctx.tokenizer, list(args.data), ctx.catalog), micro_batch=args.micro_batch,
+                          block_size=args.block_size, seed=ctx.seed)
+    val = [source.batch("val", 0, i) for i in range(args.eval_batches)]  # fixed: the same every evaluation
+    probe = source.batch("val", 1, 0)[:args.profile_sequences]
     model = ctx.model
 
     def on_eval(step: int) -> dict[str, Any]:
         row: dict[str, Any] = {"val_loss": sum(float(model(input_ids=v.to(ctx.device), labels=v.to(ctx.device)).loss)
                                                for v in val) / len(val)}
-        prof = profile_layers(ctx, probe, batch_size=len(probe), abs_threshold=abs_threshold,
-                              rel_threshold=rel_threshold, max_hits=64, delimiters=[".", "\n"], quiet=True)
+        prof = profile_layers(ctx, probe, batch_size=len(probe), abs_threshold=args.abs_threshold,
+                              rel_threshold=args.rel_threshold, max_hits=64, delimiters=[".", "\n"], quiet=True)
         layers = prof.layer_rows()
         peak = max(layers, key=lambda r: r["top1_over_median"])
         row.update(ratio_max=peak["top1_over_median"], ratio_max_layer=peak["layer"], top1_max=peak["top1"],
@@ -75,14 +71,11 @@ def run(ctx, *, steps: int = 300, decay_steps: int | None = None, micro_batch: i
             row.update({f"L{r['layer']}_{k}": r[k] for k in PROFILE_COLUMNS})
         return row
 
-    cfg = TrainConfig(max_steps=steps, micro_batch=micro_batch, grad_accum=grad_accum, block_size=block_size,
-                      optimizer=optimizer, lr=lr, min_lr=min_lr, warmup_steps=warmup_steps,
-                      decay_steps=decay_steps or steps,
-                      weight_decay=weight_decay, grad_clip=grad_clip, eval_every=eval_every,
-                      ckpt_every=ckpt_every, seed=ctx.seed, freeze_until=tuple(freeze_until))
     # keyed by the run's setting: a run resumes only its own checkpoint, never another setting's
-    where = Path(checkpoint_dir) if checkpoint_dir else REPO_ROOT / "outputs" / "checkpoints" / ctx.experiment / ctx.results.key
-    history = train(model, source.batch, cfg, where / "last", device=ctx.device, on_eval=on_eval, desc=STAGE)
+    where = (Path(args.checkpoint_dir) if args.checkpoint_dir
+             else REPO_ROOT / "outputs" / "checkpoints" / ctx.experiment / ctx.results.key)
+    history = train(model, source.batch, args, where / "last", device=ctx.device, seed=ctx.seed, on_eval=on_eval,
+                    desc=STAGE)
     if distributed()[0] == 0:  # under torchrun only rank 0 writes the model
         model.save_pretrained(where / "final")
         ctx.tokenizer.save_pretrained(where / "final")
@@ -91,22 +84,25 @@ def run(ctx, *, steps: int = 300, decay_steps: int | None = None, micro_batch: i
     profile = [{"step": r["step"], "layer": i, "layer_1based": i + 1, **{k: r[f"L{i}_{k}"] for k in PROFILE_COLUMNS}}
                for r in history if "val_loss" in r for i in range(num_layers(model))]
     # paper A's 3-D plot of layer 6 of 12 (index 5) on its prompt: the same relative depth here
-    at = max(0, round(num_layers(model) / 2) - 1) if landscape_layer == "auto" else int(landscape_layer)
+    at = max(0, round(num_layers(model) / 2) - 1) if args.landscape_layer == "auto" else int(args.landscape_layer)
     paths = {"train_curve": ctx.results.write("train_curve", curve, stage=STAGE, step="rows"),
              "train_profile": ctx.results.write("train_profile", profile, stage=STAGE, step="rows"),
-             "train_landscape": ctx.results.write("train_landscape", layer_landscape(ctx, landscape_prompt, at),
-                                                  stage=STAGE, step=steps)}
+             "train_landscape": ctx.results.write("train_landscape", layer_landscape(ctx, args.landscape_prompt, at),
+                                                  stage=STAGE, step=args.steps)}
     last = next((r for r in reversed(history) if "val_loss" in r), {})  # ranks > 0 of torchrun: none
-    return {"paths": paths, "last": last, "checkpoint": str(where / "final"), "steps": steps,
-            "tokens": steps * grad_accum * micro_batch * block_size, "n_params": sum(p.numel() for p in model.parameters())}
+    return {"paths": paths, "last": last, "checkpoint": str(where / "final"), "steps": args.steps,
+            "tokens": args.steps * args.grad_accum * args.micro_batch * args.block_size,
+            "n_params": sum(p.numel() for p in model.parameters()), "rule": (args.abs_threshold, args.rel_threshold)}
 
 
 def format_summary(out: dict[str, Any]) -> str:
     r = out["last"]
+    above, times = out.get("rule", (100.0, 1000.0))
     lines = [f"trained {out['n_params'] / 1e6:.1f}M parameters for {out['steps']} steps ({out['tokens']:,} tokens): "
              f"val loss {r['val_loss']:.3f}",
              f"  largest top-1 / median: {r['ratio_max']:.0f} at layer {r['ratio_max_layer']} (dim {r['top1_dim']}, "
-             f"{r['top1_token_type']}); massive by paper A's rule (> 100 and > 1000 x median): {'yes' if r['massive'] else 'no'}",
+             f"{r['top1_token_type']}); massive by paper A's rule (> {above:g} and > {times:g} x median): "
+             f"{'yes' if r['massive'] else 'no'}",
              "  attention share on the first token {:.3f}, the sink {:.3f}, the k' slot {:.3f}".format(
                  r["attn_share_first"], r["attn_share_sink"], r["attn_share_kprime"]),
              f"  model saved for the other stages: model.source=local model.path={out['checkpoint']}"]

@@ -22,6 +22,8 @@ regression probe fitted on the original model's pooled features of scikit-learn'
 (upsampled to the model's input) and scored under each condition. On a cluster the same
 conditions run on ImageNet val (``data=imagenet_val``); the official DINOv2 linear heads are not
 wired in (the cluster command says so).
+
+Arguments: :class:`pipeline.config.massive_activations.VitInterveneArgs`.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 
 from pipeline.analysis.massive import steady_choice, summarize
 from pipeline.analysis.profile import profile_images
+from pipeline.config.massive_activations import VitInterveneArgs
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage
@@ -43,7 +46,7 @@ from pipeline.hooks.sites import Site, set_sites
 from pipeline.models.arch import decoder_layers, num_layers, prefix_roles
 
 STAGE = "vit_intervene"
-CONDITIONS = ("original", "set_zero", "set_mean", "fix_reg_mean")
+KNOWN_CONDITIONS = frozenset({"original", "set_zero", "set_mean", "fix_reg_mean"})  # what run() can build
 
 
 def augmented_views(images: list[np.ndarray], views: int, seed: int) -> list[np.ndarray]:
@@ -98,35 +101,33 @@ def digits_pixels(processor, n: int) -> tuple[torch.Tensor, np.ndarray]:
     return processor(images=imgs, return_tensors="pt")["pixel_values"], digits.target[idx]
 
 
-def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, eval_images: int = 6, calib_images: int = 6,
-        calib_views: int = 8, batch_size: int = 8, probe_images: int = 400, abs_threshold: float = 100.0,
-        rel_threshold: float = 1000.0, max_hits: int = 1024, seed: int = 0) -> dict[str, Any]:
-    unknown = sorted(set(conditions) - set(CONDITIONS))
+def run(ctx, args: VitInterveneArgs) -> dict[str, Any]:
+    unknown = sorted(set(args.conditions) - KNOWN_CONDITIONS)
     if unknown:
-        raise PipelineError(f"unknown conditions {unknown}; known: {', '.join(CONDITIONS)}")
+        raise PipelineError(f"unknown conditions {unknown}; known: {', '.join(sorted(KNOWN_CONDITIONS))}")
     images = getattr(ctx.source, "images", None)
     if images is None:
         raise PipelineError(f"stage {STAGE} needs an image dataset (data=skimage_photos), not '{ctx.source.name}'")
     pairs = list(images())
-    if len(pairs) < eval_images + calib_images:
-        raise PipelineError(f"image data '{ctx.source.name}' has {len(pairs)} images; {eval_images} evaluation + "
-                            f"{calib_images} calibration images are needed")
+    if len(pairs) < args.eval_images + args.calib_images:
+        raise PipelineError(f"image data '{ctx.source.name}' has {len(pairs)} images; {args.eval_images} evaluation + "
+                            f"{args.calib_images} calibration images are needed")
     proc, dev, model = ctx.tokenizer, ctx.device, ctx.model
-    ev = proc(images=[im for _, im in pairs[:eval_images]], return_tensors="pt")["pixel_values"]
-    calib_raw = [im for _, im in pairs[eval_images:eval_images + calib_images]]
-    calib = proc(images=augmented_views(calib_raw, calib_views, seed), return_tensors="pt")["pixel_values"]
+    ev = proc(images=[im for _, im in pairs[:args.eval_images]], return_tensors="pt")["pixel_values"]
+    calib_raw = [im for _, im in pairs[args.eval_images:args.eval_images + args.calib_images]]
+    calib = proc(images=augmented_views(calib_raw, args.calib_views, args.seed), return_tensors="pt")["pixel_values"]
     roles = prefix_roles(model)
     registers = [r for r in roles if r.startswith("reg")]
 
-    prof = profile_images(ctx, calib, batch_size=batch_size, abs_threshold=abs_threshold, rel_threshold=rel_threshold,
-                          max_hits=max_hits)
+    prof = profile_images(ctx, calib, batch_size=args.batch_size, abs_threshold=args.abs_threshold,
+                          rel_threshold=args.rel_threshold, max_hits=args.max_hits)
     acts = prof.activation_rows()
     massive = summarize(acts, num_layers(model), prof.seen_values())
     first, why = steady_choice(massive, "intervention block")
     keys = {(m["dim"], m["token_type"]) for m in massive if m["steady"]}
     sites = [r for r in acts if first is not None and r["layer"] == first and (r["dim"], r["token_type"]) in keys
              and r["token_type"] != "patch"]  # a patch has no fixed position to edit
-    means = prefix_input_means(model, calib, dev, batch_size)
+    means = prefix_input_means(model, calib, dev, args.batch_size)
     edits: dict[str, tuple[Any, str]] = {"original": (nullcontext(), "")}
     na_sites = "no steady massive activation on a CLS / register token" if not sites else ""
     for name, value in (("set_zero", lambda s: 0.0), ("set_mean", lambda s: s["value_mean"])):
@@ -136,26 +137,26 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, eval_image
     edits["fix_reg_mean"] = ((set_sites(model, fix, lambda t: False, at="input") if registers else None),
                              "the model has no register tokens" if not registers else "")
 
-    probe_px, labels = digits_pixels(proc, probe_images) if probe_images else (None, None)
-    base = pooled(model, ev, dev, batch_size)
+    probe_px, labels = digits_pixels(proc, args.probe_images) if args.probe_images else (None, None)
+    base = pooled(model, ev, dev, args.batch_size)
     clf, split = None, None
     if probe_px is not None:
         from sklearn.linear_model import LogisticRegression
 
-        feats0 = pooled(model, probe_px, dev, batch_size).numpy()
+        feats0 = pooled(model, probe_px, dev, args.batch_size).numpy()
         split = len(labels) // 2
         clf = LogisticRegression(max_iter=2000).fit(feats0[:split], labels[:split])
     weights_before = [p.detach().clone() for p in model.parameters()]
     rows = []
-    for cond in conditions:
+    for cond in args.conditions:
         ctx_mgr, reason = edits[cond]
         if ctx_mgr is None:
             rows.append({"condition": cond, "metric": "not_applicable", "value": float("nan"), "why": reason})
             print(f"[{STAGE}] {cond}: not applicable ({reason})", flush=True)
             continue
         with ctx_mgr:
-            feats = pooled(model, ev, dev, batch_size)
-            probe = pooled(model, probe_px[split:], dev, batch_size).numpy() if clf is not None else None
+            feats = pooled(model, ev, dev, args.batch_size)
+            probe = pooled(model, probe_px[split:], dev, args.batch_size).numpy() if clf is not None else None
         cos = torch.nn.functional.cosine_similarity(feats, base, dim=-1).mean().item()
         rel = ((feats - base).norm(dim=-1) / base.norm(dim=-1)).mean().item()
         rows += [{"condition": cond, "metric": "pooled_cosine_to_original", "value": cos, "why": "proxy"},
@@ -171,7 +172,7 @@ def run(ctx, *, conditions: list[str] | tuple[str, ...] = CONDITIONS, eval_image
     paths = {**write_by_condition(ctx, STAGE, {"vit_intervene": rows}),
              "vit_intervene_sites": ctx.results.write("vit_intervene_sites", site_rows, stage=STAGE)}
     return {"rows": rows, "sites": sites, "why": why, "paths": paths, "registers": registers,
-            "eval_images": eval_images, "calib": len(calib), "model": ctx.model_name,
+            "eval_images": args.eval_images, "calib": len(calib), "model": ctx.model_name,
             "paper": paper_numbers("massive_activations", ctx.paper_key, ctx.catalog) or {}}
 
 

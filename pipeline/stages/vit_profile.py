@@ -7,6 +7,7 @@ role (``cls``, ``reg_k``, ``patch``), and the |activation| landscape of one bloc
 massive activations (the embedded DINOv2-S) is reported as such: nothing is tuned until one appears.
 
 Tables: ``vit_layer_stats``, ``vit_massive``, ``vit_landscape``.
+Arguments: :class:`pipeline.config.massive_activations.VitProfileArgs`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 
 from pipeline.analysis.massive import steady_choice, summarize
 from pipeline.analysis.profile import image_positions, profile_images
+from pipeline.config.massive_activations import VitProfileArgs
 from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage
@@ -58,24 +60,23 @@ def landscape(ctx, pixels: torch.Tensor, layer_idx: int, n_patches: int) -> list
     return rows
 
 
-def run(ctx, *, n_images: int = 12, batch_size: int = 4, abs_threshold: float = 100.0, rel_threshold: float = 1000.0,
-        max_hits: int = 1024, landscape_layer: int | str = "auto", landscape_patches: int = 12) -> dict[str, Any]:
+def run(ctx, args: VitProfileArgs) -> dict[str, Any]:
     """Profile every block over the image set; detect massive activations; one block's landscape."""
     if not is_image_encoder(ctx.model):
         raise PipelineError(f"stage {STAGE} profiles vision encoders; {ctx.model_name} is not one")
-    names, pixels = pixel_batch(ctx, n_images)
-    prof = profile_images(ctx, pixels, batch_size=batch_size, abs_threshold=abs_threshold,
-                          rel_threshold=rel_threshold, max_hits=max_hits)
+    names, pixels = pixel_batch(ctx, args.n_images)
+    prof = profile_images(ctx, pixels, batch_size=args.batch_size, abs_threshold=args.abs_threshold,
+                          rel_threshold=args.rel_threshold, max_hits=args.max_hits)
     layers = prof.layer_rows()
     massive = summarize(prof.activation_rows(), num_layers(ctx.model), prof.seen_values())
     first, why = steady_choice(massive, "landscape layer")
     peak = max(layers, key=lambda r: r["top1_over_median"])
-    at = (first if first is not None else peak["layer"]) if landscape_layer == "auto" else int(landscape_layer)
+    at = (first if first is not None else peak["layer"]) if args.landscape_layer == "auto" else int(args.landscape_layer)
     if not 0 <= at < len(decoder_layers(ctx.model)):
         raise PipelineError(f"landscape_layer {at} is out of range (the model has {num_layers(ctx.model)} blocks)")
     paths = {t: ctx.results.write(t, rows, stage=STAGE) for t, rows in
              (("vit_layer_stats", layers), ("vit_massive", massive),
-              ("vit_landscape", landscape(ctx, pixels, at, landscape_patches)))}
+              ("vit_landscape", landscape(ctx, pixels, at, args.landscape_patches)))}
     return {"paths": paths, "layers": layers, "massive": massive, "why": why, "peak": peak, "images": names,
             "landscape_layer": at, "model": ctx.model_name,
             "paper": paper_numbers("massive_activations", ctx.paper_key, ctx.catalog) or {}}

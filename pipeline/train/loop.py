@@ -18,49 +18,28 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.config.training import TrainConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.ranks import process_rank
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    max_steps: int = 200
-    micro_batch: int = 8          # sequences per forward
-    grad_accum: int = 1           # micro-batches per optimizer step over ALL ranks (nanoGPT: 40 = 5 per GPU x 8)
-    block_size: int = 128
-    optimizer: str = "adamw"      # adamw | sgd
-    lr: float = 6e-4
-    min_lr: float = 6e-5
-    warmup_steps: int = 20
-    decay_steps: int = 200        # cosine from lr to min_lr over these steps (paper A: 600k)
-    weight_decay: float = 0.1     # on every parameter with dim >= 2 (as nanoGPT / paper A)
-    betas: tuple[float, float] = (0.9, 0.95)
-    momentum: float = 0.9         # sgd only
-    grad_clip: float = 1.0        # 0: off
-    eval_every: int = 50
-    ckpt_every: int = 50
-    seed: int = 0
-    save_at_end: bool = True      # False only for benchmarks timing the steps alone
-    eval_at_start: bool = False   # also evaluate the initial model (step 0; paper C logs iteration 0)
-    freeze_until: tuple[str, ...] = field(default_factory=tuple)  # "300:layers.1.wo": frozen before step 300
-
-
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to ``lr``, then cosine to ``min_lr`` over ``decay_steps`` (nanoGPT)."""
+    """Linear warmup to ``lr``, then cosine to ``min_lr`` over ``decay_steps`` (nanoGPT; null
+    ``min_lr`` / ``decay_steps``: ``lr`` / ``steps``, :attr:`TrainConfig.lr_floor` / ``decay_over``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / (cfg.warmup_steps + 1)
-    if step >= cfg.decay_steps:
-        return cfg.min_lr
-    ratio = (step - cfg.warmup_steps) / max(1, cfg.decay_steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+    if step >= cfg.decay_over:
+        return cfg.lr_floor
+    ratio = (step - cfg.warmup_steps) / max(1, cfg.decay_over - cfg.warmup_steps)
+    return cfg.lr_floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.lr_floor)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -74,7 +53,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     raise PipelineError(f"optimizer must be adamw or sgd, not {cfg.optimizer!r}")
 
 
-def freeze_rules(rules: tuple[str, ...]) -> list[tuple[int, str]]:
+def freeze_rules(rules: Sequence[str]) -> list[tuple[int, str]]:
     """("N:prefix", ...) -> [(N, prefix), ...]; a malformed rule fails in one line."""
     out = []
     for rule in rules:
@@ -85,21 +64,23 @@ def freeze_rules(rules: tuple[str, ...]) -> list[tuple[int, str]]:
     return out
 
 
-def frozen_at(step: int, rules: tuple[str, ...]) -> list[str]:
+def frozen_at(step: int, rules: Sequence[str]) -> list[str]:
     """Parameter-name prefixes frozen at ``step``: a rule "N:prefix" freezes it before step N."""
     return [prefix for until, prefix in freeze_rules(rules) if step < until]
 
 
 # --- checkpoints ------------------------------------------------------------------------------
 def save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
-                    history: list[dict], cfg: TrainConfig) -> None:
-    """Weights (save_pretrained), optimizer, step and history into ``out`` with one rename."""
+                    history: list[dict], cfg: TrainConfig, seed: int) -> None:
+    """Weights (save_pretrained), optimizer, step and history into ``out`` with one rename (with
+    a record of the config and the run's seed)."""
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        (tmp / "train_state.json").write_text(json.dumps({"step": step, "history": history, "config": asdict(cfg)}))
+        record = {"step": step, "history": history, "config": {**asdict(cfg), "seed": seed}}
+        (tmp / "train_state.json").write_text(json.dumps(record))
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():
@@ -171,12 +152,14 @@ def model_inputs(batch: torch.Tensor | dict[str, torch.Tensor], device: torch.de
 
 
 def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor],
-          cfg: TrainConfig, ckpt_dir: Path, *, device: torch.device,
+          cfg: TrainConfig, ckpt_dir: Path, *, device: torch.device, seed: int,
           on_eval: Callable[[int], dict[str, Any]] | None = None, desc: str = "train") -> list[dict]:
-    """Train ``model`` to ``cfg.max_steps``, resuming from ``ckpt_dir`` when it holds a checkpoint.
+    """Train ``model`` to ``cfg.steps``, resuming from ``ckpt_dir`` when it holds a checkpoint.
 
-    ``batch(split, step, micro)`` gives one micro-batch (:func:`model_inputs`); ``on_eval(step)``
-    returns extra columns (validation loss, the massive-activation profile, ...) every
+    ``cfg`` is :class:`pipeline.config.training.TrainConfig` (a training stage passes its own
+    arguments, which are one); ``seed`` is the run's, recorded in the checkpoint (``batch`` is a
+    pure function of it). ``batch(split, step, micro)`` gives one micro-batch
+    (:func:`model_inputs`); ``on_eval(step)`` returns extra columns (validation loss, the massive-activation profile, ...) every
     ``eval_every`` steps and at the end. Returns the history: one row per step with ``loss`` and
     ``lr``, evaluation columns on the evaluation steps."""
     rank, world = distributed()
@@ -198,7 +181,7 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
                 else torch.autocast("cpu", enabled=False))
     # freeze_until only holds back parameters that train at all: a model's own frozen ones stay frozen
     names = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    bar = tqdm(range(start, cfg.max_steps), desc=desc, unit="step", initial=start, total=cfg.max_steps,
+    bar = tqdm(range(start, cfg.steps), desc=desc, unit="step", initial=start, total=cfg.steps,
                disable=rank != 0)
     t0, tokens = time.perf_counter(), 0
     if on_eval and rank == 0 and start == 0 and cfg.eval_at_start:
@@ -235,7 +218,7 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
         opt.zero_grad(set_to_none=True)
         row: dict[str, Any] = {"step": step + 1, "loss": total, "lr": lr_at(step, cfg)}
         done = step + 1
-        if on_eval and rank == 0 and (done % cfg.eval_every == 0 or done == cfg.max_steps):
+        if on_eval and rank == 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
             model.eval()
             with torch.no_grad():
                 row.update(on_eval(done))
@@ -243,7 +226,7 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
         history.append(row)
         rate = tokens / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{rate:,.0f}")
-        if rank == 0 and (done % cfg.ckpt_every == 0 or (done == cfg.max_steps and cfg.save_at_end)):
-            save_checkpoint(ckpt_dir, model, opt, done, history, cfg)
+        if rank == 0 and (done % cfg.ckpt_every == 0 or (done == cfg.steps and cfg.save_at_end)):
+            save_checkpoint(ckpt_dir, model, opt, done, history, cfg, seed)
     model.eval()
     return history

@@ -1,9 +1,10 @@
-"""Figures drawn from the CSVs only (``make figures`` redraws every experiment's figures).
+"""Paper A figures drawn from the CSVs only (``make figures`` redraws every experiment's figures).
 
 Fig. 1 style: 3-D |activation| landscape of one layer (x token, y feature dim, z magnitude).
 Fig. 3 style: per-layer top-1/2/3 and median |hidden state| (lines against the layer index).
 §4 attention figures: head-averaged attention heat maps per layer, and the share of attention on the
-massive-activation tokens per layer (stage ``ma_attention``).
+massive-activation tokens per layer (stage ``ma_attention``), and the attention-output decomposition.
+§5: the ViT interventions. The GPT-2 variants trained from scratch (§4.3) are in ``training.py``.
 """
 
 from __future__ import annotations
@@ -152,51 +153,6 @@ def fig_attention_share(df: pd.DataFrame, model: str, out: Path) -> Path:
     ax.set_title(f"{model}: attention on S = tokens {df['massive_positions'].iloc[0]}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=7)
-    return save(fig, out)
-
-
-@figure("sw_stopwords", "fig5_stopwords", ("sw_stopword_probs",), text_columns=("token",))
-def fig5_stopwords(df: pd.DataFrame, model: str, out: Path, n_top: int = 10) -> Path:
-    """Paper B Fig. 5: average next-token probability of the original model's top tokens on
-    LAMBADA, original vs super weights pruned (grouped bars)."""
-    top = df[df["in_top_original"].astype(str) == "True"].sort_values("prob_original", ascending=False).head(n_top)
-    x = np.arange(len(top))
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    ax.bar(x - 0.2, top["prob_original"], 0.4, color="#1f77b4", label="original")
-    ax.bar(x + 0.2, top["prob_no_sw"], 0.4, color="#d62728", label="no super weight")
-    ax.set_xticks(x, [token_label(t) for t in top["token"]], fontsize=8)
-    ax.set_ylabel("average next-token probability")
-    n, sw = int(top["n_prompts"].iloc[0]), str(top["super_weights"].iloc[0])
-    ax.set_title(f"{model}: {n} LAMBADA prompts; pruned (layer:row:col) {sw}", fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(frameon=False, fontsize=8)
-    return save(fig, out)
-
-
-@figure("sw_scale", "fig6_scaling", ("sw_scale_table",))
-def fig6_scaling(df: pd.DataFrame, model: str, out: Path) -> Path:
-    """Paper B Fig. 6: average zero-shot accuracy vs the super weights' scaling factor (left) and
-    perplexity vs the factor (right, log scale); the dotted line marks the original model."""
-    df = df.sort_values("scale")
-    ppl_cols = [c for c in df.columns if c.startswith("ppl_") and df[c].notna().any()]
-    panels = (["acc_mean"] if "acc_mean" in df and df["acc_mean"].notna().any() else []) + (["ppl"] if ppl_cols else [])
-    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.4 * max(len(panels), 1), 3.4), squeeze=False)
-    for ax, panel in zip(axes[0], panels, strict=False):
-        if panel == "acc_mean":
-            ax.plot(df["scale"], 100 * df["acc_mean"], marker="o", ms=4, color="#1f77b4")
-            ax.set_ylabel("average zero-shot accuracy (%)")
-            limit = df["zero_shot_limit"].iloc[0] if "zero_shot_limit" in df else np.nan
-            ax.set_title(f"{model}: {'all' if pd.isna(limit) else int(limit)} docs per task", fontsize=9)
-        else:
-            for c, color in zip(ppl_cols, ["#d62728", "#2ca02c", "#9467bd"], strict=False):
-                ax.plot(df["scale"], df[c], marker="o", ms=4, color=color, label=c[4:])
-            ax.set_yscale("log")
-            ax.set_ylabel("perplexity")
-            ax.legend(frameon=False, fontsize=8)
-            ax.set_title(f"{model}: perplexity", fontsize=9)
-        ax.axvline(1.0, color="k", lw=0.8, ls=":")
-        ax.set_xlabel("super weight scaling factor")
-        ax.grid(alpha=0.3)
     return save(fig, out)
 
 

@@ -1,0 +1,83 @@
+"""Verdict rules of paper A (Massive Activations): the LLM profile, interventions and attention,
+and the ViTs of §5 (the GPT-2 variants trained from scratch, §4.3, are in :mod:`.training`)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from pipeline.report.registry import condition_row, rule
+
+
+@rule("massive_found")
+def massive_found(t):
+    """holds if the detector finds at least one steady massive activation (paper A's rule: |h| > 100
+    and > 1000 x the layer median, in at least half the layers from its first and half the sequences)."""
+    m = t["ma_massive"]
+    steady = m[m["steady"].astype(bool)]
+    if steady.empty:
+        return "does not hold", "no steady massive activation"
+    top = steady.iloc[steady["value_mean"].abs().argmax()]
+    return "holds", (f"{len(steady)} steady: largest dim {int(top['dim'])} on {top['token_type']} from layer "
+                     f"{int(top['first_layer_1based'])} (1-based; |h| {abs(top['value_mean']):,.0f})")
+
+
+@rule("set_zero_breaks_set_mean_keeps")
+def set_zero_breaks(t):
+    """holds if zeroing the massive activations multiplies every perplexity by >= 10 while setting
+    them to their means changes each by < 5% (paper A Table 3); partly if only one of the two."""
+    d = t["ma_intervene_table"]
+    cols = [c for c in d.columns if c.startswith("ppl_")]
+    o, z, m = condition_row(d, "original"), condition_row(d, "set_zero"), condition_row(d, "set_mean")
+    breaks = all(z[c] >= 10 * o[c] for c in cols)
+    keeps = all(abs(m[c] - o[c]) < 0.05 * o[c] for c in cols)
+    why = "; ".join(f"{c[4:]}: {o[c]:.2f} -> zero {z[c]:.3g}, mean {m[c]:.2f}" for c in cols)
+    return ("holds" if breaks and keeps else "partly" if breaks or keeps else "does not hold"), why
+
+
+@rule("attention_on_massive")
+def attention_on_massive(t):
+    """holds if, in most layers, the attention share on the massive-activation tokens exceeds
+    both the share on control tokens and the uniform share (paper A §4.1)."""
+    d = t["ma_attention_share"]
+    d = d[d["token_set"] == "massive"] if "token_set" in d else d
+    wins = ((d["share_massive"] > d["share_control"]) & (d["share_massive"] > d["share_uniform"])).mean()
+    return ("holds" if wins > 0.5 else "does not hold"), f"{wins:.0%} of {len(d)} (model, layer) rows"
+
+
+@rule("massive_tokens_carry_a_fixed_bias")
+def decomposition(t):
+    """holds if, in most layers measured, the attention-output part from the massive-activation
+    tokens is nearly the same for every query (cosine to its mean >= 0.8) and more constant than
+    the rest (paper A §4.2: they add an implicit, fixed bias)."""
+    d = t["ma_attention_decomposition"]
+    ok = (d["cos_massive"] >= 0.8) & (d["cos_massive"] > d["cos_rest"])
+    return ("holds" if ok.mean() > 0.5 else "partly" if ok.any() else "does not hold"), \
+        f"{ok.mean():.0%} of {len(d)} (model, layer) rows; cos massive {d['cos_massive'].median():.2f} vs rest {d['cos_rest'].median():.2f} (medians)"
+
+
+@rule("vit_massive")
+def vit_massive(t):
+    """holds if a steady massive activation is found on a CLS or register token of one of the
+    paper's ViTs; on another model (the embedded DINOv2-S) the row reports what was found and the
+    paper's claim is 'not run here'."""
+    d = t.get("vit_massive", pd.DataFrame({"steady": []}))  # no rows written: nothing passed the rule
+    models = set(t["vit_layer_stats"]["model"])
+    steady = d[d["steady"].astype(bool)] if len(d) else d
+    found = f"{len(steady)} steady massive activations" if len(steady) else "none found"
+    if not any(str(m).startswith(("dinov2_reg", "clip_vit")) for m in models):
+        return "not run here", f"{', '.join(sorted(models))}: {found} (a negative control, not a paper model)"
+    return ("holds" if len(steady) else "does not hold"), found
+
+
+@rule("vit_interventions")
+def vit_interventions(t):
+    """holds if set_zero changes the pooled features by > 10% while set_mean and Fix-Reg-Mean
+    change them by < 2% (proxy of paper A's accuracy table); 'not run here' when the conditions do
+    not apply to the model run."""
+    d = t["vit_intervene"]
+    na = d[d["metric"] == "not_applicable"]
+    ch = d[d["metric"] == "pooled_rel_l2_change"].set_index("condition")["value"]
+    if {"set_zero", "fix_reg_mean"} <= set(na["condition"]):
+        return "not run here", "; ".join(f"{r.condition}: {r.why}" for r in na.itertuples())
+    ok = ch.get("set_zero", 0) > 0.1 and ch.get("set_mean", 1) < 0.02 and ch.get("fix_reg_mean", 1) < 0.02
+    return ("holds" if ok else "partly"), ", ".join(f"{k} {v:.3f}" for k, v in ch.items())
