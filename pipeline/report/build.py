@@ -122,7 +122,8 @@ def markdown(secs: list[dict[str, Any]], root: Path) -> str:
             a = s["a"]
             lines += ["", f"### {a.title}", "", f"- experiment: `{a.experiment}`; verdict: **{s['verdict']}** ({s['why']})",
                       f"- rule: {s['rule']}", f"- setting: {s['setting']}",
-                      f"- regenerate: `{a.command}` ({a.hardware})"]
+                      f"- regenerate: `{a.command}` ({a.hardware}); the paper's setting: "
+                      f"`make repro EXP={a.experiment} ARGS='{a.paper_args}'`"]
             if s["table"] is None:
                 lines += ["", "not run: no committed rows."]
             else:
