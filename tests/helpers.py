@@ -73,7 +73,7 @@ def plant_super_weight(model, layer_idx: int = 0, row: int = 5, col: int = 9, we
     """Edit a tiny model's weights so that it has a super weight W[row, col] in the down projection
     of ``layer_idx``: the weight is large and the down-projection input at ``col`` spikes.
     Works for Llama-style (gate/up) and GPT-2-style (c_fc) MLPs. Returns (layer, row, col)."""
-    from pipeline.hooks.weights import down_proj_matrix
+    from pipeline.models.matrices import down_proj_matrix
 
     mlp = layer(model, layer_idx).mlp
     with torch.no_grad():

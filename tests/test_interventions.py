@@ -4,7 +4,7 @@ import torch
 from pipeline.core.errors import PipelineError
 from pipeline.hooks.forward import capture
 from pipeline.hooks.positions import first_positions
-from pipeline.hooks.sites import Site, random_control, set_sites
+from pipeline.interventions.sites import Site, random_control, set_sites
 from pipeline.models.arch import layer
 from tests.helpers import planted, tiny
 

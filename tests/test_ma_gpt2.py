@@ -105,7 +105,7 @@ def test_a_checkpoint_loads_like_any_model(tmp_path, flags):
 def test_interventions_address_the_sink_and_shift_text_roles_past_it():
     """set_sites on the sink variant: role 'sink_1' is hidden-state position 0 and the first text
     token is position 1 (the input_ids index shifted past the sink); on exit nothing remains."""
-    from pipeline.hooks.sites import Site, set_sites
+    from pipeline.interventions.sites import Site, set_sites
 
     torch.manual_seed(0)
     model = MAGPTForCausalLM(MAGPTConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4,

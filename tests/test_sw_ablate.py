@@ -3,7 +3,9 @@
 import torch
 
 from pipeline.hooks.forward import capture
-from pipeline.hooks.weights import WeightSite, scale_weights
+from pipeline.interventions.restore import prune_restore
+from pipeline.interventions.weights import scale_weights
+from pipeline.models.matrices import WeightSite
 from pipeline.stages import sw_ablate
 from tests.helpers import make_ctx, plant_super_weight, run_stage, tiny
 
@@ -20,7 +22,7 @@ def test_restore_super_activation_puts_back_the_original_value():
     got = {}
     with capture({"d": down}, lambda n, y: got.__setitem__("orig", y.clone())), torch.no_grad():
         model(ids)
-    with sw_ablate.prune_restore(model, [site]), capture({"d": down}, lambda n, y: got.__setitem__("rest", y.clone())):
+    with prune_restore(model, [site]), capture({"d": down}, lambda n, y: got.__setitem__("rest", y.clone())):
         with torch.no_grad():
             model(ids)
     with scale_weights(model, [site], 0.0), capture({"d": down}, lambda n, y: got.__setitem__("pruned", y.clone())):
@@ -57,7 +59,7 @@ def test_conditions_on_a_planted_super_weight(tmp_path):
     with torch.no_grad():
         with scale_weights(ctx.model, out["sites"], 0.0):
             pruned = ctx.model(ids).logits
-        with sw_ablate.prune_restore(ctx.model, out["sites"]):
+        with prune_restore(ctx.model, out["sites"]):
             restored = ctx.model(ids).logits
     assert (restored[0, t] - ref[0, t]).abs().mean() < 0.5 * (pruned[0, t] - ref[0, t]).abs().mean()
     assert all(torch.equal(v, state[k]) for k, v in ctx.model.state_dict().items())

@@ -6,9 +6,16 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pipeline.analysis import smoothquant as sq
-from pipeline.analysis.quant import quantized_attention, quantized_inputs, w8a8_attention
 from pipeline.core.errors import PipelineError
+from pipeline.interventions import smoothquant as sq
+from pipeline.interventions.quant import (
+    outlier_channels,
+    quantized_attention,
+    quantized_inputs,
+    quantized_modules,
+    w8a8_attention,
+)
+from pipeline.models.matrices import WeightSite
 from pipeline.stages import sw_actquant as aq
 from tests.helpers import make_ctx, plant_super_weight, run_stage, snapshot, tiny, unchanged
 
@@ -73,11 +80,9 @@ def test_quantized_attention_is_eager_attention_when_nothing_rounds():
 
 def test_outlier_channels_follow_the_super_weight(tmp_path):
     model, _ = tiny()
-    from pipeline.hooks.weights import WeightSite
-
-    mods = aq.quantized_modules(model)
+    mods = quantized_modules(model)
     assert not any(n.endswith("o_proj") for n in mods) and any(n.endswith("q_proj") for n in mods)
-    out = aq.outlier_channels(model, [WeightSite(1, 5, 9)], mods)
+    out = outlier_channels(model, [WeightSite(1, 5, 9)], mods)
     assert out["layers.1.mlp.down_proj"] == [9]
     assert out["layers.2.self_attn.q_proj"] == [5] and out["layers.3.mlp.up_proj"] == [5]
     assert "layers.0.self_attn.q_proj" not in out and "layers.2.mlp.down_proj" not in out
@@ -108,10 +113,9 @@ def test_super_activation_aware_beats_naive_on_the_planted_layer(tmp_path):
     model, tok = tiny()
     plant_super_weight(model, layer_idx=0, row=5, col=9, weight=8.0, boost=200.0)
     from pipeline.hooks.forward import capture
-    from pipeline.hooks.weights import WeightSite
 
     ids = tok("Apple Inc. is a worldwide tech company.", return_tensors="pt").input_ids
-    outl = aq.outlier_channels(model, [WeightSite(0, 5, 9)], aq.quantized_modules(model))
+    outl = outlier_channels(model, [WeightSite(0, 5, 9)], quantized_modules(model))
     down = model.model.layers[0].mlp.down_proj
     mods = {"layers.0.mlp.down_proj": down}  # the input that holds the super activation
     got = {}

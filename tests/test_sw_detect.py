@@ -4,13 +4,8 @@ import pytest
 
 from pipeline.analysis import super_weight
 from pipeline.config.shared import SuperWeightDetection
-from pipeline.hooks.weights import (
-    WeightSite,
-    down_proj_matrix,
-    largest_weights,
-    scale_weights,
-    zero_weights,
-)
+from pipeline.interventions.weights import largest_weights, scale_weights, zero_weights
+from pipeline.models.matrices import WeightSite, down_proj_matrix
 from pipeline.stages import sw_detect
 from tests.helpers import make_ctx, plant_super_weight, run_stage, snapshot, tiny, unchanged
 

@@ -7,9 +7,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from pipeline.analysis import super_weight
 from pipeline.hooks.forward import capture
 from pipeline.hooks.moe import expert_down_io, routed_calls
-from pipeline.hooks.weights import WeightSite, down_proj_matrix, scale_weights
+from pipeline.interventions.restore import prune_restore
+from pipeline.interventions.weights import largest_weights, scale_weights
 from pipeline.models.arch import layer_module
-from pipeline.stages import sw_ablate
+from pipeline.models.matrices import WeightSite, decoder_matrices, down_proj_matrix
 
 LAYER, ROW, COL = 0, 5, 9
 
@@ -96,7 +97,7 @@ def test_restore_super_activation_in_an_expert():
     experts = layer_module(model, LAYER, "down_proj")
     got = {}
     for name, ctx in [("orig", None), ("pruned", scale_weights(model, [site], 0.0)),
-                      ("rest", sw_ablate.prune_restore(model, [site]))]:
+                      ("rest", prune_restore(model, [site]))]:
         with (ctx or torch.no_grad()), capture({"e": experts}, lambda n, y, k=name: got.__setitem__(k, y.clone())):
             with torch.no_grad():
                 model(IDS)
@@ -110,8 +111,6 @@ def test_restore_super_activation_in_an_expert():
 
 
 def test_non_super_weight_selection_covers_experts_and_excludes_the_super_weight():
-    from pipeline.hooks.weights import decoder_matrices, largest_weights
-
     model = _model()
     expert = _routed_expert(model)
     _plant(model, expert, weight=50.0)  # the largest entry of its expert's down projection

@@ -12,7 +12,8 @@ from pipeline.config.shared import DEFAULT_DETECT_PROMPT
 from pipeline.core.assets import package_dir
 from pipeline.evaluation.tasks import OLMO_EVAL_PIP
 from pipeline.figures import draw_experiment
-from pipeline.hooks.weights import WeightSite, scale_weights
+from pipeline.interventions.weights import scale_weights
+from pipeline.models.matrices import WeightSite
 from pipeline.stages import sw_stopwords
 from tests.helpers import make_ctx, run_stage
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from pipeline.analysis import super_weight
-from pipeline.hooks.weights import down_proj_matrix
 from pipeline.models.arch import layer
+from pipeline.models.matrices import down_proj_matrix
 from pipeline.stages import sw_detect
 from tests.helpers import make_ctx, plant_super_weight, run_stage, snapshot, tiny, unchanged
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pipeline.core.errors import PipelineError
-from pipeline.hooks.weights import WeightSite, decoder_matrices, down_proj_matrix
+from pipeline.interventions.quant import RTN_METHODS, quantized_model
+from pipeline.models.matrices import WeightSite, decoder_matrices, down_proj_matrix
 from pipeline.stages import sw_weightquant as wq
 from tests.helpers import make_ctx, plant_super_weight, run_stage, snapshot, tiny, unchanged
 
@@ -22,17 +23,17 @@ def test_quantized_model_restores_exactly_and_keeps_the_super_weight(arch):
     state = snapshot(model)
     sw = float(down_proj_matrix(model, 0)[5, 9])
     before = {m.name: m.stored.clone() for m in decoder_matrices(model)}
-    with wq.quantized_model(model, method="rtn_clip_restore", bits=4, block_size=4096, z=3.0, sites=[SITE]):
+    with quantized_model(model, method="rtn_clip_restore", bits=4, block_size=4096, z=3.0, sites=[SITE]):
         assert float(down_proj_matrix(model, 0)[5, 9]) == sw
         # every decoder matrix differs from ITS OWN values before quantization (comparing with a
         # fresh model, which the planted super weight already differs from, could not fail)
         changed = [m.name for m in decoder_matrices(model) if not torch.equal(m.stored, before[m.name])]
         assert changed == list(before)
     assert unchanged(model, state)
-    with wq.quantized_model(model, method="rtn", bits=4, block_size=4096, sites=[SITE]):
+    with quantized_model(model, method="rtn", bits=4, block_size=4096, sites=[SITE]):
         assert float(down_proj_matrix(model, 0)[5, 9]) != sw  # plain RTN rounds (and clips nothing)
     assert unchanged(model, state)
-    with pytest.raises(RuntimeError), wq.quantized_model(model, method="rtn", bits=4, block_size=64):
+    with pytest.raises(RuntimeError), quantized_model(model, method="rtn", bits=4, block_size=64):
         raise RuntimeError("boom")
     assert unchanged(model, state)
 
@@ -41,7 +42,7 @@ def test_amplified_super_weight():
     model, _ = tiny()
     plant_super_weight(model, layer_idx=0, row=5, col=9, weight=8.0)
     state = snapshot(model)
-    with wq.quantized_model(model, method="rtn_clip_restore", bits=4, block_size=64, z=3.0, sites=[SITE], sw_scale=1.5):
+    with quantized_model(model, method="rtn_clip_restore", bits=4, block_size=64, z=3.0, sites=[SITE], sw_scale=1.5):
         assert float(down_proj_matrix(model, 0)[5, 9]) == pytest.approx(12.0)
     assert unchanged(model, state)
 
@@ -52,7 +53,7 @@ def test_clip_restore_beats_rtn_at_large_blocks_and_error_falls_with_block_size(
     ids = tok("Apple Inc. is a worldwide tech company. " * 4, return_tensors="pt").input_ids
     inputs = wq.calibration_inputs(model, ids, "cpu")
     err = {(m, b): wq.reconstruction_error(model, inputs, method=m, bits=4, block_size=b, z=4.0, sites=[SITE])
-           for m in wq.METHODS for b in (64, 1024, 1 << 20)}
+           for m in RTN_METHODS for b in (64, 1024, 1 << 20)}
     assert err[("rtn", 64)] < err[("rtn", 1024)] < err[("rtn", 1 << 20)]
     assert err[("rtn_clip_restore", 1 << 20)] < 0.75 * err[("rtn", 1 << 20)]
     z, rows = wq.choose_z(model, inputs, bits=4, block_size=1 << 20, z_grid=[2, 4, math.inf], sites=[SITE])

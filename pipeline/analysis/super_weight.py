@@ -26,7 +26,7 @@ from pipeline.config.shared import SuperWeightDetection
 from pipeline.core.errors import PipelineError
 from pipeline.hooks.forward import capture
 from pipeline.hooks.moe import expert_down_io, routed_calls
-from pipeline.hooks.weights import WeightSite, down_proj_matrix, scale_weights
+from pipeline.interventions.weights import scale_weights
 from pipeline.models.arch import (
     decoder_layers,
     get_arch,
@@ -35,13 +35,14 @@ from pipeline.models.arch import (
     prefix_roles,
     resolve,
 )
+from pipeline.models.matrices import WeightSite, down_proj_matrix
 
 
 @torch.inference_mode()
 def down_proj_io(model: torch.nn.Module, ids: torch.Tensor) -> tuple[dict, dict, dict, dict]:
     """One forward: per down projection the input (T, in) and output (T, out) for row 0 of
     ``ids``, keyed by ``(layer, expert)`` (expert None on dense layers; on a mixture-of-experts
-    layer one key per expert that any token is routed to, recomputed by :mod:`pipeline.moe`),
+    layer one key per expert that any token is routed to, recomputed by :mod:`pipeline.hooks.moe`),
     each decoder layer's output (T, d) (for the massive-activation cross-check), and per dense
     layer what the MLP adds to the residual stream (T, d): the output of the arch spec's
     ``mlp_out_norm`` where the MLP output is normalised before it joins, else the output itself."""

@@ -12,7 +12,8 @@ import torch
 
 from pipeline.analysis.massive import cell_layers, is_steady, massive_cells
 from pipeline.analysis.super_weight import Detection, down_proj_io, explain_spike, site
-from pipeline.hooks.weights import WeightSite, down_proj_matrix, scale_weights
+from pipeline.interventions.weights import scale_weights
+from pipeline.models.matrices import WeightSite, down_proj_matrix
 
 
 @torch.inference_mode()

@@ -14,10 +14,12 @@ model's own call, and edits at any layer read them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import nn
 
 from pipeline.core.errors import PipelineError
 from pipeline.models.arch import prefix_roles
@@ -124,11 +126,18 @@ class RoleTracker:
         self.current = {role: [p - past if p is not None and past <= p < past + width else None
                                for p in positions] for role, positions in self.absolute.items()}
 
-    def hook(self) -> Callable:
-        """A forward pre-hook (with kwargs) for the model root that keeps the roles current."""
+    @contextmanager
+    def tracking(self, model: nn.Module) -> Iterator[None]:
+        """Keep the roles current on every forward of ``model`` inside the block (a forward
+        pre-hook with kwargs on the model root, removed on exit)."""
         def pre(_m, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
             if not isinstance(ids, torch.Tensor):
                 raise PipelineError("token-role edits need input_ids (the model was called with embeddings)")
             self.update(ids, kwargs.get("attention_mask"), _past_length(kwargs))
-        return pre
+
+        handle = model.register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()

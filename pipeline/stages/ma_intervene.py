@@ -29,7 +29,7 @@ from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import format_table
 from pipeline.hooks.positions import delimiter_test
-from pipeline.hooks.sites import Site, editable_roles, random_control, set_sites
+from pipeline.interventions.sites import Site, editable_roles, random_control, set_sites
 from pipeline.models.arch import num_layers, residual_width
 
 STAGE = "ma_intervene"
@@ -92,7 +92,8 @@ def run(ctx, args: MaInterveneArgs) -> dict[str, Any]:
         ctx, STAGE, {c: condition(edits[c]) for c in conditions},
         ppl_sets=ctx.eval_windows(list(args.ppl_data), args.ppl_seq_len, args.ppl_windows),
         eval_suite=args.eval_suite, zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size, describe=describe, tables=("ma_intervene", "ma_intervene_table"))
+        eval_batch_size=args.eval_batch_size, describe=describe, tables=("ma_intervene", "ma_intervene_table"),
+        baseline="original")
     paths = {"ma_intervene_sites": ctx.results.write("ma_intervene_sites", sites, stage=STAGE),
              **write_by_condition(ctx, STAGE, {"ma_intervene": rows, "ma_intervene_table": table})}
     return {"layer": layer_idx, "sites": sites, "why": why, "rows": rows, "table": table, "paths": paths,
@@ -115,5 +116,5 @@ def format_summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_intervene_sites', 'ma_intervene', 'ma_intervene_table'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_intervene_sites', 'ma_intervene', 'ma_intervene_table', 'ma_intervene_items'),
                                 artefact='paper A §3, Table 3: set to zero / set to mean'))

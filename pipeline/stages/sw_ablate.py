@@ -6,8 +6,8 @@ Conditions (all reversible; the model is checked bit-identical after each):
   prune_sw_restore_sa  pruned, but the super activation written back: in the down-projection
                        output of each super weight's layer, at the token where |original output| of
                        channel ``row`` peaks, the original value (pruned output + X[t, col] * W[row, col])
-                       is restored (the official code does this for LLaMA-7B only; here any model,
-                       mixture-of-experts included)
+                       is restored (:mod:`pipeline.interventions.restore`; the official code does this
+                       for LLaMA-7B only; here any model, mixture-of-experts included)
   prune_non_sw         the largest-magnitude weights of every attention/MLP matrix except the super
                        weights (paper B: top 1e-6 of each matrix, about 7,000 weights on LLaMA-7B)
 Each with perplexity and the paper-B zero-shot suite (Table 1), and per layer the max |decoder
@@ -20,9 +20,7 @@ ours by the report (``make report``), from ``conf/paper/``.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -33,75 +31,13 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
-from pipeline.hooks.forward import capture, patch_seeing_inputs
-from pipeline.hooks.moe import expert_down_io, routing_weight
-from pipeline.hooks.weights import (
-    WeightSite,
-    down_proj_matrix,
-    largest_weights,
-    scale_weights,
-    zero_weights,
-)
-from pipeline.models.arch import decoder_layers, get_arch, layer, layer_module
+from pipeline.hooks.forward import capture
+from pipeline.interventions.restore import prune_restore
+from pipeline.interventions.weights import largest_weights, scale_weights, zero_weights
+from pipeline.models.arch import decoder_layers
 
 STAGE = "sw_ablate"
 CONDITIONS = ("original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw")  # the known ones (checked)
-
-
-@contextmanager
-def restore_super_activation(model: torch.nn.Module, sites: Sequence[WeightSite]) -> Iterator[None]:
-    """Under pruned super weights: put the super activation back in each layer's down-projection
-    output (per sequence, at the token where the original |output| of channel ``row`` peaks).
-    Enter it BEFORE pruning: it records the original weights. On a mixture-of-experts layer the
-    output is the routed sum, and the pruned weight's share is ``routing weight x X_e[t, col] x W``
-    with the expert's input recomputed (:mod:`pipeline.moe`)."""
-    spec = get_arch(model)
-    by_layer: dict[int, list[tuple[int, int, float, int | None]]] = defaultdict(list)
-    for s in sites:
-        by_layer[s.layer].append((s.row, s.col, float(down_proj_matrix(model, s.layer, s.expert)[s.row, s.col]), s.expert))
-    shapes: dict[int, tuple[int, int]] = {}
-
-    def record_shape(name: str, h: torch.Tensor) -> None:  # the decoder layer's input: (B, T, d)
-        shapes[int(name)] = tuple(h.shape[:2])
-
-    def restore(name: str, m: torch.nn.Module, args: tuple, kwargs: dict, y: torch.Tensor) -> torch.Tensor:
-        lay = int(name)
-        entries = by_layer[lay]
-        flat = y.reshape(-1, y.shape[-1]).clone()  # (B * T, d) whatever the layout
-        if any(e is not None for *_, e in entries):
-            hidden, top_index, top_weights = (list(args) + [kwargs.get(k) for k in
-                                              ("hidden_states", "top_k_index", "top_k_weights")[len(args):]])[:3]
-            hidden, top_index = hidden.reshape(-1, hidden.shape[-1]), top_index.reshape(-1, top_index.shape[-1])
-            top_weights = top_weights.reshape(-1, top_weights.shape[-1])
-        else:
-            x = args[0].reshape(-1, args[0].shape[-1])
-        b_size, n_tok = shapes[lay]
-        for row in dict.fromkeys(r for r, *_ in entries):
-            original = flat[:, row].clone()
-            for r, c, w, e in entries:
-                if r != row:
-                    continue
-                if e is None:
-                    original += x[:, c] * w
-                else:
-                    _, xe, _ = expert_down_io(m, spec.expert_down_param, hidden, top_index, e)
-                    original += routing_weight(top_index, top_weights, e).to(xe.dtype) * xe[:, c] * w
-            per_seq = original.view(b_size, n_tok)
-            t = per_seq.abs().argmax(dim=1)
-            b = torch.arange(b_size, device=y.device)
-            flat.view(b_size, n_tok, -1)[b, t, row] = per_seq[b, t]
-        return flat.view(y.shape)
-
-    with capture({str(lay): layer(model, lay) for lay in by_layer}, record_shape, inputs=True), \
-            patch_seeing_inputs({str(lay): layer_module(model, lay, "down_proj") for lay in by_layer}, restore):
-        yield
-
-
-@contextmanager
-def prune_restore(model, sites):
-    """prune_sw_restore_sa; the restore hook reads the weights before they are pruned."""
-    with restore_super_activation(model, sites), scale_weights(model, sites, 0.0):
-        yield
 
 
 @torch.inference_mode()
@@ -138,7 +74,8 @@ def run(ctx, args: SwAblateArgs) -> dict[str, Any]:
     rows, table = evaluate_conditions(
         ctx, STAGE, chosen, ppl_sets=ctx.eval_windows(args.ppl_data, args.ppl_seq_len, args.ppl_windows),
         eval_suite=args.eval_suite, zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size, describe=describe, tables=("sw_ablate", "sw_ablate_table"))
+        eval_batch_size=args.eval_batch_size, describe=describe, tables=("sw_ablate", "sw_ablate_table"),
+        baseline="original")
     paths = write_by_condition(ctx, STAGE, {"sw_ablate": rows, "sw_ablate_table": table, "sw_layer_max": fig4})
     return {"sites": sites, "n_non_sw": len(non_sw), "rows": rows, "table": table, "fig4": fig4,
             "paths": paths, "zero_shot_limit": args.zero_shot_limit,
@@ -158,5 +95,5 @@ def format_summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_ablate', 'sw_ablate_table', 'sw_layer_max'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_ablate', 'sw_ablate_table', 'sw_ablate_items', 'sw_layer_max'),
                                 artefact='paper B Table 1, Fig. 4'))

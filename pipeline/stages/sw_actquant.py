@@ -5,8 +5,9 @@ Quantized (paper B: "q/k/v/gate/up/down projections plus the attention BMMs"; he
 the decoder layers except the attention output projection, so fused qkv / gate_up and GPT-2's
 ``c_attn``/``c_fc``/``c_proj`` are covered too): weights INT8 per tensor
 (``kernels.tensor_quant``), their inputs INT8 per token (``kernels.token_quant``), and the inputs
-of both attention products, Q, K, V and the probabilities, INT8 per row (``quant.quantized_attention``).
-Fake quantization in the model's dtype; the model is restored bit-identically after each condition.
+of both attention products, Q, K, V and the probabilities, INT8 per row (``quant.quantized_attention``):
+:func:`pipeline.interventions.quant.w8a8`. Fake quantization in the model's dtype; the model is
+restored bit-identically after each condition.
 
 Conditions:
   fp                      no quantization
@@ -32,20 +33,10 @@ numbers: ``recovered_vs_smoothquant_<data>`` = (naive - ours) / (naive - smoothq
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-import torch
-
-from kernels.tensor_quant import tensor_fake_quant
-from pipeline.analysis.quant import (
-    linear_modules,
-    quantized_attention,
-    quantized_inputs,
-    quantized_weights,
-)
-from pipeline.analysis.smoothquant import NotApplicable, input_absmax, smoothed, smoothing_factors
 from pipeline.analysis.super_weight import super_weights
 from pipeline.config.super_weight import SwActquantArgs
 from pipeline.core.errors import PipelineError
@@ -53,48 +44,17 @@ from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
-from pipeline.hooks.weights import WeightSite
-from pipeline.models.arch import decoder_layers, get_arch, layer_module, num_layers, resolve_or_none
+from pipeline.interventions.quant import PARTS, outlier_channels, quantized_modules, w8a8
+from pipeline.interventions.smoothquant import (
+    NotApplicable,
+    input_absmax,
+    smoothed,
+    smoothing_factors,
+)
+from pipeline.models.matrices import WeightSite
 
 STAGE = "sw_actquant"
 CONDITIONS = ("fp", "naive", "super_activation_aware", "smoothquant")  # the known ones (checked)
-
-
-def quantized_modules(model) -> dict[str, torch.nn.Module]:
-    """Every decoder linear except the attention output projection."""
-    spec = get_arch(model)
-    out_proj = {id(resolve_or_none(lay, spec.o_proj)) for lay in decoder_layers(model)} if spec.o_proj else set()
-    return {n: m for n, m in linear_modules(model) if id(m) not in out_proj}
-
-
-def outlier_channels(model, sites: Sequence[WeightSite], modules: dict[str, torch.nn.Module]) -> dict[str, list[int]]:
-    """Which input channels carry the super activation, per quantized module."""
-    out: dict[str, set[int]] = {}
-    downs = {id(layer_module(model, i, "down_proj")) for i in range(num_layers(model))}  # from the arch spec
-    by_id = {id(m): n for n, m in modules.items()}
-    for s in sites:
-        down = by_id.get(id(layer_module(model, s.layer, "down_proj")))
-        if down:
-            out.setdefault(down, set()).add(s.col)
-        for name, mod in modules.items():  # inputs read from the residual stream after the super weight
-            if int(name.split(".")[1]) > s.layer and id(mod) not in downs:
-                out.setdefault(name, set()).add(s.row)
-    return {k: sorted(v) for k, v in out.items()}
-
-
-PARTS = ("weights", "inputs", "attention")  # what W8A8 can quantize (checked); all = the unlabelled rows
-
-
-@contextmanager
-def w8a8(model, modules: dict[str, torch.nn.Module], outliers: dict[str, list[int]] | None = None,
-         parts: Sequence[str] = PARTS) -> Iterator[None]:
-    """Weights INT8 per tensor, inputs INT8 per token (super-outlier aware where listed), attention
-    products on INT8 inputs (``parts`` picks which); exact restore on exit."""
-    mats = [(n, m.weight.data) for n, m in modules.items()] if "weights" in parts else []
-    with quantized_weights(mats, lambda _n, w: tensor_fake_quant(w)), \
-            (quantized_inputs(modules, outliers) if "inputs" in parts else nullcontext()), \
-            (quantized_attention(model) if "attention" in parts else nullcontext()):
-        yield
 
 
 def label(condition: str, parts: Sequence[str]) -> str:
@@ -159,7 +119,7 @@ def run(ctx, args: SwActquantArgs) -> dict[str, Any]:
     rows, table = evaluate_conditions(ctx, STAGE, chosen, ppl_sets=ppl_sets, eval_suite=args.eval_suite,
                                       zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,
                                       eval_batch_size=args.eval_batch_size, describe=describe,
-                                      tables=("sw_actquant", "sw_actquant_table"))
+                                      tables=("sw_actquant", "sw_actquant_table"), baseline="fp")
     if not_applicable:
         table.append({"condition": label("smoothquant", parts), **{f"ppl_{d}": math.nan for d in ppl_data},
                       "super_weights": "", "alpha": alpha, "quantized": "+".join(parts),
@@ -183,5 +143,5 @@ def format_summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_actquant', 'sw_actquant_table'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_actquant', 'sw_actquant_table', 'sw_actquant_items'),
                                 artefact='paper B §5.1: Tables 3, 4, 7'))

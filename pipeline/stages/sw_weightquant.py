@@ -29,15 +29,14 @@ block size x z -> reconstruction error, the chosen one flagged). Arguments:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from kernels.block_quant import block_fake_quant
-from pipeline.analysis.quant import observe_inputs, quantized_weights
 from pipeline.analysis.super_weight import super_weights
 from pipeline.config.super_weight import SwWeightquantArgs
 from pipeline.core.errors import PipelineError
@@ -45,58 +44,16 @@ from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import fmt, format_table
-from pipeline.hooks.weights import (
-    WeightSite,
-    decoder_matrices,
-    down_proj_matrix,
-    scale_weights,
-    stored_index,
-)
+from pipeline.hooks.inputs import observe_inputs
+from pipeline.interventions.quant import RTN_METHODS, quantized_model, z_clip
+from pipeline.models.matrices import WeightSite, decoder_matrices, stored_index
 
 STAGE = "sw_weightquant"
-METHODS = ("rtn", "rtn_clip_restore")  # the known ones (checked)
 
 
 def condition_name(method: str, block: int, sw_scale: float = 1.0, tile: tuple[int, int] | None = None) -> str:
     size = f"t{tile[0]}x{tile[1]}" if tile else f"b{block}"
     return f"{method}_{size}" + ("" if sw_scale == 1 else f"_sw{sw_scale:g}")
-
-
-def z_clip(w: torch.Tensor, z: float | None) -> tuple[float, float] | None:
-    """(mean - z std, mean + z std) of the tensor; None for no clipping (z None or inf)."""
-    if z is None or math.isinf(z):
-        return None
-    x = w.float()
-    mean, std = float(x.mean()), float(x.std())
-    return mean - z * std, mean + z * std
-
-
-def _kept(model, sites: Sequence[WeightSite], sw_scale: float) -> list[tuple[torch.Tensor, tuple[int, int], float]]:
-    return [(m, (s.row, s.col), float(m[s.row, s.col]) * sw_scale)
-            for s in sites for m in [down_proj_matrix(model, s.layer, s.expert)]]
-
-
-@contextmanager
-def quantized_model(model, *, method: str, bits: int, block_size: int, z: float | None = None,
-                    sites: Sequence[WeightSite] = (), sw_scale: float = 1.0,
-                    tile: tuple[int, int] | None = None) -> Iterator[None]:
-    """The model with every decoder-layer matrix fake-quantized by ``method``; exact restore on
-    exit. ``sw_scale``: rtn quantizes the super weights scaled by it; rtn_clip_restore restores
-    them scaled by it."""
-    if method not in METHODS:
-        raise PipelineError(f"unknown method '{method}'; choose one of {', '.join(METHODS)}")
-    restore = method == "rtn_clip_restore"
-    kept = _kept(model, sites, sw_scale) if restore else []  # read before any edit
-
-    def fn(_name, w):
-        return block_fake_quant(w, bits, block_size, z_clip(w, z) if restore else None, tile)
-
-    with (nullcontext() if restore else scale_weights(model, sites, sw_scale)), \
-            quantized_weights([(m.name, m.stored) for m in decoder_matrices(model)], fn):
-        with torch.no_grad():
-            for m, idx, v in kept:
-                m[idx] = v
-        yield
 
 
 def calibration_inputs(model, windows: torch.Tensor, device, max_tokens: int | None = None,
@@ -127,7 +84,7 @@ def calibration_inputs(model, windows: torch.Tensor, device, max_tokens: int | N
 def reconstruction_error(model, inputs: dict[str, torch.Tensor], *, method: str, bits: int, block_size: int,
                          z: float | None, sites: Sequence[WeightSite], tile=None) -> float:
     """sum ||X (W - W_hat)^T||^2 / sum ||X W^T||^2 over every decoder matrix with inputs (the
-    same matrices ``quantized_model`` quantizes, experts included)."""
+    same matrices :func:`pipeline.interventions.quant.quantized_model` quantizes, experts included)."""
     kept: dict[int, list] = {}
     for s in sites:
         ptr, idx = stored_index(model, s)
@@ -167,9 +124,9 @@ def choose_z(model, inputs, *, bits, block_size, z_grid, sites, tile=None) -> tu
 def run(ctx, args: SwWeightquantArgs) -> dict[str, Any]:
     """Evaluate the model quantized at each block size by each method."""
     methods, bits = args.methods, args.bits
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in RTN_METHODS]
     if bad:
-        raise PipelineError(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+        raise PipelineError(f"unknown method(s) {bad}; choose from {', '.join(RTN_METHODS)}")
     block_sizes = args.block_sizes
     if not block_sizes or any(int(b) < 1 for b in block_sizes):
         raise PipelineError(f"block_sizes must be positive integers (got {list(block_sizes)})")
@@ -210,7 +167,8 @@ def run(ctx, args: SwWeightquantArgs) -> dict[str, Any]:
     rows, table = evaluate_conditions(
         ctx, STAGE, conditions, ppl_sets=ctx.eval_windows(args.ppl_data, args.ppl_seq_len, args.ppl_windows),
         eval_suite=args.eval_suite, zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size, describe=describe, tables=("sw_weightquant", "sw_weightquant_table"))
+        eval_batch_size=args.eval_batch_size, describe=describe, tables=("sw_weightquant", "sw_weightquant_table"),
+        baseline="original")
     paths = write_by_condition(ctx, STAGE, {"sw_weightquant": rows, "sw_weightquant_table": table})
     if z_rows:
         paths["sw_weightquant_z"] = ctx.results.write("sw_weightquant_z", z_rows, stage=STAGE)
@@ -230,5 +188,5 @@ def format_summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_weightquant', 'sw_weightquant_table', 'sw_weightquant_z'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_weightquant', 'sw_weightquant_table', 'sw_weightquant_items', 'sw_weightquant_z'),
                                 artefact='paper B §5.2: Fig. 7, Table 6'))

@@ -42,7 +42,7 @@ from pipeline.core.paper import paper_numbers
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import write_by_condition
 from pipeline.hooks.forward import capture
-from pipeline.hooks.sites import Site, set_sites
+from pipeline.interventions.sites import Site, set_sites
 from pipeline.models.arch import decoder_layers, num_layers, prefix_roles
 
 STAGE = "vit_intervene"

@@ -83,17 +83,13 @@ def set_sites(model: torch.nn.Module, sites: Mapping[int, Sequence[Site]], is_de
             return h
         return edit
 
-    # text roles are read off input_ids; prefix roles need no tracker (a ViT has no input_ids)
-    handle = (model.register_forward_pre_hook(roles.hook(), with_kwargs=True) if wanted & set(EDITABLE_ROLES)
-              else None)
-    try:
-        with ExitStack() as stack:
-            for i, target in targets.items():
-                stack.enter_context(patch({f"layer{i}": target}, editor(i), inputs=at == "input"))
-            yield
-    finally:
-        if handle is not None:
-            handle.remove()
+    with ExitStack() as stack:
+        # text roles are read off input_ids; prefix roles need no tracker (a ViT has no input_ids)
+        if wanted & set(EDITABLE_ROLES):
+            stack.enter_context(roles.tracking(model))
+        for i, target in targets.items():
+            stack.enter_context(patch({f"layer{i}": target}, editor(i), inputs=at == "input"))
+        yield
 
 
 def random_control(sites: Sequence[Site], hidden_size: int, seed: int) -> list[Site]:

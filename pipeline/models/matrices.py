@@ -1,6 +1,7 @@
-"""Reversible weight edits as context managers (paper B: prune / scale the super weight, prune
-the largest other weights). On exit, also on exceptions, every touched element gets back its
-exact original bits (tests compare ``torch.equal`` on the whole state dict).
+"""Where a model's weights are, addressed as the papers do: the down-projection weight of a super
+weight (paper B), and every attention/MLP matrix inside the decoder layers (what quantization, its
+calibration and the non-super-weight pruning walk). Addressing only: reading, never editing; the
+edits live in :mod:`pipeline.interventions`.
 
 Down-projection weights are addressed as paper B does, ``W[row, col]`` with ``row`` = output
 (hidden) channel and ``col`` = input (intermediate) channel, whatever the storage: GPT-2's Conv1D
@@ -9,8 +10,6 @@ keeps its weight as (in, out); transformers-5 MoE experts keep a fused (experts,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -49,32 +48,14 @@ def down_proj_matrix(model: nn.Module, layer_idx: int, expert: int | None = None
     return weight.T if spec.weights_in_out else weight
 
 
-@contextmanager
-def set_entries(entries: Sequence[tuple[torch.Tensor, tuple[int, ...], float]]) -> Iterator[None]:
-    """Set ``matrix[index] = value`` for each entry; restore the exact originals on exit."""
-    saved = [(m, idx, m[idx].clone()) for m, idx, _ in entries]
-    try:
-        for m, idx, value in entries:
-            m[idx] = value
-        yield
-    finally:
-        for m, idx, old in reversed(saved):
-            m[idx] = old
-
-
-@contextmanager
-def scale_weights(model: nn.Module, sites: Sequence[WeightSite], factor: float) -> Iterator[None]:
-    """Multiply each site's weight by ``factor`` (0 = prune). ``factor == 1`` touches nothing, so
-    the model stays bitwise identical (paper B Fig. 6's scale 1 is the original model)."""
-    if factor == 1:
-        yield
-        return
-    entries = []
-    for s in sites:
-        m = down_proj_matrix(model, s.layer, s.expert)
-        entries.append((m, (s.row, s.col), float(m[s.row, s.col]) * factor))
-    with set_entries(entries):
-        yield
+def stored_index(model: nn.Module, site: WeightSite) -> tuple[int, tuple[int, int]]:
+    """(data_ptr of the stored down-projection weight, index of ``site`` in it)."""
+    spec = get_arch(model)
+    if site.expert is not None:
+        return down_proj_matrix(model, site.layer, site.expert).data_ptr(), (site.row, site.col)
+    weight = layer_module(model, site.layer, "down_proj").weight.data
+    idx = (site.col, site.row) if spec.weights_in_out else (site.row, site.col)
+    return weight.data_ptr(), idx
 
 
 @dataclass(frozen=True)
@@ -117,38 +98,7 @@ def decoder_matrices(model: nn.Module) -> list[Matrix]:
     return out
 
 
-def stored_index(model: nn.Module, site: WeightSite) -> tuple[int, tuple[int, int]]:
-    """(data_ptr of the stored down-projection weight, index of ``site`` in it)."""
-    spec = get_arch(model)
-    if site.expert is not None:
-        return down_proj_matrix(model, site.layer, site.expert).data_ptr(), (site.row, site.col)
-    weight = layer_module(model, site.layer, "down_proj").weight.data
-    idx = (site.col, site.row) if spec.weights_in_out else (site.row, site.col)
-    return weight.data_ptr(), idx
-
-
-def largest_weights(model: nn.Module, fraction: float, min_per_matrix: int = 1,
-                    exclude: Sequence[WeightSite] = ()) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-    """Paper B's "prune non-super-weights" selection: in every attention/MLP matrix of the decoder
-    layers, the ``max(min_per_matrix, int(fraction * numel))`` largest-magnitude entries, except
-    the super weights (the official code zeroes them all, then restores the super weights).
-
-    Paper B: fraction 1e-6 of LLaMA-7B's matrices is about 6,400 weights. On small models
-    ``int(1e-6 * numel)`` is 0, hence ``min_per_matrix``.
-    """
-    excluded = {stored_index(model, s) for s in exclude}
-    picks = []
-    for w in (m.stored for m in decoder_matrices(model)):
-        k = min(w.numel(), max(min_per_matrix, int(fraction * w.numel())))
-        for f in w.abs().flatten().topk(k).indices.tolist():
-            idx = divmod(f, w.shape[1])
-            if (w.data_ptr(), idx) not in excluded:
-                picks.append((w, idx))
-    return picks
-
-
-@contextmanager
-def zero_weights(picks: Sequence[tuple[torch.Tensor, tuple[int, int]]]) -> Iterator[None]:
-    """Zero the picked entries; exact restore on exit."""
-    with set_entries([(w, idx, 0.0) for w, idx in picks]):
-        yield
+def linear_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The decoder matrices applied by a module of their own (``decoder_matrices`` less the
+    expert slices): the linears whose inputs a forward pre-hook sees."""
+    return [(m.name, m.module) for m in decoder_matrices(model) if m.expert is None]

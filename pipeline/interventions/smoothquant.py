@@ -30,7 +30,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from pipeline.analysis.quant import observe_inputs
+from pipeline.hooks.inputs import observe_inputs
 from pipeline.models.arch import decoder_layers, get_arch, resolve_or_none
 
 

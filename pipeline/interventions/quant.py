@@ -1,0 +1,198 @@
+"""Simulated quantization of a live model as reversible context managers (paper B §5).
+
+Building blocks:
+
+- :func:`quantized_weights`: replace chosen matrices by ``fn(name, weight)`` (fake-quantized
+  copies); on exit every matrix gets back its exact original bits (backups on the CPU).
+- :func:`quantized_inputs`: per-token INT8 fake-quantization of the inputs of chosen linear
+  modules (forward pre-hooks), optionally super-outlier aware per module.
+- :func:`quantized_attention`: the attention products ``Q K^T`` and ``P V`` with INT8 per-token
+  inputs (Q, K, V rows and the rows of the probability matrix P), via an attention function
+  registered in transformers' ``AttentionInterface`` and switched on for the block only.
+
+Whole-model conditions built from them:
+
+- :func:`w8a8` (paper B §5.1, Tables 3/4/7): weights INT8 per tensor, inputs INT8 per token, the
+  attention products on INT8 inputs, on :func:`quantized_modules`; super-outlier aware on the
+  channels :func:`outlier_channels` names.
+- :func:`quantized_model` (paper B §5.2, Fig. 7, Table 6): every decoder matrix INT-N blockwise
+  round-to-nearest (``rtn``), or clipped to mean +- z std with the super weights restored
+  (``rtn_clip_restore``, paper B's "Ours").
+
+The kernels (``kernels/``) run compiled on CUDA and as their torch references elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from kernels.block_quant import block_fake_quant
+from kernels.tensor_quant import tensor_fake_quant
+from kernels.token_quant import token_fake_quant
+from pipeline.core.errors import PipelineError
+from pipeline.hooks.forward import patch
+from pipeline.interventions.weights import scale_weights
+from pipeline.models.arch import decoder_layers, get_arch, layer_module, num_layers, resolve_or_none
+from pipeline.models.attention_impl import attention_implementation
+from pipeline.models.matrices import WeightSite, decoder_matrices, down_proj_matrix, linear_modules
+
+
+@contextmanager
+def quantized_weights(matrices: Sequence[tuple[str, torch.Tensor]],
+                      fn: Callable[[str, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Each ``(name, tensor)`` is overwritten in place by ``fn(name, tensor)``; exact restore on
+    exit, also on exceptions. ``fn`` sees the original values."""
+    backups = []
+    try:
+        with torch.no_grad():
+            for name, w in matrices:
+                new = fn(name, w)
+                backups.append((w, w.detach().to("cpu", copy=True)))
+                w.copy_(new)
+        yield
+    finally:
+        with torch.no_grad():
+            for w, b in reversed(backups):
+                w.copy_(b)
+
+
+@contextmanager
+def quantized_inputs(modules: Mapping[str, nn.Module],
+                     outliers: Mapping[str, Sequence[int]] | None = None) -> Iterator[None]:
+    """INT8 per-token fake-quantization of the first input of each module; ``outliers[name]``
+    lists channels handled super-outlier aware in that module's input."""
+    def quantize(name: str, x: torch.Tensor) -> torch.Tensor:
+        chans = list((outliers or {}).get(name, ()))
+        return token_fake_quant(x, chans or None)
+
+    with patch(modules, quantize, inputs=True):
+        yield
+
+
+ATTN_NAME = "pipeline_w8a8_eager"
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def w8a8_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                   attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                   **_kwargs) -> tuple[torch.Tensor, None]:
+    """Eager attention with both matrix products on INT8 per-token fake-quantized inputs (the
+    rows of Q, K, V and of the probabilities P). Plain softmax attention: no logit soft-capping or
+    attention sinks (models that need them keep those only in their own implementations)."""
+    groups = query.shape[1] // key.shape[1]
+    q = token_fake_quant(query)
+    k = token_fake_quant(_repeat_kv(key, groups))
+    v = token_fake_quant(_repeat_kv(value, groups))
+    scores = torch.matmul(q, k.transpose(2, 3)) * (scaling if scaling is not None else 1 / math.sqrt(q.shape[-1]))
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : k.shape[-2]]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.matmul(token_fake_quant(probs), v)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTN_NAME, w8a8_attention)
+# the same additive float masks (causal, padding, sliding window) that eager attention gets
+AttentionMaskInterface.register(ATTN_NAME, eager_mask)
+
+
+@contextmanager
+def quantized_attention(model: nn.Module) -> Iterator[None]:
+    """Switch every config of the model to :func:`w8a8_attention` for the block; restore after."""
+    with attention_implementation(model, ATTN_NAME):
+        yield
+
+
+# --- W8A8 (paper B §5.1) ---------------------------------------------------------------------
+
+PARTS = ("weights", "inputs", "attention")  # what W8A8 can quantize (checked); all = the unlabelled rows
+
+
+def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every decoder linear except the attention output projection."""
+    spec = get_arch(model)
+    out_proj = {id(resolve_or_none(lay, spec.o_proj)) for lay in decoder_layers(model)} if spec.o_proj else set()
+    return {n: m for n, m in linear_modules(model) if id(m) not in out_proj}
+
+
+def outlier_channels(model: nn.Module, sites: Sequence[WeightSite],
+                     modules: dict[str, nn.Module]) -> dict[str, list[int]]:
+    """Which input channels carry the super activation, per quantized module: the down
+    projection's input channel ``col`` in the super weight's layer, the residual-stream channel
+    ``row`` in every other module of the later layers."""
+    out: dict[str, set[int]] = {}
+    downs = {id(layer_module(model, i, "down_proj")) for i in range(num_layers(model))}  # from the arch spec
+    by_id = {id(m): n for n, m in modules.items()}
+    for s in sites:
+        down = by_id.get(id(layer_module(model, s.layer, "down_proj")))
+        if down:
+            out.setdefault(down, set()).add(s.col)
+        for name, mod in modules.items():  # inputs read from the residual stream after the super weight
+            if int(name.split(".")[1]) > s.layer and id(mod) not in downs:
+                out.setdefault(name, set()).add(s.row)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+@contextmanager
+def w8a8(model: nn.Module, modules: dict[str, nn.Module], outliers: dict[str, list[int]] | None = None,
+         parts: Sequence[str] = PARTS) -> Iterator[None]:
+    """Weights INT8 per tensor, inputs INT8 per token (super-outlier aware where listed), attention
+    products on INT8 inputs (``parts`` picks which); exact restore on exit."""
+    mats = [(n, m.weight.data) for n, m in modules.items()] if "weights" in parts else []
+    with quantized_weights(mats, lambda _n, w: tensor_fake_quant(w)), \
+            (quantized_inputs(modules, outliers) if "inputs" in parts else nullcontext()), \
+            (quantized_attention(model) if "attention" in parts else nullcontext()):
+        yield
+
+
+# --- INT-N blockwise round-to-nearest (paper B §5.2) -----------------------------------------
+
+RTN_METHODS = ("rtn", "rtn_clip_restore")  # the known ones (checked)
+
+
+def z_clip(w: torch.Tensor, z: float | None) -> tuple[float, float] | None:
+    """(mean - z std, mean + z std) of the tensor; None for no clipping (z None or inf)."""
+    if z is None or math.isinf(z):
+        return None
+    x = w.float()
+    mean, std = float(x.mean()), float(x.std())
+    return mean - z * std, mean + z * std
+
+
+def _kept(model: nn.Module, sites: Sequence[WeightSite],
+          sw_scale: float) -> list[tuple[torch.Tensor, tuple[int, int], float]]:
+    return [(m, (s.row, s.col), float(m[s.row, s.col]) * sw_scale)
+            for s in sites for m in [down_proj_matrix(model, s.layer, s.expert)]]
+
+
+@contextmanager
+def quantized_model(model: nn.Module, *, method: str, bits: int, block_size: int, z: float | None = None,
+                    sites: Sequence[WeightSite] = (), sw_scale: float = 1.0,
+                    tile: tuple[int, int] | None = None) -> Iterator[None]:
+    """The model with every decoder-layer matrix fake-quantized by ``method`` (``bits`` bits per
+    block of ``block_size`` elements, or per ``tile``); exact restore on exit. ``sw_scale``: rtn
+    quantizes the super weights scaled by it; rtn_clip_restore restores them scaled by it."""
+    if method not in RTN_METHODS:
+        raise PipelineError(f"unknown method '{method}'; choose one of {', '.join(RTN_METHODS)}")
+    restore = method == "rtn_clip_restore"
+    kept = _kept(model, sites, sw_scale) if restore else []  # read before any edit
+
+    def fn(_name, w):
+        return block_fake_quant(w, bits, block_size, z_clip(w, z) if restore else None, tile)
+
+    with (nullcontext() if restore else scale_weights(model, sites, sw_scale)), \
+            quantized_weights([(m.name, m.stored) for m in decoder_matrices(model)], fn):
+        with torch.no_grad():
+            for m, idx, v in kept:
+                m[idx] = v
+        yield
