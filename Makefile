@@ -16,7 +16,7 @@ EXP    ?= massive_activations_default
 PYTEST := $(PY) -m pytest -q -m "not gpu"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-gpu lint repro record sweep train figures report atlas bench clean assets
+.PHONY: help setup run test test-fast test-gpu lint repro record record-stale sweep train figures report atlas bench clean assets
 
 help: ## list the targets and the experiments
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ sweep: setup ## multirun, e.g. make sweep ARGS='model=llama2_7b,mistral_7b hydra
 MODELS ?= smollm2_135m,gemma3_270m,dinov2_s_offline  # after training, add trained_ma_gpt2_default,trained_birth_readme,...
 atlas: setup ## massive activations + super weights of many models in one table: make atlas MODELS=a,b,c
 	$(PY) -m pipeline -m experiment=atlas model=$(MODELS) $(ARGS)
+
+record-stale: setup ## re-run exactly the stale shards of the record (those make report marks stale) into results/
+	$(PY) -m pipeline.report.stale --record
 
 report: setup ## results/REPORT.md + results/report.html from the committed CSVs (no model is loaded)
 	$(PY) -m pipeline.report

@@ -18,8 +18,14 @@ def test_every_experiment_has_a_section():
 def fixture(root, zero_ppl: float):
     w = ResultsWriter(root, "massive_activations_tab_intervene", model="tiny", revision=None, dataset="wiki", seed=0,
                       device="cpu")
+    import math
+
+    spread = [0.02 * ((i * 7) % 5 - 2) for i in range(8)]  # windows differ; the edits shift them all alike
     for cond, ppl in (("original", 10.0), ("set_zero", zero_ppl), ("set_mean", 10.1), ("random_zero", 10.0)):
         w.write("ma_intervene_table", [{"ppl_wiki": ppl, "acc_mean": 0.5}], stage="ma_intervene", condition=cond)
+        w.write("ma_intervene_items", [{"eval": "perplexity", "eval_data": "wiki", "item": i, "metric": m,
+                                        "value": (math.log(ppl) + spread[i]) if m == "nll" else 0.01, "n": 511}
+                                       for i in range(8) for m in ("nll", "kl")], stage="ma_intervene", condition=cond)
     w.commit({})
     figs = root / "massive_activations_tab_intervene" / "figures"
     figs.mkdir(parents=True, exist_ok=True)
@@ -34,12 +40,12 @@ def test_report_from_fixture_csvs(tmp_path):
     secs = build(tmp_path, tmp_path / "REPORT.md", tmp_path / "report.html")
     by = {s["a"].experiment: s for s in secs}
     assert by["massive_activations_tab_intervene"]["verdict"] == "holds"
-    assert "10.00 -> zero 5e+03, mean 10.10" in by["massive_activations_tab_intervene"]["why"]
+    assert "zero x500 [95% 500, 500], mean x1.01 [95% 1.01, 1.01]" in by["massive_activations_tab_intervene"]["why"]
     md = (tmp_path / "REPORT.md").read_text()
     for name in experiments():
         assert f"`{name}`" in md, name
     assert md.count("not run: no committed rows.") == len(ARTEFACTS) - 1  # every other one says so
-    assert "recalled" in md and "multiplies every perplexity by >= 10" in md  # published tags, the rule
+    assert "recalled" in md and "multiplies perplexity by >= 10" in md  # published tags, the rule
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 1 and "<table>" in html
 

@@ -19,11 +19,12 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from pipeline.core.paths import CONF_DIR
+from pipeline.core.paths import CONF_DIR, REPO_ROOT
 from pipeline.core.results import PROVENANCE_COLUMNS, read_table
 from pipeline.report.artefacts import ARTEFACTS, Artefact
 from pipeline.report.headline import headline_table
 from pipeline.report.rules import RULES
+from pipeline.report.stale import check_folder, summary
 
 PAPERS = {"A": "Massive Activations (Sun et al. 2024)", "B": "The Super Weight (Yu et al. 2024)",
           "C": "Birth of a Transformer (Bietti et al. 2023)", "beyond": "Beyond the papers"}
@@ -98,7 +99,9 @@ def sections(root: Path) -> list[dict[str, Any]]:
         v, why = verdict(a, tables)
         df = tables.get(a.table)
         figs = sorted((root / results_folder(a) / "figures").glob("*.png")) if df is not None else []
+        stale = summary(check_folder(REPO_ROOT, root / results_folder(a))) if df is not None else None
         out.append({"a": a, "verdict": v, "why": why, "rule": " ".join((RULES[a.rule].__doc__ or "").split()),
+                    "stale": stale,
                     "setting": setting(df) if df is not None else "not run", "table": shown(a, df) if df is not None else None,
                     "n_rows": 0 if df is None else len(df), "published": published(a), "figures": figs})
     return out
@@ -122,6 +125,7 @@ def markdown(secs: list[dict[str, Any]], root: Path) -> str:
             a = s["a"]
             lines += ["", f"### {a.title}", "", f"- experiment: `{a.experiment}`; verdict: **{s['verdict']}** ({s['why']})",
                       f"- rule: {s['rule']}", f"- setting: {s['setting']}",
+                      f"- record: {s['stale'] or 'current (no file that produced it changed since it was recorded)'}",
                       f"- regenerate: `{a.command}` ({a.hardware}); the paper's setting: "
                       f"`make repro EXP={a.experiment} ARGS='{a.paper_args}'`"]
             if s["table"] is None:

@@ -23,7 +23,8 @@ def headline_table(secs: list[dict[str, Any]], *, numbers: bool) -> list[str]:
     lines = [head, "|---" * head.count(" |") + "|"]
     for s in secs:
         a = s["a"]
-        row = f"| {a.paper} | {a.title} (`{a.experiment}`) | **{s['verdict']}** |"
+        stale = " (stale)" if s.get("stale") else ""
+        row = f"| {a.paper} | {a.title} (`{a.experiment}`) | **{s['verdict']}**{stale} |"
         lines.append(row + (f" {s['why']} |" if numbers else ""))
     return lines
 
@@ -37,7 +38,9 @@ def verdict_counts(secs: list[dict[str, Any]]) -> dict[str, int]:
 def readme_block(secs: list[dict[str, Any]]) -> str:
     """What the README holds between the markers: the verdict counts and the table."""
     counts = ", ".join(f"{verdict}: {n}" for verdict, n in verdict_counts(secs).items())
-    return "\n".join([f"{len(secs)} artefacts ({counts}).", "", *headline_table(secs, numbers=False)])
+    stale = sum(bool(s.get("stale")) for s in secs)
+    note = f" {stale} are stale: the code or config that produced their rows changed since (make record-stale)." if stale else ""
+    return "\n".join([f"{len(secs)} artefacts ({counts}).{note}", "", *headline_table(secs, numbers=False)])
 
 
 def _marker_lines(lines: list[str], start: str, end: str) -> tuple[int, int]:

@@ -33,8 +33,8 @@ class Estimate:
     def covers(self, boundary: float = 0.0) -> bool:
         return self.low <= boundary <= self.high
 
-    def text(self, digits: int = 3) -> str:
-        return f"{self.value:+.{digits}g} [{self.low:+.{digits}g}, {self.high:+.{digits}g}]"
+    def text(self, digits: int = 3, sign: str = "+") -> str:
+        return f"{self.value:{sign}.{digits}g} [95% {self.low:{sign}.{digits}g}, {self.high:{sign}.{digits}g}]"
 
 
 STATS: dict[str, Callable[[np.ndarray], float]] = {
@@ -53,8 +53,9 @@ def _groups(items: pd.DataFrame, condition: str, metric: str, eval_data: str | N
 
 
 def paired(items: pd.DataFrame, a: str | None, b: str, stat: str, eval_data: str | None = None,
-           n_boot: int = N_BOOT, seed: int = SEED) -> Estimate:
-    """stat(b) - stat(a) (or stat(b) when ``a`` is None) with a 95% paired-bootstrap interval.
+           ratio: bool = False, n_boot: int = N_BOOT, seed: int = SEED) -> Estimate:
+    """stat(b) - stat(a) (``ratio``: stat(b) / stat(a); or stat(b) when ``a`` is None) with a 95%
+    paired-bootstrap interval, averaged over the datasets / tasks found.
     ``stat``: ppl (from the items' nll), kl, acc (or another per-document metric, e.g. acc_norm:
     the mean over tasks). Items are resampled within each dataset / task, the same for a and b."""
     metric = {"ppl": "nll"}.get(stat, stat)
@@ -66,7 +67,10 @@ def paired(items: pd.DataFrame, a: str | None, b: str, stat: str, eval_data: str
         raise ValueError(f"no paired items for {stat} of {a!r} vs {b!r} ({eval_data or 'all'})")
 
     def value(index: dict[str, np.ndarray]) -> float:
-        per = [fn(gb[k][index[k]]) - (fn(ga[k][index[k]]) if a is not None else 0.0) for k in keys]
+        if ratio:
+            per = [fn(gb[k][index[k]]) / fn(ga[k][index[k]]) for k in keys]
+        else:
+            per = [fn(gb[k][index[k]]) - (fn(ga[k][index[k]]) if a is not None else 0.0) for k in keys]
         return float(np.mean(per))
 
     rng = np.random.default_rng(seed)
@@ -75,7 +79,8 @@ def paired(items: pd.DataFrame, a: str | None, b: str, stat: str, eval_data: str
     low, high = np.percentile(boots, [2.5, 97.5])
     n = sum(len(gb[k]) for k in keys)
     unit = "windows" if stat in ("ppl", "kl") else "documents"
-    return Estimate(point, float(low), float(high), f"{stat} {'+'.join(keys)}, {n} {unit}")
+    what = f"{stat} {'ratio' if ratio else 'difference'} {b} vs {a}" if a is not None else f"{stat} {b}"
+    return Estimate(point, float(low), float(high), f"{what}; {'+'.join(keys)}, {n} {unit}")
 
 
 def side(estimate: Estimate, boundary: float = 0.0) -> str:
@@ -83,6 +88,21 @@ def side(estimate: Estimate, boundary: float = 0.0) -> str:
     if estimate.covers(boundary):
         return "inconclusive"
     return "below" if estimate.high < boundary else "above"
+
+
+def within(estimate: Estimate, low: float, high: float) -> str:
+    """"inside" (the whole interval within (low, high)), "outside" (all of it outside), else inconclusive."""
+    if low < estimate.low and estimate.high < high:
+        return "inside"
+    if estimate.high <= low or estimate.low >= high:
+        return "outside"
+    return "inconclusive"
+
+
+def want(state: str, wanted: str) -> str:
+    """"yes" if a comparison's ``state`` (from :func:`side` / :func:`within`) is ``wanted``, "no" if
+    it is decided otherwise, "inconclusive" if its interval covers the boundary."""
+    return "inconclusive" if state == "inconclusive" else ("yes" if state == wanted else "no")
 
 
 def combine(sides: list[str], wanted: str) -> str:

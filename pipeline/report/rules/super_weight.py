@@ -3,7 +3,16 @@ quantization."""
 
 from __future__ import annotations
 
-from pipeline.report.registry import condition_row, rule
+from pipeline.report.intervals import combine, paired, side, want, within
+from pipeline.report.registry import rule
+
+NO_ITEMS = ("no per-window / per-document values in the record (rows recorded before they were kept): "
+            "no interval, so no verdict; re-record the artefact")
+
+
+def kl_beside(items, conditions, base: str) -> str:
+    """'; KL x [a, b], ...' of each condition from the unmodified model, for the why-text."""
+    return "; KL " + ", ".join(f"{c} {paired(items, None, c, 'kl').text(3, '')}" for c in conditions)
 
 
 @rule("super_weight_creates_massive")
@@ -20,15 +29,20 @@ def super_weight_creates(t):
 
 @rule("prune_sw_destroys")
 def prune_sw(t):
-    """holds if pruning the super weight(s) multiplies perplexity by >= 5, restoring the super
-    activation brings it back within 10%, and pruning as many other large weights costs < 2x
-    (paper B Table 1)."""
-    d = t["sw_ablate_table"]
-    c = next(c for c in d.columns if c.startswith("ppl_"))
-    o, p, r, n = (condition_row(d, k)[c] for k in ("original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw"))
-    ok = [p >= 5 * o, abs(r - o) <= 0.1 * o, n < 2 * o]
-    why = f"{c[4:]}: original {o:.2f}, prune SW {p:.2f}, + restore SA {r:.2f}, prune non-SW {n:.2f}"
-    return ("holds" if all(ok) else "partly" if any(ok) else "does not hold"), why
+    """Perplexity (paper B Table 1's metric), paired over the same windows: holds if pruning the super
+    weight(s) multiplies perplexity by >= 5, restoring the super activation stays within 10% of the
+    original and pruning as many other large weights costs < 2x, each with its 95% interval on the
+    right side; partly if some; inconclusive where an interval straddles its threshold."""
+    items = t.get("sw_ablate_items")
+    if items is None:
+        return "not judged", NO_ITEMS
+    p = paired(items, "original", "prune_sw", "ppl", ratio=True)
+    r = paired(items, "original", "prune_sw_restore_sa", "ppl", ratio=True)
+    n = paired(items, "original", "prune_non_sw", "ppl", ratio=True)
+    sides = [want(side(p, 5.0), "above"), want(within(r, 0.9, 1.1), "inside"), want(side(n, 2.0), "below")]
+    why = (f"ppl ratio to the original: prune SW x{p.text(3, '')}, + restore SA x{r.text(3, '')}, "
+           f"prune non-SW x{n.text(3, '')} ({p.what.split('; ')[1]}){kl_beside(items, ('prune_sw', 'prune_sw_restore_sa', 'prune_non_sw'), 'original')}")
+    return combine(sides, "yes"), why
 
 
 @rule("sw_removal_kills_super_activation")
@@ -64,58 +78,89 @@ def stopwords(t):
 
 @rule("scaling_curve")
 def scaling(t):
-    """holds if removing the super weight (scale 0) is worst and a scale >= 1 is at least as good
-    as scale 1 (paper B Fig. 6: amplifying it slightly helps)."""
-    d = t["sw_scale_table"].sort_values("scale")
-    c = next(c for c in d.columns if c.startswith("ppl_"))
-    at = dict(zip(d["scale"], d[c], strict=True))
-    best = min(at, key=at.get)
-    ok = at[0.0] == max(at.values()) and best >= 1.0
-    return ("holds" if ok else "partly"), f"{c[4:]}: scale 0 {at[0.0]:.1f}, scale 1 {at[1.0]:.2f}, best {at[best]:.2f} at {best}"
+    """Average zero-shot accuracy (paper B Fig. 6's metric), paired over the same documents: holds
+    if removing the super weight (scale 0) lowers accuracy below scale 1 and some amplification
+    (scale > 1) is not worse than scale 1, each interval on its side; partly if one; inconclusive
+    if neither is decided. Without a zero-shot suite, perplexity instead (said so)."""
+    d, items = t["sw_scale_table"], t.get("sw_scale_items")
+    if items is None:
+        return "not judged", NO_ITEMS
+    metric = "acc" if (items["eval"] == "zero_shot").any() else "ppl"
+    better = "above" if metric == "acc" else "below"
+    scales = sorted(d["scale"])
+    name = {float(s): c for s, c in zip(d["scale"], d["condition"], strict=True)}
+    zero = paired(items, name[1.0], name[0.0], metric)
+    amp = [paired(items, name[1.0], name[s], metric) for s in scales if s > 1.0]
+    best = max(amp, key=lambda e: e.value if metric == "acc" else -e.value) if amp else None
+    worse = {"above": "below", "below": "above"}[better]
+    sides = [want(side(zero), worse)]
+    if best is not None:  # "not worse than scale 1": its interval is not wholly on the worse side
+        sides.append("no" if side(best) == worse else "yes")
+    why = (f"{metric} vs scale 1: scale 0 {zero.text(3)}" + (f"; best amplified {best.what.split(' vs ')[0].split()[-1]} "
+           f"{best.text(3)}" if best else "") + f" ({zero.what.split('; ')[1]})")
+    return combine(sides, "yes"), why
 
 
 @rule("clip_restore_helps")
 def clip_restore(t):
-    """holds if clipping + restoring the super weight gives a perplexity no worse than plain RTN at
-    every block size (paper B Fig. 7: it makes larger blocks usable); partly if at some."""
-    d = t["sw_weightquant_table"]
-    c = next(c for c in d.columns if c.startswith("ppl_"))
-    rtn = d[d["method"] == "rtn"].set_index("block_size")[c]
-    ours = d[d["method"].str.startswith("rtn_clip")].set_index("block_size")[c]
-    common = sorted(set(rtn.index) & set(ours.index))
-    wins = [b for b in common if ours[b] <= rtn[b]]
-    why = ", ".join(f"{b}: {rtn[b]:.1f} -> {ours[b]:.1f}" for b in common)
-    return ("holds" if len(wins) == len(common) else "partly" if wins else "does not hold"), why
+    """Average zero-shot accuracy (paper B Fig. 7's metric), paired over the same documents at each
+    block size: clip + restore minus plain RTN. holds if its 95% interval is above 0 at every block
+    size (it makes large blocks usable); partly if at some; does not hold if below 0 at every one;
+    inconclusive where an interval covers 0. Perplexity and KL are shown beside."""
+    d, items = t["sw_weightquant_table"], t.get("sw_weightquant_items")
+    if items is None:
+        return "not judged", NO_ITEMS
+    metric = "acc" if (items["eval"] == "zero_shot").any() else "ppl"
+    rtn = d[d["method"] == "rtn"].set_index("block_size")["condition"]
+    ours = d[d["method"].str.startswith("rtn_clip")].set_index("block_size")["condition"]
+    sides, parts = [], []
+    for block in sorted(set(rtn.index) & set(ours.index)):
+        e = paired(items, rtn[block], ours[block], metric)
+        sides.append(want(side(e), "above" if metric == "acc" else "below"))
+        ppl = paired(items, rtn[block], ours[block], "ppl")
+        parts.append(f"{block}: {metric} {e.text(3)}, ppl {ppl.text(3)}")
+    return combine(sides, "yes"), f"clip + restore minus RTN ({e.what.split('; ')[1]}): " + "; ".join(parts)
 
 
 @rule("amplified_sw_helps_rtn")
 def amplified(t):
-    """holds if, at every block size, amplifying the super weights (x1.5 or x2) before 4-bit RTN
-    gives a perplexity no worse than plain RTN (paper B Table 6: accuracy rises slightly); partly if
-    at some block sizes."""
-    d = t["sw_weightquant_table"]
+    """Average zero-shot accuracy (paper B Table 6's metric), paired over the same documents: at
+    each block size the best amplification (x1.5 or x2, chosen by its point estimate) minus plain
+    4-bit RTN. holds if the interval is above 0 at every block size; partly if at some; does not
+    hold if below at every one; inconclusive where it covers 0."""
+    d, items = t["sw_weightquant_table"], t.get("sw_weightquant_items")
+    if items is None:
+        return "not judged", NO_ITEMS
+    metric = "acc" if (items["eval"] == "zero_shot").any() else "ppl"
     d = d[d["method"] == "rtn"]
-    c = next(c for c in d.columns if c.startswith("ppl_"))
-    out, wins = [], 0
+    sides, parts = [], []
     for block, g in d.groupby("block_size"):
-        base = g[g["sw_scale"] == 1.0][c].iloc[0]
-        best = g[g["sw_scale"] > 1.0][c].min()
-        wins += best <= base
-        out.append(f"{block}: {base:.2f} -> {best:.2f}")
-    n = d["block_size"].nunique()
-    return ("holds" if wins == n else "partly" if wins else "does not hold"), "RTN -> best amplified: " + ", ".join(out)
+        base = g[g["sw_scale"] == 1.0]["condition"].iloc[0]
+        ests = [paired(items, base, c, metric) for c in g[g["sw_scale"] > 1.0]["condition"]]
+        e = max(ests, key=lambda x: x.value if metric == "acc" else -x.value)
+        sides.append(want(side(e), "above" if metric == "acc" else "below"))
+        parts.append(f"{block}: {e.what.split(' vs ')[0].split()[-1]} {e.text(3)}")
+    return combine(sides, "yes"), f"{metric}, best amplified minus RTN ({e.what.split('; ')[1]}): " + "; ".join(parts)
 
 
 @rule("super_activation_aware_w8a8")
 def w8a8(t):
-    """holds if handling the super activation (restoring it after quantizing the rest) gives a
-    W8A8-input perplexity no worse than naive quantization (paper B Tables 3/4: it recovers most of
-    the loss, close to SmoothQuant); does not hold otherwise."""
-    d = t["sw_actquant_table"].set_index("condition")
-    c = next(c for c in d.columns if c.startswith("ppl_"))
-    naive = d.loc["naive[inputs]", c]
-    aware = next(d.loc[k, c] for k in d.index if k.startswith("super_activation") and "inputs" in k)
-    smooth = next(d.loc[k, c] for k in d.index if k.startswith("smoothquant") and "inputs" in k)
-    fp = d.loc["fp", c] if "fp" in d.index else float("nan")
-    why = f"{c[4:]}: fp {fp:.2f}, naive {naive:.2f}, super-activation aware {aware:.2f}, SmoothQuant {smooth:.2f}"
-    return ("holds" if aware <= naive else "does not hold"), why
+    """Perplexity (paper B Tables 3/4's metric), paired over the same windows: super-activation
+    aware minus naive W8A8, for full W8A8 and for the inputs-only part when recorded. holds if the
+    interval is below 0 (aware better) for each part measured; partly if for some; does not hold if
+    above for all; inconclusive where it covers 0. KL from the unmodified model is shown beside."""
+    items = t.get("sw_actquant_items")
+    if items is None:
+        return "not judged", NO_ITEMS
+    present = set(items["condition"])
+    sides, parts = [], []
+    for label, suffix in (("full W8A8", ""), ("inputs only", "[inputs]")):
+        naive, aware = f"naive{suffix}", f"super_activation_aware{suffix}"
+        if {naive, aware} <= present:
+            e = paired(items, naive, aware, "ppl")
+            sides.append(want(side(e), "below"))
+            kl = f", KL {paired(items, naive, aware, 'kl').text(3)}" if (items["metric"] == "kl").any() else ""
+            parts.append(f"{label}: ppl {e.text(3)}{kl}")
+    if not sides:
+        return "not judged", f"no naive / aware pair among {sorted(present)}"
+    return combine(sides, "yes"), f"aware minus naive ({e.what.split('; ')[1]}): " + "; ".join(parts)

@@ -1,0 +1,186 @@
+"""A record that knows when it is stale: the files that produced a committed shard (its stage's
+module and everything it imports inside the project, ``pipeline/context.py``'s loading chain, the
+kernels they use, and the config files of its experiment, stage, model and data) compared with the
+git commit its manifest names. Any of them changed since: the shard is **stale**, and the report
+lists the changed files. ``python -m pipeline.report.stale --record`` (``make record-stale``)
+re-runs exactly the stale shards into the record, with the overrides that rebuild each one's
+setting (read off its manifest).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from pipeline.core.imports import closure, import_graph, module_file
+
+ALWAYS = ("pipeline.context",)  # how every run loads its model and data
+
+
+@dataclass(frozen=True)
+class Staleness:
+    shard: Path
+    sha: str
+    changed: tuple[str, ...]    # files changed since sha; () = current
+    known: bool = True          # False: the commit is not in this clone's history
+
+
+@cache
+def _graph(repo: Path) -> dict[str, set[str]]:
+    return import_graph(*(repo / p for p in ("pipeline", "kernels") if (repo / p).is_dir()))
+
+
+def inputs_of(repo: Path, manifest: dict) -> list[str]:
+    """Repository-relative files whose change can change a shard's numbers."""
+    cfg = manifest.get("config") or {}
+    roots = [repo / "pipeline", repo / "kernels"]
+    modules = closure(_graph(repo), [f"pipeline.stages.{s}" for s in cfg.get("stage", {})] + list(ALWAYS))
+    files = {str(f.relative_to(repo)) for m in modules if (f := module_file(m, roots))}
+    run, model, data = cfg.get("run", {}), cfg.get("model", {}), cfg.get("data", {})
+    conf = [f"conf/stage/{s}.yaml" for s in cfg.get("stage", {})] + [
+        f"conf/experiment/{manifest.get('experiment', run.get('experiment'))}.yaml",
+        f"conf/model/{model.get('name')}.yaml", f"conf/data/{data.get('name')}.yaml", "conf/config.yaml"]
+    files |= {c for c in conf if (repo / c).is_file()}
+    return sorted(files)
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=60)
+
+
+def check_shard(repo: Path, shard: Path) -> Staleness | None:
+    """The staleness of one committed shard (None without a manifest that names a commit)."""
+    try:
+        manifest = json.loads((shard / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    sha = str(manifest.get("git_sha") or "").removesuffix("-dirty")
+    if not sha or sha == "unknown" or not isinstance((manifest.get("config") or {}).get("model"), dict):  # a benchmark
+        return None
+    if _git(repo, "cat-file", "-e", f"{sha}^{{commit}}").returncode:
+        return Staleness(shard, sha, (), known=False)
+    files = inputs_of(repo, manifest)
+    code = _git(repo, "diff", "--name-only", sha, "--", *[f for f in files if f.endswith(".py")]).stdout.split()
+    conf = [f for f in files if f.endswith(".yaml") and _config_changed(repo, sha, f)]
+    return Staleness(shard, sha, tuple(sorted(set(code) | set(conf))))
+
+
+def _config_changed(repo: Path, sha: str, path: str) -> bool:
+    """A config file's values changed since ``sha`` (comments, and an experiment's report card,
+    which decides no number, do not count)."""
+    import yaml
+
+    def values(text: str) -> object:
+        data = yaml.safe_load(text) or {}
+        return {k: v for k, v in data.items() if k != "report"} if isinstance(data, dict) else data
+
+    old = _git(repo, "show", f"{sha}:{path}")
+    if old.returncode:  # the file did not exist then
+        return True
+    return values(old.stdout) != values((repo / path).read_text())
+
+
+def check_folder(repo: Path, folder: Path) -> list[Staleness]:
+    """Every committed shard of a results folder (``runs/<key>/``; not the in-progress ``.partial-*``)."""
+    runs = folder / "runs"
+    shards = sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")) if runs.is_dir() else []
+    return [s for p in shards if (s := check_shard(repo, p)) is not None]
+
+
+def summary(found: list[Staleness], limit: int = 6) -> str | None:
+    """One line for the report, or None when every shard is current."""
+    stale = [s for s in found if s.changed]
+    if not stale:
+        return None
+    files = sorted({f for s in stale for f in s.changed})
+    more = f" and {len(files) - limit} more" if len(files) > limit else ""
+    return (f"stale: {len(stale)} of {len(found)} shards were recorded before changes to "
+            f"{', '.join(files[:limit])}{more} (make record-stale)")
+
+
+# --- re-recording the stale shards ---------------------------------------------------------------
+def _leaves(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, child in node.items() for k, v in _leaves(child, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): node}
+
+
+def _override_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    text = str(value)
+    if "\n" in text:
+        raise ValueError("a value with a line break cannot be written on the command line")
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def rerun_command(repo: Path, shard: Path) -> list[str]:
+    """The ``python -m pipeline`` arguments that rebuild this shard's setting: its experiment and
+    an override for every model / data / stage value that differs from that experiment's default."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    manifest = json.loads((shard / "manifest.json").read_text())
+    cfg, folder = manifest["config"], shard.parents[1].name
+    exps = sorted(p.stem for p in (repo / "conf" / "experiment").glob("*.yaml")
+                  if (OmegaConf.load(p).get("run") or {}).get("experiment") in (folder, None) and p.stem.startswith(folder))
+    exp = folder if folder in exps else exps[0]
+    args = [f"experiment={exp}"]
+    with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):
+        base = OmegaConf.to_container(compose("config", overrides=args), resolve=True)
+        for group in ("model", "data"):  # a model or dataset of its own config file: chosen by name
+            name = (cfg.get(group) or {}).get("name")
+            if name != base[group].get("name") and (repo / "conf" / group / f"{name}.yaml").is_file():
+                args.append(f"{group}={name}")
+        base = OmegaConf.to_container(compose("config", overrides=args), resolve=True)
+    for part in ("model", "data", "stage"):
+        old, new = _leaves(base.get(part) or {}, f"{part}."), _leaves(cfg.get(part) or {}, f"{part}.")
+        for key, value in new.items():
+            if key.split(".")[-1].startswith("_") or key in (f"{part}.device", f"{part}.device_map"):
+                continue
+            if key not in old:
+                args.append(f"+{key}={_override_value(value)}")
+            elif old[key] != value:
+                args.append(f"{key}={_override_value(value)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """List the stale shards of the record (``--record``: re-run each into the record)."""
+    import argparse
+    import sys
+
+    from pipeline.core.paths import REPO_ROOT
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--record", action="store_true")
+    p.add_argument("--results", type=Path, default=REPO_ROOT / "results")
+    a = p.parse_args(argv)
+    stale = [s for f in sorted(a.results.iterdir()) if f.is_dir() for s in check_folder(REPO_ROOT, f) if s.changed]
+    for s in stale:
+        try:
+            cmd = rerun_command(REPO_ROOT, s.shard)
+        except (ValueError, KeyError, IndexError) as err:
+            print(f"{s.shard.relative_to(a.results)}: stale, re-run by hand ({err})")
+            continue
+        print(f"{s.shard.relative_to(a.results)}: stale since {s.sha} ({len(s.changed)} files); python -m pipeline "
+              + " ".join(cmd))
+        if a.record:
+            rc = subprocess.run([sys.executable, "-m", "pipeline", *cmd, "run.record=true"], cwd=REPO_ROOT).returncode
+            if rc:
+                print(f"  failed (exit {rc}); the record keeps the stale shard")
+    print(f"{len(stale)} stale shards" + ("" if a.record or not stale else "; make record-stale re-runs them"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
