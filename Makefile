@@ -15,6 +15,12 @@ ARGS   ?=
 EXP    ?= massive_activations_default
 PYTEST := $(PY) -m pytest -q -m "not gpu"
 
+EXPERIMENTS := $(basename $(notdir $(wildcard conf/experiment/*.yaml)))
+# EXP reaches a shell command line: only a known experiment name passes (make EXP='x; cmd' stops here)
+ifneq ($(filter-out $(EXPERIMENTS),$(EXP)),)
+$(error unknown experiment '$(EXP)'; known: $(EXPERIMENTS))
+endif
+
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-fast test-gpu lint repro record record-stale sweep train figures report atlas bench clean assets
 

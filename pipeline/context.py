@@ -115,6 +115,9 @@ def results_root(cfg: DictConfig) -> Path:
     ``run.results_dir`` given. Decided from the config alone, before anything loads."""
     record = REPO_ROOT / "results"
     chosen = cfg.run.get("results_dir")
+    if chosen is not None and not str(chosen).strip():
+        raise PipelineError("run.results_dir='': an empty path would write into the current folder; "
+                            "give a folder, or null for outputs/results/")
     if cfg.run.get("record"):
         if cfg.run.get("debug") or cfg.model.get("source") == "tiny":
             what = "a debug run" if cfg.run.get("debug") else f"the tiny random model '{cfg.model.name}'"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,23 @@ def _check_shape(where: str, name: str, value: Any, shape: tuple[int | None, int
         raise PipelineError(f"{where}.{name}={value}: longer than the model's context ({context} tokens)")
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
+
+
+def check_names(cfg: DictConfig) -> None:
+    """Experiment, model, family and data names become folder and link names under results/ and
+    outputs/: plain names only (``run.experiment=../../results/x`` wrote anywhere before)."""
+    for where, value in (("run.experiment", cfg.run.get("experiment")), ("model.name", cfg.model.get("name")),
+                         ("model.family", cfg.model.get("family")), ("data.name", cfg.data.get("name"))):
+        if value is not None and not NAME.fullmatch(str(value)):
+            raise PipelineError(f"{where}={value!r}: a plain name (letters, digits and _ . = + -), not a path")
+
+
 def validate(cfg: DictConfig) -> None:
     """Every check above; raises PipelineError with one line."""
     from pipeline.context import results_root
 
+    check_names(cfg)
     seed = cfg.run.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise PipelineError(f"run.seed={seed!r}: expected an integer")

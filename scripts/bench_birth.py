@@ -65,22 +65,24 @@ def main() -> None:
                                         frozen=frozen)).to(device)
     steps = {"ours": _stepper(ours, lambda: ours(input_ids=x, targets=y.masked_fill(c < 2, -100)).loss)}
     if model_mod is not None:
-        theirs = model_mod.Transformer(model_mod.ModelArgs(vocab_size=stats.vocab_size, dim=args.dim, max_length=args.seq_len,
-                                                          freeze_embeddings=True, freeze_output=True)).to(device)
+        theirs = model_mod.Transformer(model_mod.ModelArgs(vocab_size=stats.vocab_size, dim=args.dim,
+                                                          max_length=args.seq_len, freeze_embeddings=True,
+                                                          freeze_output=True)).to(device)
         steps["official"] = _stepper(theirs, lambda: torch.nn.functional.cross_entropy(theirs(x)[c >= 2], y[c >= 2]))
     step_times = time_interleaved(steps, args.repeats, device)
     base = "official" if "official" in steps else "ours"
     rows += [dict(r, part="train_step", sequences_per_s=args.batch / r["median_s"])
              for r in ratio_rows(step_times, base, batch=args.batch, seq_len=args.seq_len, dim=args.dim)]
     dev = device_name(device)
-    writer = ResultsWriter(args.results, "bench", model="birth_simplified", revision=None, dataset="shakespeare", seed=0,
-                           device=dev, setting={**{k: str(v) for k, v in vars(args).items() if k != "official"},
+    writer = ResultsWriter(args.results, "bench", model="birth_simplified", revision=None, dataset="shakespeare",
+                           seed=0, device=dev, setting={**{k: str(v) for k, v in vars(args).items() if k != "official"},
                                                 "official": str(bool(args.official)), "device": dev})
     path = writer.write("birth", rows, stage="bench_birth", condition=f"T{args.seq_len}xB{args.batch}xd{args.dim}")
     writer.commit({k: str(v) for k, v in vars(args).items()})
     for r in rows:
         ratio = r.get("ratio_to_reference_loop", r.get(f"ratio_to_{base}"))
-        print(f"{r['part']:<11} {r['method']:<19} {r['median_s']:.4f} s  x{ratio:.4f}  {r['sequences_per_s']:,.0f} seq/s")
+        print(f"{r['part']:<11} {r['method']:<19} {r['median_s']:.4f} s  x{ratio:.4f}"
+              f"  {r['sequences_per_s']:,.0f} seq/s")
     print(f"wrote {path}")
 
 

@@ -88,11 +88,13 @@ def main() -> None:
         med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
         copy_bw = n_bytes / med["copy"]
         for impl, t in med.items():
-            rows.append({"op": op, "shape": label, "block": block, "impl": impl, "dtype": str(dtype).removeprefix("torch."),
-                         "median_s": t, "min_s": min(times[impl]), "gbytes_per_s": n_bytes / t / 1e9,
+            rows.append({"op": op, "shape": label, "block": block, "impl": impl,
+                         "dtype": str(dtype).removeprefix("torch."), "median_s": t, "min_s": min(times[impl]),
+                         "gbytes_per_s": n_bytes / t / 1e9,
                          "fraction_of_copy": (n_bytes / t) / copy_bw, "ratio_to_reference": t / med["reference"],
                          "repeats": repeats, "threads": torch.get_num_threads()})
-            print(f"  {impl:<10} {t * 1e3:9.2f} ms  {n_bytes / t / 1e9:8.1f} GB/s  {(n_bytes / t) / copy_bw:6.1%} of copy")
+            print(f"  {impl:<10} {t * 1e3:9.2f} ms  {n_bytes / t / 1e9:8.1f} GB/s"
+                  f"  {(n_bytes / t) / copy_bw:6.1%} of copy")
         del outs
     writer = ResultsWriter(args.results, "bench", model="none", revision=None, dataset="random", seed=0, device=dev,
                            setting={**vars(args), "device": dev})

@@ -119,7 +119,8 @@ def main() -> None:
     for r in rows:
         print(f"{r['method']:<14} {r['median_s']:.3f} s  x{r['ratio_to_bare']:.3f}")
     for r in rows[2:]:
-        print(f"{r['method']} share of training at eval_every={args.eval_every}: {r['share_of_training_at_eval_every']:.2%}")
+        print(f"{r['method']} share of training at eval_every={args.eval_every}:"
+              f" {r['share_of_training_at_eval_every']:.2%}")
     print(f"wrote {path}")
 
 

@@ -47,7 +47,8 @@ def main() -> None:
                            setting={k: v for k, v in vars(args).items() if k != "results"})
     writer.write("bos_perplexity", rows, stage="bos_perplexity")
     writer.commit({k: str(v) for k, v in vars(args).items()})
-    print(writer.read("bos_perplexity")[["model", "eval_data", "bos_rule", "bos_resolved", "ppl"]].to_string(index=False))
+    print(writer.read("bos_perplexity")[["model", "eval_data", "bos_rule", "bos_resolved", "ppl"]]
+          .to_string(index=False))
 
 if __name__ == "__main__":
     main()

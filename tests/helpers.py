@@ -133,3 +133,11 @@ def run_stage(name: str, ctx, **overrides):
     from pipeline.core.registry import get_stage
 
     return get_stage(name).run(ctx, typed_args(name, overrides))
+
+
+def as_killed(writer) -> None:
+    """What a SIGKILL leaves of a results writer: its staging folder, owned by a process that no
+    longer exists (a test's "killed" run lives on in the test's own process otherwise)."""
+    head, host, _pid, token = writer.staging.name.rsplit(".", 3)
+    if writer.staging.is_dir():
+        writer.staging.rename(writer.staging.with_name(f"{head}.{host}.999999999.{token}"))

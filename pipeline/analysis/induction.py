@@ -82,7 +82,8 @@ def memory_probes(model: torch.nn.Module, *, triggers: np.ndarray | None, n_trai
         scores = l1.wq(p[1:]) @ l1.wk(p[:-1]).T  # query t (1..), key s (..T-2): recall s = t - 1
         return float((scores.argmax(-1) == torch.arange(len(p) - 1, device=dev)).float().mean())
 
-    toks = torch.as_tensor(triggers, device=dev) if triggers is not None else torch.arange(emb.num_embeddings, device=dev)
+    toks = (torch.as_tensor(triggers, device=dev) if triggers is not None
+            else torch.arange(emb.num_embeddings, device=dev))
     keys = l2.wk(l1.wo(l1.wv(emb(toks))))
     queries = l2.wq(emb(toks))
     wk1 = float(((queries @ keys.T).argmax(-1) == torch.arange(len(toks), device=dev)).float().mean())

@@ -52,7 +52,8 @@ class SuperWeightDetection:
 
     detect_prompt: str = DEFAULT_DETECT_PROMPT
     roles: list[str] = field(default_factory=lambda: ["creates"])  # which detected weights count as super weights
-    threshold: float | str = "auto"  # spike size for input and output; auto = max(min_abs, rel_spike x largest |output|)
+    # spike size for input and output; auto = max(min_abs, rel_spike x largest |output|)
+    threshold: float | str = "auto"
     rel_spike: float = 0.05
     min_abs: float = 50.0            # paper B's fixed threshold (right for LLaMA-7B's scale)
     min_share: float = 0.5           # one product X[t, col] * W[row, col] must explain this share of Y[t, row]

@@ -20,7 +20,8 @@ class SwAblateArgs(EvalProtocol, SuperWeightDetection):
     """Table 1 and Fig. 4: prune the super weights, prune but restore the super activation, prune
     the largest other weights instead. The detection prompt is also Fig. 4's input."""
 
-    conditions: list[str] = field(default_factory=lambda: ["original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw"])
+    conditions: list[str] = field(
+        default_factory=lambda: ["original", "prune_sw", "prune_sw_restore_sa", "prune_non_sw"])
     non_sw_fraction: float = 1.0e-6   # paper B: top 1e-6 of every attention/MLP matrix (~7,000 on LLaMA-7B)
     non_sw_min_per_matrix: int = 1    # int(1e-6 * numel) is 0 on small models: at least this many per matrix
 
@@ -51,7 +52,8 @@ class SwStopwordsArgs(SuperWeightDetection):
 class SwWeightquantArgs(EvalProtocol, SuperWeightDetection):
     """§5.2, Fig. 7 and Table 6: INT4 round-to-nearest per block, plain vs clip + restore."""
 
-    block_sizes: list[int] = field(default_factory=lambda: [16384, 65536, 262144, 1048576])  # paper B's 128^2 ... 1024^2
+    # paper B's 128^2 ... 1024^2
+    block_sizes: list[int] = field(default_factory=lambda: [16384, 65536, 262144, 1048576])
     methods: list[str] = field(default_factory=lambda: ["rtn", "rtn_clip_restore"])
     bits: int = 4
     tile: list[int] | None = None  # [rows, cols] = 2-D tiles instead of contiguous blocks (block_sizes then ignored)

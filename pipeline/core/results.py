@@ -31,13 +31,14 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.loggers import strip_secrets
 from pipeline.core.paths import REPO_ROOT
 from pipeline.core.store import (
-    PARTIAL,
     RUNS,
+    adopt_abandoned,
     atomic_write,
     clean_stale,
     concat,
     read_csv_strict,
     shard_paths,
+    staging_name,
     swap_in,
 )
 
@@ -172,8 +173,9 @@ class ResultsWriter:
         self.exp_dir = self.root / experiment
         safe = [_UNSAFE.sub("_", x.replace("/", "--")) for x in (model, dataset)]
         self.key = f"{safe[0]}__{safe[1]}__seed{self.seed}__{self.setting}"
-        self.staging = self.exp_dir / RUNS / f"{PARTIAL}{self.key}"
-        self.resumed = self.staging.is_dir()  # a killed run of this very setting left its rows
+        self.staging = self.exp_dir / RUNS / staging_name(self.key)  # this job's own
+        # a killed job of this very setting left its rows: adopt them (never a live job's folder)
+        self.resumed = adopt_abandoned(self.exp_dir / RUNS, self.key, self.staging)
         if self.exp_dir.is_dir():
             clean_stale(self.exp_dir)
 
@@ -245,10 +247,6 @@ class ResultsWriter:
         frames.append(_read_text(own / f"{table}.csv"))
         return _typed(concat(frames, PROVENANCE_COLUMNS))
 
-    def manifest_path(self) -> Path:
-        """Where this run's manifest lands when it commits."""
-        return self.exp_dir / RUNS / self.key / "manifest.json"
-
     def commit(self, config: Mapping, extra: dict | None = None) -> Path:
         """Write the manifest beside the staged tables, then make the run visible in one rename
         (replacing an earlier run of the same setting) and rebuild the merged views. Manifest:
@@ -283,8 +281,6 @@ class ResultsWriter:
         except OSError as err:
             raise _write_failed(final, err) from err
         return final / "manifest.json"
-
-    write_manifest = commit
 
     def _supersede_legacy(self, new_keys: dict[str, pd.DataFrame]) -> None:
         """Rows recorded before settings were hashed sit in a ``legacy`` shard per model, dataset

@@ -5,13 +5,18 @@
     results/<experiment>/
       runs/<key>/<table>.csv       one shard per run: every row one job wrote, one setting
       runs/<key>/manifest.json     that run's manifest, committed together with its tables
-      runs/.partial-<key>/         a run still going, or killed: resumed by a re-run of its key
+      runs/.partial-<key>.<host>.<pid>.<id>/   one job's run still going, or killed: adopted and
+                                   resumed by the next job of the same key once its owner is gone
       <table>.csv                  a merged view of every committed shard (rebuilt; never the truth)
 
-``<key>`` names the job: model, dataset, seed and a hash of the resolved setting. A job writes
-only inside its own ``.partial-<key>`` folder (no lock is needed, so NFS, where ``flock`` is
-unreliable, is safe) and commits by renaming that folder into place: its tables and manifest
-become visible together or not at all. A re-run of the same setting replaces exactly its own
+``<key>`` names the setting: model, dataset, seed and a hash of the resolved setting. A job writes
+only inside its own staging folder, unique to the job (no lock is needed, so NFS, where ``flock``
+is unreliable, is safe), and commits by renaming that folder into place: its tables and manifest
+become visible together or not at all. Two live jobs of one setting (the same command twice, a
+requeued SLURM job while the old one still runs) each stage apart; the later commit replaces the
+earlier one whole, never a mix. A killed job's folder is adopted by the next job of its setting
+(:func:`adopt_abandoned`): on this host once its process is gone, from another host once it has
+not been written for ``ABANDONED_AFTER_S``. A re-run of the same setting replaces exactly its own
 shard; another setting (a sweep over ``seq_len``, a dtype) lands beside it. Readers merge the
 committed shards; a shard that does not parse cleanly is refused with one line naming it.
 """
@@ -35,6 +40,7 @@ from pipeline.core.errors import PipelineError
 
 RUNS = "runs"
 PARTIAL = ".partial-"
+ABANDONED_AFTER_S = 15 * 60  # another host's staging folder untouched this long: its job is gone
 _HOST = socket.gethostname().split(".")[0]
 
 
@@ -86,6 +92,46 @@ def swap_in(staged: Path, final: Path) -> None:
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def staging_name(key: str) -> str:
+    """This job's own staging folder name for setting ``key``."""
+    return f"{PARTIAL}{key}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+def _abandoned(folder: Path, now: float) -> bool:
+    """Whether no live job owns a staging folder (an old-style ``.partial-<key>`` has no owner)."""
+    parts = folder.name.rsplit(".", 3)
+    if len(parts) != 4 or not parts[2].isdigit():
+        return True
+    host, pid = parts[1], int(parts[2])
+    if host == _HOST:
+        return not _pid_alive(pid)
+    try:
+        last = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())])
+    except FileNotFoundError:  # committed or adopted meanwhile
+        return False
+    return now - last > ABANDONED_AFTER_S
+
+
+def adopt_abandoned(runs: Path, key: str, mine: Path) -> bool:
+    """Take over a killed job's staging folder of setting ``key`` by renaming it to ``mine``
+    (atomic: of two jobs racing for it, one gets it and the other starts afresh). True if one was
+    adopted: its finished conditions are then kept, not computed again."""
+    import time
+
+    if not runs.is_dir():
+        return False
+    now = time.time()
+    for folder in sorted(runs.glob(f"{PARTIAL}{key}*")):
+        rest = folder.name[len(PARTIAL) + len(key):]
+        if folder.is_dir() and rest[:1] in ("", ".") and _abandoned(folder, now):
+            try:
+                os.rename(folder, mine)
+            except (FileNotFoundError, OSError):
+                continue
+            return True
+    return False
 
 
 def _pid_alive(pid: int) -> bool:

@@ -112,7 +112,8 @@ class BigramTask:
         if self.ood not in (None, "train", "test"):
             raise PipelineError(f"ood must be null, train or test, not {self.ood!r}")
         if self.ood and self.outputs == "bigram":
-            raise PipelineError("the OOD split draws outputs uniformly from a range of ids: outputs=bigram is not allowed")
+            raise PipelineError("the OOD split draws outputs uniformly from a range of ids: "
+                                "outputs=bigram is not allowed")
 
 
 def fixed_triggers(stats: CharStats, task: BigramTask) -> np.ndarray:
@@ -180,7 +181,8 @@ def generate(stats: CharStats, task: BigramTask, rng: np.random.Generator, batch
     return tokens, counter
 
 
-def reference_batch(stats: CharStats, task: BigramTask, rng: np.random.Generator, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def reference_batch(stats: CharStats, task: BigramTask, rng: np.random.Generator,
+                    batch: int) -> tuple[np.ndarray, np.ndarray]:
     """The official generator's algorithm (transformer-birth ``ihead_data.Dataset.gen_seq``): a
     Python loop over sequences and tokens with one ``rng.choice`` per token. Tests compare
     :func:`generate`'s statistics with it; the benchmark times it."""

@@ -47,7 +47,8 @@ def offline_bpe(vocab_size: int, datasets: list[str] | tuple[str, ...],
             print(f"[data] training a {vocab_size}-token BPE on the train split of {', '.join(datasets)} (once) ...",
                   flush=True)
             texts = [doc for name in datasets
-                     for doc in build_source(data_config(name, catalog or default_catalog(), split="train")).documents()]
+                     for doc in build_source(data_config(name, catalog or default_catalog(),
+                                                         split="train")).documents()]
             tok = byte_level_bpe(texts, vocab_size, [SPECIAL["bos_token"]])
             tmp = Path(str(target) + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)

@@ -69,8 +69,9 @@ def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], Abst
 
     One pass of the unmodified model comes first: its log-probabilities are cached and every
     condition's KL(unmodified || condition) per token is computed against them; ``baseline`` names
-    the condition that *is* the unmodified model, whose perplexity is that pass (not computed again). Per-window NLL / KL and per-document scores go to ``<long>_items`` (paired
-    intervals between conditions: the same windows and documents).
+    the condition that *is* the unmodified model, whose perplexity is that pass (not computed again).
+    Per-window NLL / KL and per-document scores go to ``<long>_items`` (paired intervals between
+    conditions: the same windows and documents).
 
     With ``tables=(long, wide)`` each condition is written as it finishes (``condition`` as
     provenance; the ``long_columns`` of ``describe`` copied into its long rows), and a condition that a killed run

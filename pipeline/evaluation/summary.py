@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 
-def fmt(v: Any) -> str:
+def format_number(v: Any) -> str:
     """A number as the summaries print it: 4 significant digits, ``inf`` and ``nan`` by name."""
     if isinstance(v, float):
         return "inf" if math.isinf(v) else ("nan" if math.isnan(v) else f"{v:.4g}")
@@ -18,5 +18,5 @@ def format_table(table: list[dict], first: str = "condition") -> list[str]:
     cols = [k for k in table[0] if k.startswith("ppl_")] + (["acc_mean"] if "acc_mean" in table[0] else [])
     lines = ["  " + f"{first:<22}" + "".join(f"{c:>22}" for c in cols)]
     for row in table:
-        lines.append("  " + f"{row['condition']:<22}" + "".join(f"{fmt(row.get(c)):>22}" for c in cols))
+        lines.append("  " + f"{row['condition']:<22}" + "".join(f"{format_number(row.get(c)):>22}" for c in cols))
     return lines

@@ -24,7 +24,8 @@ def _setting(df: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
-def _curves(df: pd.DataFrame, cols: list[tuple[str, str]], out: Path, title: str, log_cols: tuple[str, ...] = ()) -> Path | None:
+def _curves(df: pd.DataFrame, cols: list[tuple[str, str]], out: Path, title: str,
+            log_cols: tuple[str, ...] = ()) -> Path | None:
     cols = [(c, t) for c, t in cols if c in df and df[c].notna().any()]
     if not cols:
         return None
@@ -51,18 +52,22 @@ def _curves(df: pd.DataFrame, cols: list[tuple[str, str]], out: Path, title: str
 @figure("birth_train", "birth_probes", ("birth_curve",), across_models=True)
 def fig_probes(df: pd.DataFrame, _model: str, out: Path) -> Path | None:
     """Fig. 3: in-context accuracy and the four memory-recall probes vs iteration."""
-    return _curves(df, [("acc_end", "acc_end: in-context accuracy (counter >= 2)"), ("acc_end_test", "acc_end_test (held out)"),
+    return _curves(df, [("acc_end", "acc_end: in-context accuracy (counter >= 2)"),
+                        ("acc_end_test", "acc_end_test (held out)"),
                         ("wo1", "wo1: W_O2 output recall"), ("wk1", "wk1: W_K2 trigger recall"),
-                        ("wk0", "wk0: W_K1 previous-position recall"), ("wk0_64", "wk0_64: the same, first 64 positions")],
+                        ("wk0", "wk0: W_K1 previous-position recall"),
+                        ("wk0_64", "wk0_64: the same, first 64 positions")],
                    out, "paper C: induction head and memory probes")
 
 
 @figure("birth_train", "birth_losses", ("birth_curve",), across_models=True)
 def fig_losses(df: pd.DataFrame, _model: str, out: Path) -> Path | None:
     """Fig. 4: global (bigram) vs in-context (counter >= 2) learning, and ff1_loss."""
-    return _curves(df, [("loss_bigram", "loss on bigram tokens (global)"), ("loss_head", "loss on counter >= 2 (in-context)"),
+    return _curves(df, [("loss_bigram", "loss on bigram tokens (global)"),
+                        ("loss_head", "loss on counter >= 2 (in-context)"),
                         ("ff1_loss", "ff1_loss: KL(pi_b || W_F recall)"), ("acc_tot", "acc_tot (counter >= 1)"),
-                        ("score_acc", "layer 1 attends to the previous token"), ("score2_acc", "layer 2 induction attention")],
+                        ("score_acc", "layer 1 attends to the previous token"),
+                        ("score2_acc", "layer 2 induction attention")],
                    out, "paper C: global vs in-context learning", log_cols=("ff1_loss",))
 
 
@@ -76,7 +81,8 @@ def fig_start_token(df: pd.DataFrame, _model: str, out: Path) -> Path | None:
     return _curves(df, [*names, ("ratio_max", "largest top-1 / median |h|")], out, "start token as a sink")
 
 
-@figure("birth_train", "birth_attention", ("birth_attention",), across_models=True, text_columns=("query_token", "key_token"))
+@figure("birth_train", "birth_attention", ("birth_attention",), across_models=True,
+        text_columns=("query_token", "key_token"))
 def fig_attention(df: pd.DataFrame, _model: str, out: Path) -> Path:
     """Fig. 2: the trained models' attention maps on one held-out sequence, a row per run and
     layer, a column per head (layer 1: previous-token head; layer 2: induction head)."""

@@ -163,8 +163,9 @@ def fig_attention_decomposition(df: pd.DataFrame, model: str, out: Path) -> Path
     df = df.sort_values("layer")
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     x = df["layer_1based"]
-    for ax, (col_s, col_r, label) in zip(axes, [("cos_massive", "cos_rest", "mean pairwise cosine (1 = constant)"),
-                                                  ("relvar_massive", "relvar_rest", "relative variance (0 = constant)")],
+    for ax, (col_s, col_r, label) in zip(axes,
+                                         [("cos_massive", "cos_rest", "mean pairwise cosine (1 = constant)"),
+                                          ("relvar_massive", "relvar_rest", "relative variance (0 = constant)")],
                                          strict=True):
         ax.plot(x, df[col_s], marker="o", ms=3, color="#d62728", label="part from S (massive tokens)")
         ax.plot(x, df[col_r], marker="o", ms=3, color="#7f7f7f", label="part from the other keys")

@@ -32,7 +32,8 @@ def restore_super_activation(model: torch.nn.Module, sites: Sequence[WeightSite]
     spec = get_arch(model)
     by_layer: dict[int, list[tuple[int, int, float, int | None]]] = defaultdict(list)
     for s in sites:
-        by_layer[s.layer].append((s.row, s.col, float(down_proj_matrix(model, s.layer, s.expert)[s.row, s.col]), s.expert))
+        by_layer[s.layer].append((s.row, s.col, float(down_proj_matrix(model, s.layer, s.expert)[s.row, s.col]),
+                                  s.expert))
     shapes: dict[int, tuple[int, int]] = {}
 
     def record_shape(name: str, h: torch.Tensor) -> None:  # the decoder layer's input: (B, T, d)

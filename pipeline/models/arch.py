@@ -1,7 +1,7 @@
 """Where the interesting modules live in each causal-LM architecture (transformers 5).
 
 One :class:`ArchSpec` per ``config.model_type`` (never per model name). Every path below was
-read off a tiny model built from a config with the pinned transformers 5.24 (``tests/test_arch.py``
+read off a tiny model built from a config with the pinned transformers 5.24 (``tests/unit/test_arch.py``
 checks every one).
 
 Paths are dotted attribute names; integer parts index a ``ModuleList``. ``layers``,
@@ -229,9 +229,9 @@ _SPECS += [
              input_norm="layer_norm1", post_attn_norm="layer_norm2", v_proj="self_attn.v_proj",
              o_proj="self_attn.out_proj", attn_inputs=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
              mlp_inputs=("mlp.fc1",), prefix_tokens=(("cls", 1),), image_encoder=True),
-    ArchSpec(model_type="vit", layers="layers", attn="attention", mlp="mlp", down_proj="mlp.fc2", final_norm="layernorm",
-             embed=None, gated_mlp=False, input_norm="layernorm_before", post_attn_norm="layernorm_after",
-             v_proj="attention.v_proj", o_proj="attention.o_proj",
+    ArchSpec(model_type="vit", layers="layers", attn="attention", mlp="mlp", down_proj="mlp.fc2",
+             final_norm="layernorm", embed=None, gated_mlp=False, input_norm="layernorm_before",
+             post_attn_norm="layernorm_after", v_proj="attention.v_proj", o_proj="attention.o_proj",
              attn_inputs=("attention.q_proj", "attention.k_proj", "attention.v_proj"), mlp_inputs=("mlp.fc1",),
              prefix_tokens=(("cls", 1),), image_encoder=True),
 ]

@@ -69,7 +69,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, need_probs: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, d = x.shape
-        q, k, v = (z.view(b, t, self.c.n_heads, self.head_dim).transpose(1, 2) for z in (self.wq(x), self.wk(x), self.wv(x)))
+        q, k, v = (z.view(b, t, self.c.n_heads, self.head_dim).transpose(1, 2)
+                   for z in (self.wq(x), self.wk(x), self.wv(x)))
         if self.c.attn_bias:
             k = torch.cat([self.k_bias.expand(b, -1, -1, -1), k], dim=2)
             v = torch.cat([self.v_bias.expand(b, -1, -1, -1), v], dim=2)
@@ -131,7 +132,8 @@ class BirthForCausalLM(PreTrainedModel):
         if c.positions == "learned":
             self.pos_embeddings = nn.Embedding(c.n_positions, c.dim)
         else:  # fixed: a buffer saved with the weights (random positions must survive a reload)
-            pe = sincos_positions(c.n_positions, c.dim) if c.positions == "sincos" else torch.randn(c.n_positions, c.dim)
+            pe = (sincos_positions(c.n_positions, c.dim) if c.positions == "sincos"
+                  else torch.randn(c.n_positions, c.dim))
             self.register_buffer("pe", pe / math.sqrt(c.dim) if c.sqrtd_embeddings else pe)
         kinds = [c.first_ffn] + ["none"] * (c.n_layers - 2) + [c.final_ffn] if c.n_layers > 1 else [c.final_ffn]
         self.layers = nn.ModuleList(Block(c, kind) for kind in kinds)

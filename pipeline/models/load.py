@@ -87,8 +87,8 @@ def _init_model(cfg: Mapping[str, Any], device: torch.device) -> tuple[torch.nn.
     elif "bpe" in spec:
         tok = offline_bpe(int(spec["bpe"]), list(spec.get("datasets", ["wiki_summaries", "shakespeare", "austen"])))
     else:
-        raise PipelineError(f"model '{cfg['name']}' (source init) needs tokenizer: {{bpe: <vocab size>, datasets: [...]}} "
-                            "or {hub_id: <tokenizer id>} or {chars: shakespeare}")
+        raise PipelineError(f"model '{cfg['name']}' (source init) needs tokenizer: "
+                            "{bpe: <vocab size>, datasets: [...]} or {hub_id: <tokenizer id>} or {chars: shakespeare}")
     init = dict(cfg.get("init") or {})
     init.setdefault("vocab_size", len(tok))  # paper A pads GPT-2's 50,257 to 50,304 (a multiple of 64)
     if int(init["vocab_size"]) < len(tok):

@@ -33,7 +33,8 @@ class WeightSite:
         return f"{self.layer}:{self.row}:{self.col}" + ("" if self.expert is None else f":e{self.expert}")
 
     def __str__(self) -> str:
-        return f"layer {self.layer} W[{self.row}, {self.col}]" + ("" if self.expert is None else f" (expert {self.expert})")
+        return f"layer {self.layer} W[{self.row}, {self.col}]" + (
+            "" if self.expert is None else f" (expert {self.expert})")
 
 
 def down_proj_matrix(model: nn.Module, layer_idx: int, expert: int | None = None) -> torch.Tensor:
@@ -72,11 +73,6 @@ class Matrix:
     in_out: bool = False
     expert: int | None = None
     param: str = "weight"
-
-    @property
-    def out_in(self) -> torch.Tensor:
-        """A (out, in) view of the stored tensor."""
-        return self.stored.T if self.in_out else self.stored
 
 
 def decoder_matrices(model: nn.Module) -> list[Matrix]:

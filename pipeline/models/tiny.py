@@ -56,7 +56,8 @@ def tiny_tokenizer(vocab_size: int = 384, add_bos: bool = False) -> PreTrainedTo
 def _config(arch: str, vocab: int, cfg: Mapping[str, Any]):
     d, n_layers, heads = cfg.get("hidden_size", 64), cfg.get("num_layers", 4), 4
     for key, value, low in (("hidden_size", d, heads), ("num_layers", n_layers, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low or (key == "hidden_size" and value % heads):
+        if (not isinstance(value, int) or isinstance(value, bool) or value < low
+                or (key == "hidden_size" and value % heads)):
             raise PipelineError(f"tiny model: {key}={value!r} must be an integer >= {low}"
                                 + (f" and a multiple of {heads}" if key == "hidden_size" else ""))
     if arch == "llama":

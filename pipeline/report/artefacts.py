@@ -52,7 +52,8 @@ def load_artefacts(folder=CONF_DIR / "experiment") -> tuple[Artefact, ...]:
         except TypeError as err:
             raise PipelineError(f"{path.name}: entry {entry.get('experiment')!r}: {err}") from err
         if a.rule not in RULES:
-            raise PipelineError(f"{path.name}: {a.experiment}: unknown rule {a.rule!r}; known: {', '.join(sorted(RULES))}")
+            raise PipelineError(f"{path.name}: {a.experiment}: unknown rule {a.rule!r}; "
+                                f"known: {', '.join(sorted(RULES))}")
         out.append(a)
     return tuple(sorted(out, key=lambda a: a.order))
 

@@ -102,7 +102,8 @@ def sections(root: Path) -> list[dict[str, Any]]:
         stale = summary(check_folder(REPO_ROOT, root / results_folder(a))) if df is not None else None
         out.append({"a": a, "verdict": v, "why": why, "rule": " ".join((RULES[a.rule].__doc__ or "").split()),
                     "stale": stale,
-                    "setting": setting(df) if df is not None else "not run", "table": shown(a, df) if df is not None else None,
+                    "setting": setting(df) if df is not None else "not run",
+                    "table": shown(a, df) if df is not None else None,
                     "n_rows": 0 if df is None else len(df), "published": published(a), "figures": figs})
     return out
 
@@ -123,7 +124,8 @@ def markdown(secs: list[dict[str, Any]], root: Path) -> str:
         lines += ["", f"## {paper}: {name}" if paper != "beyond" else f"## {name}"]
         for s in (s for s in secs if s["a"].paper == paper):
             a = s["a"]
-            lines += ["", f"### {a.title}", "", f"- experiment: `{a.experiment}`; verdict: **{s['verdict']}** ({s['why']})",
+            lines += ["", f"### {a.title}", "",
+                      f"- experiment: `{a.experiment}`; verdict: **{s['verdict']}** ({s['why']})",
                       f"- rule: {s['rule']}", f"- setting: {s['setting']}",
                       f"- record: {s['stale'] or 'current (no file that produced it changed since it was recorded)'}",
                       f"- regenerate: `{a.command}` ({a.hardware}); the paper's setting: "
@@ -154,7 +156,8 @@ def to_html(secs: list[dict[str, Any]], md: str) -> str:
             path = line[line.index("(") + 1:-1]
             fig = next(f for s in secs for f in s["figures"] if str(f).endswith(path))
             data = base64.b64encode(fig.read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(fig.stem)}" src="data:image/png;base64,{data}" style="max-width:100%">')
+            body.append(f'<img alt="{html.escape(fig.stem)}" src="data:image/png;base64,{data}" '
+                        'style="max-width:100%">')
         elif line.startswith("#"):
             level = len(line) - len(line.lstrip("#"))
             body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
@@ -179,9 +182,10 @@ def to_html(secs: list[dict[str, Any]], md: str) -> str:
     if in_table:
         out.append("</table>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
-             "font-size:12px;margin:.5em 0}td{border:1px solid #ccc;padding:2px 6px}tr:first-child td{font-weight:bold}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>Report</title><style>{style}</style></head><body>" \
-           + "\n".join(out) + "</body></html>\n"
+             "font-size:12px;margin:.5em 0}td{border:1px solid #ccc;padding:2px 6px}"
+             "tr:first-child td{font-weight:bold}")
+    head = f"<!doctype html><html><head><meta charset='utf-8'><title>Report</title><style>{style}</style></head>"
+    return head + "<body>" + "\n".join(out) + "</body></html>\n"
 
 
 def build(root: Path, md_path: Path, html_path: Path | None) -> list[dict[str, Any]]:

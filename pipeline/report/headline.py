@@ -39,7 +39,8 @@ def readme_block(secs: list[dict[str, Any]]) -> str:
     """What the README holds between the markers: the verdict counts and the table."""
     counts = ", ".join(f"{verdict}: {n}" for verdict, n in verdict_counts(secs).items())
     stale = sum(bool(s.get("stale")) for s in secs)
-    note = f" {stale} are stale: the code or config that produced their rows changed since (make record-stale)." if stale else ""
+    note = (f" {stale} are stale: the code or config that produced their rows changed since (make record-stale)."
+            if stale else "")
     return "\n".join([f"{len(secs)} artefacts ({counts}).{note}", "", *headline_table(secs, numbers=False)])
 
 

@@ -63,9 +63,38 @@ def check_shard(repo: Path, shard: Path) -> Staleness | None:
     if _git(repo, "cat-file", "-e", f"{sha}^{{commit}}").returncode:
         return Staleness(shard, sha, (), known=False)
     files = inputs_of(repo, manifest)
-    code = _git(repo, "diff", "--name-only", sha, "--", *[f for f in files if f.endswith(".py")]).stdout.split()
+    touched = _git(repo, "diff", "--name-only", sha, "--", *[f for f in files if f.endswith(".py")]).stdout.split()
+    code = [f for f in touched if _code_changed(repo, sha, f)]
     conf = [f for f in files if f.endswith(".yaml") and _config_changed(repo, sha, f)]
     return Staleness(shard, sha, tuple(sorted(set(code) | set(conf))))
+
+
+def _code_shape(text: str) -> str | None:
+    """The program a file holds, without comments, layout and docstrings (None if it does not parse)."""
+    import ast
+
+    try:
+        tree = ast.parse(text)
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
+                getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+@cache
+def _code_changed(repo: Path, sha: str, path: str) -> bool:
+    """A Python file's program changed since ``sha``: a reformat, a wrapped line, an edited
+    comment or docstring does not count (no number can change)."""
+    old = _git(repo, "show", f"{sha}:{path}")
+    now = repo / path
+    if old.returncode or not now.is_file():
+        return True
+    before, after = _code_shape(old.stdout), _code_shape(now.read_text())
+    return before is None or before != after
 
 
 def _config_changed(repo: Path, sha: str, path: str) -> bool:
@@ -131,8 +160,8 @@ def rerun_command(repo: Path, shard: Path) -> list[str]:
 
     manifest = json.loads((shard / "manifest.json").read_text())
     cfg, folder = manifest["config"], shard.parents[1].name
-    exps = sorted(p.stem for p in (repo / "conf" / "experiment").glob("*.yaml")
-                  if (OmegaConf.load(p).get("run") or {}).get("experiment") in (folder, None) and p.stem.startswith(folder))
+    exps = sorted(p.stem for p in (repo / "conf" / "experiment").glob("*.yaml") if p.stem.startswith(folder)
+                  and (OmegaConf.load(p).get("run") or {}).get("experiment") in (folder, None))
     exp = folder if folder in exps else exps[0]
     args = [f"experiment={exp}"]
     with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):

@@ -43,8 +43,9 @@ def first_massive(ctx, args: AtlasArgs) -> tuple[dict[str, Any], str]:
         context = getattr(ctx.model.config, "max_position_embeddings", args.seq_len) or args.seq_len
         seq_len = min(args.seq_len, int(context))
         ids = ctx.windows(seq_len, args.n_inputs)
-        prof = profile_layers(ctx, ids, batch_size=1, abs_threshold=args.abs_threshold, rel_threshold=args.rel_threshold,
-                              max_hits=args.max_hits, delimiters=list(args.delimiters), quiet=True)
+        prof = profile_layers(ctx, ids, batch_size=1, abs_threshold=args.abs_threshold,
+                              rel_threshold=args.rel_threshold, max_hits=args.max_hits,
+                              delimiters=list(args.delimiters), quiet=True)
         on = f"{len(ids)} x {seq_len} tokens of {ctx.data_cfg['name']}"
     layers = prof.layer_rows()
     peak = max(layers, key=lambda r: r["top1_over_median"])
@@ -65,7 +66,8 @@ def super_weight_row(ctx, args: AtlasArgs) -> dict[str, Any]:
     try:
         layer_module(ctx.model, 0, "down_proj")
     except (PipelineError, AttributeError):
-        return {"super_weight": f"not applicable: the model has no MLP down-projection ('{ctx.arch.down_proj}' is absent)"}
+        return {"super_weight": "not applicable: the model has no MLP down-projection "
+                                f"('{ctx.arch.down_proj}' is absent)"}
     ids = ctx.encode(args.detect_prompt).to(ctx.device)
     try:
         det = detect(ctx.model, ids)
@@ -98,7 +100,8 @@ def run(ctx, args: AtlasArgs) -> dict[str, Any]:
 def format_summary(out: dict[str, Any]) -> str:
     r = out["row"]
     m = (f"first at layer {r['massive_layer']}, dim {r['massive_dim']} on {r['massive_token']} "
-         f"(|h| {abs(r['massive_value']):,.0f}, {r['massive_ratio']:,.0f} x median)" if r["massive"] == "yes" else r["massive"])
+         f"(|h| {abs(r['massive_value']):,.0f}, {r['massive_ratio']:,.0f} x median)"
+         if r["massive"] == "yes" else r["massive"])
     s = (f"layer {r['sw_layer']} row {r['sw_row']} col {r['sw_col']} (weight {r['sw_weight']:.2f}, "
          f"row is a massive dim: {r['sw_row_is_massive_dim']})" if r["super_weight"] == "yes" else r["super_weight"])
     return (f"{out['model']} ({r['model_type']}, {r['layers']} layers, {r['params_m']}M): massive activations: {m}; "

@@ -65,8 +65,9 @@ def run(ctx, args: BirthTrainArgs) -> dict[str, Any]:
     if bos and bos_id is None:
         raise PipelineError("bos=true needs a tokenizer with a start token (model.tokenizer.bos=true)")
     if model.config.vocab_size != stats.vocab_size + bool(bos) or model.config.n_positions < seq_len + bool(bos):
-        raise PipelineError(f"the model's vocabulary ({model.config.vocab_size}) / positions ({model.config.n_positions}) "
-                            f"do not fit {stats.vocab_size} characters{' + a start token' if bos else ''} and T = {seq_len}")
+        raise PipelineError(f"the model's vocabulary ({model.config.vocab_size}) / positions "
+                            f"({model.config.n_positions}) do not fit {stats.vocab_size} characters"
+                            f"{' + a start token' if bos else ''} and T = {seq_len}")
     task = BigramTask(k=args.k, fixed_triggers=args.fixed_triggers, outputs=args.outputs,
                       ood="train" if args.ood else None, no_repeat=args.no_repeat, seq_len=seq_len)
     test_task = BigramTask(k=args.k, fixed_triggers=args.fixed_triggers, outputs=args.test_outputs or args.outputs,

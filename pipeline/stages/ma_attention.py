@@ -259,7 +259,8 @@ def format_summary(out: dict[str, Any]) -> str:
     toks = ", ".join(f"{t['position']} {t['token']!r} ({t['token_type']})" for t in out["massive_tokens"])
     lines.append(f"  token set S [{out['token_set']}]: {toks}")
     lines.append(f"  {'layer':>5} {'share on S':>11} {'control':>9} {'uniform':>9}"
-                 f"   {'cos S':>7} {'relvar S':>9} {'cos rest':>9} {'relvar rest':>12} {'|S|/|rest|':>11} {'queries':>8}")
+                 f"   {'cos S':>7} {'relvar S':>9} {'cos rest':>9} {'relvar rest':>12}"
+                 f" {'|S|/|rest|':>11} {'queries':>8}")
     shares = {r["layer"]: r for r in out["share_rows"]}
     decomp = {r["layer"]: r for r in out["decomp_rows"]}
     for i in out["layers"]:
@@ -277,14 +278,17 @@ def format_summary(out: dict[str, Any]) -> str:
                      "its constancy numbers rest on very few points (use a longer prompt)")
     rows = out["decomp_rows"]
     if rows and {r["layer"] for r in rows} != set(out["layers"]):
-        med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in ("cos_massive", "relvar_massive", "cos_rest", "relvar_rest")}
+        med = {k: sorted(r[k] for r in rows)[len(rows) // 2]
+               for k in ("cos_massive", "relvar_massive", "cos_rest", "relvar_rest")}
         wins = sum(r["cos_massive"] > r["cos_rest"] and r["relvar_massive"] < r["relvar_rest"] for r in rows)
         lines.append(f"  decomposition over {len(rows)} layers ({rows[0]['layer']}..{rows[-1]['layer']}), medians: "
                      f"cos S {med['cos_massive']:.3f}, relvar S {med['relvar_massive']:.3f}, cos rest "
-                     f"{med['cos_rest']:.3f}, relvar rest {med['relvar_rest']:.3f}; part_S more constant in {wins}/{len(rows)}")
+                     f"{med['cos_rest']:.3f}, relvar rest {med['relvar_rest']:.3f}; "
+                     f"part_S more constant in {wins}/{len(rows)}")
     lines += [f"  note: {n}" for n in out["notes"]]
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_attention_share', 'ma_attention_decomposition', 'ma_attention_maps'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=('ma_attention_share', 'ma_attention_decomposition', 'ma_attention_maps'),
                                 artefact='paper A §4: attention concentration, implicit attention bias'))

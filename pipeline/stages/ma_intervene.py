@@ -84,7 +84,8 @@ def run(ctx, args: MaInterveneArgs) -> dict[str, Any]:
     is_delim = delimiter_test(ctx.tokenizer, list(args.delimiters))
 
     def condition(sites_c):
-        return (lambda: nullcontext()) if sites_c is None else (lambda: set_sites(ctx.model, {layer_idx: sites_c}, is_delim))
+        return ((lambda: nullcontext()) if sites_c is None
+                else (lambda: set_sites(ctx.model, {layer_idx: sites_c}, is_delim)))
 
     describe = {c: {"layer": layer_idx, "edited": "" if edits[c] is None else
                     ";".join(f"{s.token_type}:{s.dim}={s.value:.4g}" for s in edits[c])} for c in conditions}
@@ -116,5 +117,7 @@ def format_summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_intervene_sites', 'ma_intervene', 'ma_intervene_table', 'ma_intervene_items'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=('ma_intervene_sites', 'ma_intervene', 'ma_intervene_table',
+                                        'ma_intervene_items'),
                                 artefact='paper A §3, Table 3: set to zero / set to mean'))

@@ -49,7 +49,8 @@ def run(ctx, args: MaProfileArgs) -> dict[str, Any]:
     mags = torch.tensor([r["abs_value"] for r in fig1])
     fig1_massive = bool(mags.max() > massive_threshold(float(mags.median()), args.abs_threshold, args.rel_threshold))
     if not fig1_massive:
-        why += f"; on the Fig. 1 prompt the layer-{fig1_layer} maximum ({float(mags.max()):.1f}) is NOT massive by the rule"
+        why += (f"; on the Fig. 1 prompt the layer-{fig1_layer} maximum ({float(mags.max()):.1f}) "
+                "is NOT massive by the rule")
 
     paths = {}
     for table, rows in [("ma_layer_stats", layer_rows), ("ma_activations", act_rows),
@@ -85,7 +86,8 @@ def format_summary(out: dict[str, Any], max_rows: int = 12) -> str:
             lines.append(
                 f"  {m['first_layer']:>5} {m['dim']:>6}  {m['token_type']:<16}{m['token_text']!r:<12}"
                 f"{m['value_mean']:>12.1f}{m['value_std']:>9.1f}{m['ratio_to_median']:>10.0f}"
-                f"{m['frac_sequences']:>6.0%}  {m['first_layer']}-{m['last_layer']:<5} {'yes' if m['steady'] else 'no':<7}"
+                f"{m['frac_sequences']:>6.0%}  {m['first_layer']}-{m['last_layer']:<5}"
+                f" {'yes' if m['steady'] else 'no':<7}"
                 f" {m['peak_value_mean']:.4g} (layer {m['peak_layer']})")
         if len(massive) > max_rows:
             lines.append(f"  ... {len(massive) - max_rows} more in ma_massive.csv")
@@ -101,5 +103,6 @@ def format_summary(out: dict[str, Any], max_rows: int = 12) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('ma_layer_stats', 'ma_activations', 'ma_massive', 'ma_fig1'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=('ma_layer_stats', 'ma_activations', 'ma_massive', 'ma_fig1'),
                                 artefact='paper A §2: Table 1, Fig. 1, Fig. 3'))

@@ -30,7 +30,7 @@ from pipeline.config.super_weight import SwAblateArgs
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
-from pipeline.evaluation.summary import fmt, format_table
+from pipeline.evaluation.summary import format_number, format_table
 from pipeline.hooks.forward import capture
 from pipeline.interventions.restore import prune_restore
 from pipeline.interventions.weights import largest_weights, scale_weights, zero_weights
@@ -63,7 +63,8 @@ def run(ctx, args: SwAblateArgs) -> dict[str, Any]:
               "prune_non_sw": lambda: zero_weights(non_sw)}
     chosen = {c: makers[c] for c in args.conditions}
     sw_text = ";".join(s.key for s in sites)
-    describe = {c: {"super_weights": sw_text, "n_weights_edited": {"original": 0, "prune_non_sw": len(non_sw)}.get(c, len(sites))}
+    describe = {c: {"super_weights": sw_text,
+                    "n_weights_edited": {"original": 0, "prune_non_sw": len(non_sw)}.get(c, len(sites))}
                 for c in args.conditions}
 
     ids = ctx.tokenizer(args.detect_prompt, return_tensors="pt").input_ids.to(ctx.device)
@@ -85,15 +86,18 @@ def run(ctx, args: SwAblateArgs) -> dict[str, Any]:
 def format_summary(out: dict[str, Any]) -> str:
     sw = ", ".join(map(str, out["sites"]))
     lines = [f"super-weight ablations ({sw}; prune_non_sw zeroes {out['n_non_sw']} other weights)",
-             f"  perplexity on {out['ppl_setting']}; zero-shot {out['eval_suite']} limit {out['zero_shot_limit']} per task",
+             f"  perplexity on {out['ppl_setting']}; zero-shot {out['eval_suite']}"
+             f" limit {out['zero_shot_limit']} per task",
              *format_table(out["table"])]
     peaks = {}
     for r in out["fig4"]:
         peaks[r["condition"]] = max(peaks.get(r["condition"], 0.0), r["max_abs"])
-    lines.append("  max |layer output| on the prompt: " + ", ".join(f"{c} {fmt(v)}" for c, v in peaks.items()))
+    lines.append("  max |layer output| on the prompt: "
+                 + ", ".join(f"{c} {format_number(v)}" for c, v in peaks.items()))
     lines.append("  beside the papers' numbers: make report (results/REPORT.md)")
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_ablate', 'sw_ablate_table', 'sw_ablate_items', 'sw_layer_max'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=('sw_ablate', 'sw_ablate_table', 'sw_ablate_items', 'sw_layer_max'),
                                 artefact='paper B Table 1, Fig. 4'))

@@ -20,8 +20,9 @@ Conditions:
                           exceeds the rest of its row; super weights detected by ``sw_detect``
   smoothquant             SmoothQuant smoothing (alpha 0.85, per-channel input maxima from
                           calibration text; the norm -> q/k/v and norm -> gate/up groups as the
-                          reference code, ``smooth_down_proj`` adds up_proj -> down_proj), then W8A8; reported as not applicable, with the
-                          reason, where it cannot be folded (e.g. OLMo's weightless LayerNorm)
+                          reference code, ``smooth_down_proj`` adds up_proj -> down_proj), then W8A8;
+                          reported as not applicable, with the reason, where it cannot be folded
+                          (e.g. OLMo's weightless LayerNorm)
 
 Metric: perplexity (paper B: WikiText-2 and C4; offline stand-ins). Tables: ``sw_actquant`` (long),
 ``sw_actquant_table`` (one row per condition, with paper B's recovery shares computed from our
@@ -43,7 +44,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
-from pipeline.evaluation.summary import fmt, format_table
+from pipeline.evaluation.summary import format_number, format_table
 from pipeline.interventions.quant import PARTS, outlier_channels, quantized_modules, w8a8
 from pipeline.interventions.smoothquant import (
     NotApplicable,
@@ -136,12 +137,13 @@ def format_summary(out: dict[str, Any]) -> str:
     for r in out["table"]:
         for k, v in r.items():
             if k.startswith("recovered_"):
-                lines.append(f"  {r['condition']}: {k} = {fmt(v)}%")
+                lines.append(f"  {r['condition']}: {k} = {format_number(v)}%")
     if out["not_applicable"]:
         lines.append(f"  smoothquant not applicable: {out['not_applicable']}")
     lines += paper_table_lines(out.get("paper"), "w8a8", "perplexity")
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_actquant', 'sw_actquant_table', 'sw_actquant_items'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=('sw_actquant', 'sw_actquant_table', 'sw_actquant_items'),
                                 artefact='paper B §5.1: Tables 3, 4, 7'))

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.analysis.massive_structure import massive_structure
 from pipeline.analysis.super_weight import detect, detect_kwargs, massive_dims
-from pipeline.analysis.writers import massive_structure
 from pipeline.config.super_weight import SwDetectArgs
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.hooks.positions import position_tokens
@@ -58,23 +58,27 @@ def format_summary(out: dict[str, Any]) -> str:
         lines.append("  none found")
     for d in out["directory"]:
         expert = "" if d.get("expert") is None else f" expert {d['expert']}"
-        lines.append(f"  layer {d['layer']:>3}{expert} W[{d['row']}, {d['col']}] = {d['weight']:+.4f}   input {d['in_value']:+.1f}"
-                     f"  output {d['out_value']:+.1f} at token {d['token']} {d['token_text']!r}  ({d['share']:.0%} of it)"
+        lines.append(f"  layer {d['layer']:>3}{expert} W[{d['row']}, {d['col']}] = {d['weight']:+.4f}"
+                     f"   input {d['in_value']:+.1f}"
+                     f"  output {d['out_value']:+.1f} at token {d['token']} {d['token_text']!r}"
+                     f"  ({d['share']:.0%} of it)"
                      f"  {d['role']}"
                      f"{'  row = a massive-activation dim' if d['row_is_massive_dim'] else ''}")
     lines.append("  (layers 0-based, as paper B; W[row = output channel, col = input channel])")
     if out["rebuilt"]:
         lines.append(f"  set aside, not super weights: {len(out['rebuilt'])} spike(s) explained by one weight whose "
                      "massive activation survives zeroing it (other MLPs keep it up or rebuild it): " + ", ".join(
-                         f"layer {r['layer']} W[{r['row']}, {r['col']}] ({r['survives']:.0%} left)" for r in out["rebuilt"][:6]))
+                         f"layer {r['layer']} W[{r['row']}, {r['col']}] ({r['survives']:.0%} left)"
+                         for r in out["rebuilt"][:6]))
     if out["structure"]:
         lines.append("how each steady massive activation is built:")
     for r in out["structure"]:
-        lines.append(f"  dim {r['dim']} at token {r['token']} {r['token_text']!r} (peak {r['peak_value']:+.4g} at layer "
-                     f"{r['peak_layer']}): {r['structure']}")
+        lines.append(f"  dim {r['dim']} at token {r['token']} {r['token_text']!r}"
+                     f" (peak {r['peak_value']:+.4g} at layer {r['peak_layer']}): {r['structure']}")
     lines.append("  beside the papers' numbers: make report (results/REPORT.md)")
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_down_proj_max', 'sw_directory', 'sw_structure', 'sw_writers'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=('sw_down_proj_max', 'sw_directory', 'sw_structure', 'sw_writers'),
                                 artefact='paper B §3.2: Table 2, Fig. 3'))

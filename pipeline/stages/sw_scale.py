@@ -51,8 +51,8 @@ def run(ctx, args: SwScaleArgs) -> dict[str, Any]:
     rows, table = evaluate_conditions(
         ctx, STAGE, conditions, ppl_sets=ctx.eval_windows(args.ppl_data, args.ppl_seq_len, args.ppl_windows),
         eval_suite=args.eval_suite, zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,
-        eval_batch_size=args.eval_batch_size, describe=describe, tables=("sw_scale", "sw_scale_table"), baseline=condition_name(1.0),
-        long_columns=("scale", "super_weights"))
+        eval_batch_size=args.eval_batch_size, describe=describe, tables=("sw_scale", "sw_scale_table"),
+        baseline=condition_name(1.0), long_columns=("scale", "super_weights"))
     paths = {t: ctx.results.path(t) for t in ("sw_scale", "sw_scale_table")}
     return {"sites": sites, "table": table, "rows": rows, "paths": paths, "zero_shot_limit": args.zero_shot_limit,
             "ppl_setting": f"{args.ppl_windows} x {args.ppl_seq_len} tokens"}
@@ -66,5 +66,6 @@ def format_summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_scale', 'sw_scale_table', 'sw_scale_items'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=('sw_scale', 'sw_scale_table', 'sw_scale_items'),
                                 artefact='paper B §5: Fig. 6'))

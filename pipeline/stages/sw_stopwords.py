@@ -148,8 +148,9 @@ def run(ctx, args: SwStopwordsArgs) -> dict[str, Any]:
         with scale_weights(ctx.model, sites if variant == "no_sw" else [], 0.0):
             dists[variant] = mean_next_token_probs(ctx.model, seqs, batch_size=args.batch_size, pad_id=pad,
                                                    device=ctx.device, desc=f"LAMBADA [{variant}]")
-            cases.append({"variant": variant, **case_study(ctx.model, ctx.tokenizer, args.case_prompt, args.case_target,
-                                                           add_special_tokens=args.add_special_tokens, device=ctx.device),
+            cases.append({"variant": variant,
+                          **case_study(ctx.model, ctx.tokenizer, args.case_prompt, args.case_target,
+                                       add_special_tokens=args.add_special_tokens, device=ctx.device),
                           "super_weights": sw_text})
     if not same_bits(_state_probe(ctx.model, seqs[0], ctx.device), reference):
         raise RuntimeError("pruning the super weights left the model changed")
@@ -168,7 +169,8 @@ def format_summary(out: dict[str, Any], n_show: int = 10) -> str:
     lines = [f"stopword shift on {out['n_prompts']} LAMBADA prompts, super weights pruned: {sw}",
              f"  {'token':<14}{'kind':<13}{'p original':>11}{'p no SW':>11}{'ratio':>9}"]
     for r in [r for r in rows if r["in_top_original"]][:n_show]:
-        lines.append(f"  {r['token']!r:<14}{r['kind']:<13}{r['prob_original']:>11.4f}{r['prob_no_sw']:>11.4f}{r['ratio']:>9.2f}")
+        lines.append(f"  {r['token']!r:<14}{r['kind']:<13}{r['prob_original']:>11.4f}{r['prob_no_sw']:>11.4f}"
+                     f"{r['ratio']:>9.2f}")
     rise = sorted(rows, key=lambda r: -(r["prob_no_sw"] - r["prob_original"]))[:5]
     lines.append("  largest rises: " + ", ".join(f"{r['token']!r} ({r['kind']}) x{r['ratio']:.1f}" for r in rise))
     for kind in ("stopword", "punctuation"):
@@ -181,5 +183,6 @@ def format_summary(out: dict[str, Any], n_show: int = 10) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_stopword_probs', 'sw_case_study'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=('sw_stopword_probs', 'sw_case_study'),
                                 artefact='paper B §3.3: Fig. 5 and the case study'))

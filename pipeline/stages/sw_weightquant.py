@@ -4,7 +4,8 @@ without super-weight handling (paper B §5.2, Fig. 7, Table 6).
 Every matrix inside the decoder layers (attention and MLP linears, MoE experts; not embeddings,
 norms or the LM head, as paper B's code) is fake-quantized with asymmetric min-max RTN to
 ``bits`` bits per block (``kernels.block_quant``: blocks are contiguous chunks of the flattened
-stored weight, paper B's "128x128" = 16,384 elements; ``tile=[rows, cols]`` = one 2-D tile shape instead of the list of block sizes). Methods:
+stored weight, paper B's "128x128" = 16,384 elements; ``tile=[rows, cols]`` = one 2-D tile shape
+instead of the list of block sizes). Methods:
 
   rtn               plain blockwise RTN
   rtn_clip_restore  paper B's "Ours": W_hat = RESTORE(Q^-1(Q(CLIP_z(W)))): each matrix clamped to
@@ -43,7 +44,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
-from pipeline.evaluation.summary import fmt, format_table
+from pipeline.evaluation.summary import format_number, format_table
 from pipeline.hooks.inputs import observe_inputs
 from pipeline.interventions.quant import RTN_METHODS, quantized_model, z_clip
 from pipeline.models.matrices import WeightSite, decoder_matrices, stored_index
@@ -181,12 +182,15 @@ def format_summary(out: dict[str, Any]) -> str:
     for b, zb in out["z"].items():
         errs = {r["method"] if r["method"] == "rtn" else f"z={r['z']:g}": r["rel_error"]
                 for r in out["z_rows"] if r["block_size"] == b}
-        lines.append(f"  block {b}: z chosen {zb:g} (output error {fmt(min(v for k, v in errs.items() if k != 'rtn'))}"
-                     f" vs rtn {fmt(errs.get('rtn', math.nan))})")
+        lines.append(f"  block {b}: z chosen {zb:g}"
+                     f" (output error {format_number(min(v for k, v in errs.items() if k != 'rtn'))}"
+                     f" vs rtn {format_number(errs.get('rtn', math.nan))})")
     lines += format_table(out["table"])
     lines += paper_table_lines(out.get("paper"), "fig7", "avg accuracy % by block size", sep=": ")
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=('sw_weightquant', 'sw_weightquant_table', 'sw_weightquant_items', 'sw_weightquant_z'),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=('sw_weightquant', 'sw_weightquant_table', 'sw_weightquant_items',
+                                        'sw_weightquant_z'),
                                 artefact='paper B §5.2: Fig. 7, Table 6'))

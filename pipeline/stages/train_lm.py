@@ -6,9 +6,10 @@ Tables: ``train_curve`` (per step: loss, lr; on evaluation steps the validation 
 top-1 / median ratio over layers and where it sits, attention shares on the first token / the
 sink / the k' slot), ``train_profile`` (per evaluation step and layer: top-1/2/3, median, ratio,
 where the top-1 sits) and ``train_landscape`` (the trained model's |h| at every token and dim of
-one layer on paper A's prompt "Summer is warm. Winter is cold.": its 3-D plot). The trained model and its tokenizer are saved with ``save_pretrained``
-under ``checkpoint_dir`` (default ``outputs/checkpoints/<experiment>/<run key with setting>``) and load like any
-model: ``model.source=local model.path=<that dir>`` runs every other stage on it.
+one layer on paper A's prompt "Summer is warm. Winter is cold.": its 3-D plot). The trained model
+and its tokenizer are saved with ``save_pretrained`` under ``checkpoint_dir`` (default
+``outputs/checkpoints/<experiment>/<run key with setting>``) and load like any model:
+``model.source=local model.path=<that dir>`` runs every other stage on it.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def run(ctx, args: TrainLmArgs) -> dict[str, Any]:
         row.update(ratio_max=peak["top1_over_median"], ratio_max_layer=peak["layer"], top1_max=peak["top1"],
                    top1_dim=peak["top1_dim"], top1_token_type=peak["top1_token_type"],
                    massive=any(r["n_massive"] > 0 for r in layers), **attention_shares(ctx, probe))
-        ctx.logger.log_metrics({f"train/{k}": float(v) for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+        ctx.logger.log_metrics({f"train/{k}": float(v) for k, v in row.items() if isinstance(v, (int, float))},
+                               step=step)
         for r in layers:  # kept in the history (and so in the checkpoint) for the per-layer table
             row.update({f"L{r['layer']}_{k}": r[k] for k in PROFILE_COLUMNS})
         return row
@@ -109,5 +111,6 @@ def format_summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=("train_curve", "train_profile", "train_landscape"),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=("train_curve", "train_profile", "train_landscape"),
                                 artefact="paper A §4.3: GPT-2 with default / sink / explicit attention bias"))

@@ -178,9 +178,11 @@ def run(ctx, args: VitInterveneArgs) -> dict[str, Any]:
 
 def format_summary(out: dict[str, Any]) -> str:
     sites = ", ".join(f"{s['token_type']} dim {s['dim']}" for s in out["sites"]) or "none"
-    lines = [f"{out['model']}: {out['eval_images']} evaluation images, means from {out['calib']} augmented calibration views",
+    lines = [f"{out['model']}: {out['eval_images']} evaluation images, means from {out['calib']} augmented "
+             "calibration views",
              f"  sites: {sites} ({out['why']}); registers: {len(out['registers'])}",
-             "  condition      cos(pooled, original)  rel L2 change  digits probe acc   (PROXIES, not ImageNet accuracy)"]
+             "  condition      cos(pooled, original)  rel L2 change  digits probe acc"
+             "   (PROXIES, not ImageNet accuracy)"]
     by: dict[str, dict[str, Any]] = {}
     for r in out["rows"]:
         by.setdefault(r["condition"], {})[r["metric"]] = r["value"] if r["metric"] != "not_applicable" else r["why"]
@@ -198,5 +200,6 @@ def format_summary(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary, tables=("vit_intervene", "vit_intervene_sites"),
+SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
+                                tables=("vit_intervene", "vit_intervene_sites"),
                                 artefact="paper A §5: set-to-zero / set-to-mean / Fix-Reg-Mean in ViTs"))

@@ -71,7 +71,8 @@ def run(ctx, args: VitProfileArgs) -> dict[str, Any]:
     massive = summarize(prof.activation_rows(), num_layers(ctx.model), prof.seen_values())
     first, why = steady_choice(massive, "landscape layer")
     peak = max(layers, key=lambda r: r["top1_over_median"])
-    at = (first if first is not None else peak["layer"]) if args.landscape_layer == "auto" else int(args.landscape_layer)
+    at = ((first if first is not None else peak["layer"]) if args.landscape_layer == "auto"
+          else int(args.landscape_layer))
     if not 0 <= at < len(decoder_layers(ctx.model)):
         raise PipelineError(f"landscape_layer {at} is out of range (the model has {num_layers(ctx.model)} blocks)")
     paths = {t: ctx.results.write(t, rows, stage=STAGE) for t, rows in
@@ -85,14 +86,17 @@ def run(ctx, args: VitProfileArgs) -> dict[str, Any]:
 def format_summary(out: dict[str, Any]) -> str:
     p = out["peak"]
     steady = [m for m in out["massive"] if m["steady"]]
-    lines = [f"{out['model']}: {len(out['images'])} images ({', '.join(out['images'][:4])}{', ...' if len(out['images']) > 4 else ''})",
-             f"  largest top-1 / median: {p['top1_over_median']:.0f} at block {p['layer_1based']} (|h| {p['top1']:.1f}, "
-             f"dim {p['top1_dim']}, {p['top1_token_type']}); paper A's rule: > 100 and > 1000 x median"]
+    lines = [f"{out['model']}: {len(out['images'])} images "
+             f"({', '.join(out['images'][:4])}{', ...' if len(out['images']) > 4 else ''})",
+             f"  largest top-1 / median: {p['top1_over_median']:.0f} at block {p['layer_1based']}"
+             f" (|h| {p['top1']:.1f}, dim {p['top1_dim']}, {p['top1_token_type']});"
+             " paper A's rule: > 100 and > 1000 x median"]
     if steady:
         lines += [f"  massive: dim {m['dim']} on {m['token_type']} from block {m['first_layer_1based']} "
                   f"(|h| {abs(m['value_mean']):,.0f})" for m in steady[:6]]
     else:
-        lines.append("  massive activations: none found" + (f" ({len(out['massive'])} transient hits)" if out["massive"] else ""))
+        lines.append("  massive activations: none found"
+                     + (f" ({len(out['massive'])} transient hits)" if out["massive"] else ""))
     lines.append(f"  landscape: block {out['landscape_layer'] + 1} ({out['why']})")
     for key in ("massive_dims", "register_mean_max"):
         entry = out.get("paper", {}).get(key)

@@ -35,7 +35,8 @@ SPLIT_SEED = 2357  # nanoGPT's openwebtext/prepare.py
 
 def corpus_tokens(tokenizer: Any, datasets: list[str], catalog: Catalog, num_proc: int | None = None,
                   cache: Path | None = None) -> dict[str, np.ndarray]:
-    """{"train", "val"}: the token streams of ``datasets`` under ``tokenizer``, cached under ``cache`` (default: the pipeline cache)."""
+    """{"train", "val"}: the token streams of ``datasets`` under ``tokenizer``, cached under ``cache``
+    (default: the pipeline cache)."""
     cfgs = [data_config(d, catalog) for d in datasets]
     name = Path(str(getattr(tokenizer, "name_or_path", "tok"))).name or "tok"
     folder = (cache or CACHE_DIR) / "train_data" / f"{name}-{len(tokenizer)}-{'-'.join(datasets)}"

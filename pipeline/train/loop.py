@@ -93,21 +93,42 @@ def save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimize
                             "(the previous checkpoint is kept)") from err
 
 
-def load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> tuple[int, list[dict]]:
+# what may differ between a checkpoint and the run that resumes it: how far to train, and where
+RESUMABLE_CHANGES = ("steps", "checkpoint_dir")
+
+
+def same_run(stored: dict, current: dict) -> str | None:
+    """None if a checkpoint written under ``stored`` (its config and seed) may be resumed by a run
+    of ``current``; else the first difference, for the message."""
+    for key in sorted(set(stored) | set(current)):
+        if key not in RESUMABLE_CHANGES and stored.get(key, "(absent)") != current.get(key, "(absent)"):
+            return f"{key} {stored.get(key, '(absent)')!r} there, {current.get(key, '(absent)')!r} here"
+    return None
+
+
+def load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    expect: dict | None = None) -> tuple[int, list[dict]]:
     """(step, history) of the checkpoint in ``out`` (or of the ``.old`` one a kill left behind),
-    its weights and optimizer state loaded into ``model`` and ``opt``; (0, []) if none."""
+    its weights and optimizer state loaded into ``model`` and ``opt``; (0, []) if none. With
+    ``expect`` (this run's config and seed), a checkpoint of another setting is refused in one line
+    (an explicit ``checkpoint_dir`` shared by two settings resumed the other's run before)."""
     from safetensors.torch import load_file
 
     for where in (out, out.with_name(out.name + ".old")):
         state = where / "train_state.json"
         if state.exists():
             meta = json.loads(state.read_text())
+            differs = same_run(meta.get("config") or {}, expect) if expect is not None else None
+            if differs:
+                raise PipelineError(f"checkpoint {where} was written by another setting ({differs}): "
+                                    "give this run its own checkpoint_dir, or remove that one to start over")
             weights = load_file(str(where / "model.safetensors"))
             missing, unexpected = model.load_state_dict(weights, strict=False)  # a tied head is saved once
             tied = set(getattr(model, "_tied_weights_keys", None) or {})
             if unexpected or set(missing) - tied:
-                raise PipelineError(f"checkpoint {where} does not fit this model (missing {sorted(set(missing) - tied)[:3]}, "
-                                    f"unexpected {unexpected[:3]}): a different model config? remove it to start over")
+                raise PipelineError(f"checkpoint {where} does not fit this model (missing "
+                                    f"{sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}): a different "
+                                    "model config? remove it to start over")
             if tied and hasattr(model, "tie_weights"):
                 model.tie_weights()
             opt.load_state_dict(torch.load(where / "optimizer.pt", weights_only=True))
@@ -159,9 +180,9 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
     ``cfg`` is :class:`pipeline.config.training.TrainConfig` (a training stage passes its own
     arguments, which are one); ``seed`` is the run's, recorded in the checkpoint (``batch`` is a
     pure function of it). ``batch(split, step, micro)`` gives one micro-batch
-    (:func:`model_inputs`); ``on_eval(step)`` returns extra columns (validation loss, the massive-activation profile, ...) every
-    ``eval_every`` steps and at the end. Returns the history: one row per step with ``loss`` and
-    ``lr``, evaluation columns on the evaluation steps."""
+    (:func:`model_inputs`); ``on_eval(step)`` returns extra columns (validation loss, the
+    massive-activation profile, ...) every ``eval_every`` steps and at the end. Returns the
+    history: one row per step with ``loss`` and ``lr``, evaluation columns on the evaluation steps."""
     rank, world = distributed()
     if cfg.grad_accum % world:
         raise PipelineError(f"grad_accum={cfg.grad_accum} micro-batches per step cannot be shared by {world} ranks: "
@@ -169,7 +190,7 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
     accum = cfg.grad_accum // world  # this rank's share: tokens per step do not depend on the GPU count
     model.to(device).train()
     opt = make_optimizer(model, cfg)
-    start, history = load_checkpoint(ckpt_dir, model, opt)
+    start, history = load_checkpoint(ckpt_dir, model, opt, expect=json.loads(json.dumps({**asdict(cfg), "seed": seed})))
     net = model
     if world > 1:  # each rank takes its own micro-batches: global index micro * world + rank
         from torch.nn.parallel import DistributedDataParallel

@@ -33,7 +33,8 @@ def induction(t):
                         "does not hold")
         out.append(f"{label}: acc_end {last['acc_end']:.3f} at step {int(last['step'])}, wo1 >= 0.5 at {wo}, "
                    f"wk0 >= 0.5 at {wk0}")
-    verdict = "holds" if all(v == "holds" for v in verdicts) else "partly" if "holds" in verdicts or "partly" in verdicts else "does not hold"
+    some = "holds" in verdicts or "partly" in verdicts
+    verdict = "holds" if all(v == "holds" for v in verdicts) else "partly" if some else "does not hold"
     return verdict, "; ".join(out)
 
 
@@ -77,7 +78,8 @@ def global_first(t):
             first, last = g[col].iloc[0], g[col].min()
             hit = g[g[col] <= first - (first - last) / 2]
             half[col] = int(hit["step"].iloc[0]) if len(hit) else None
-        wins += half["loss_bigram"] is not None and (half["loss_head"] is None or half["loss_bigram"] < half["loss_head"])
+        bigram, head = half["loss_bigram"], half["loss_head"]
+        wins += bigram is not None and (head is None or bigram < head)
         out.append(f"{label}: bigram at {half['loss_bigram']}, in-context at {half['loss_head']}")
     n = d["label"].nunique()
     return ("holds" if wins > n / 2 else "partly" if wins else "does not hold"), "half-drop steps: " + "; ".join(out)

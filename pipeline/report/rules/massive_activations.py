@@ -60,8 +60,9 @@ def decomposition(t):
     the rest (paper A §4.2: they add an implicit, fixed bias)."""
     d = t["ma_attention_decomposition"]
     ok = (d["cos_massive"] >= 0.8) & (d["cos_massive"] > d["cos_rest"])
-    return ("holds" if ok.mean() > 0.5 else "partly" if ok.any() else "does not hold"), \
-        f"{ok.mean():.0%} of {len(d)} (model, layer) rows; cos massive {d['cos_massive'].median():.2f} vs rest {d['cos_rest'].median():.2f} (medians)"
+    return ("holds" if ok.mean() > 0.5 else "partly" if ok.any() else "does not hold"), (
+        f"{ok.mean():.0%} of {len(d)} (model, layer) rows; cos massive {d['cos_massive'].median():.2f} "
+        f"vs rest {d['cos_rest'].median():.2f} (medians)")
 
 
 @rule("vit_massive")

@@ -24,7 +24,8 @@ def super_weight_creates(t):
     if hit.empty:
         return "does not hold", f"{len(d)} candidates, none creates the massive dim"
     r = hit.iloc[0]
-    return "holds", f"{r['model']}: layer {int(r['layer'])}, row {int(r['row'])}, col {int(r['col'])}, weight {r['weight']:.2f}"
+    return "holds", (f"{r['model']}: layer {int(r['layer'])}, row {int(r['row'])}, col {int(r['col'])}, "
+                     f"weight {r['weight']:.2f}")
 
 
 @rule("prune_sw_destroys")
@@ -41,7 +42,8 @@ def prune_sw(t):
     n = paired(items, "original", "prune_non_sw", "ppl", ratio=True)
     sides = [want(side(p, 5.0), "above"), want(within(r, 0.9, 1.1), "inside"), want(side(n, 2.0), "below")]
     why = (f"ppl ratio to the original: prune SW x{p.text(3, '')}, + restore SA x{r.text(3, '')}, "
-           f"prune non-SW x{n.text(3, '')} ({p.what.split('; ')[1]}){kl_beside(items, ('prune_sw', 'prune_sw_restore_sa', 'prune_non_sw'), 'original')}")
+           f"prune non-SW x{n.text(3, '')} ({p.what.split('; ')[1]})"
+           f"{kl_beside(items, ('prune_sw', 'prune_sw_restore_sa', 'prune_non_sw'), 'original')}")
     return combine(sides, "yes"), why
 
 
@@ -96,7 +98,8 @@ def scaling(t):
     sides = [want(side(zero), worse)]
     if best is not None:  # "not worse than scale 1": its interval is not wholly on the worse side
         sides.append("no" if side(best) == worse else "yes")
-    why = (f"{metric} vs scale 1: scale 0 {zero.text(3)}" + (f"; best amplified {best.what.split(' vs ')[0].split()[-1]} "
+    why = (f"{metric} vs scale 1: scale 0 {zero.text(3)}"
+           + (f"; best amplified {best.what.split(' vs ')[0].split()[-1]} "
            f"{best.text(3)}" if best else "") + f" ({zero.what.split('; ')[1]})")
     return combine(sides, "yes"), why
 

@@ -1,0 +1,113 @@
+"""`make report`: every experiment has a section, verdicts come from the numbers by the stated
+rule, a missing table reads "not run", and the HTML embeds the figures."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pipeline.core.results import ResultsWriter  # noqa: E402
+from pipeline.report.artefacts import ARTEFACTS  # noqa: E402
+from pipeline.report.build import build, experiments  # noqa: E402
+
+
+def test_every_experiment_has_a_section():
+    assert sorted(a.experiment for a in ARTEFACTS) == experiments()
+
+
+def fixture(root, zero_ppl: float):
+    w = ResultsWriter(root, "massive_activations_tab_intervene", model="tiny", revision=None, dataset="wiki", seed=0,
+                      device="cpu")
+    import math
+
+    spread = [0.02 * ((i * 7) % 5 - 2) for i in range(8)]  # windows differ; the edits shift them all alike
+    for cond, ppl in (("original", 10.0), ("set_zero", zero_ppl), ("set_mean", 10.1), ("random_zero", 10.0)):
+        w.write("ma_intervene_table", [{"ppl_wiki": ppl, "acc_mean": 0.5}], stage="ma_intervene", condition=cond)
+        w.write("ma_intervene_items", [{"eval": "perplexity", "eval_data": "wiki", "item": i, "metric": m,
+                                        "value": (math.log(ppl) + spread[i]) if m == "nll" else 0.01, "n": 511}
+                                       for i in range(8) for m in ("nll", "kl")], stage="ma_intervene", condition=cond)
+    w.commit({})
+    figs = root / "massive_activations_tab_intervene" / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    fig.savefig(figs / "fixture.png")
+    plt.close(fig)
+
+
+def test_report_from_fixture_csvs(tmp_path):
+    fixture(tmp_path, zero_ppl=5000.0)
+    secs = build(tmp_path, tmp_path / "REPORT.md", tmp_path / "report.html")
+    by = {s["a"].experiment: s for s in secs}
+    assert by["massive_activations_tab_intervene"]["verdict"] == "holds"
+    assert "zero x500 [95% 500, 500], mean x1.01 [95% 1.01, 1.01]" in by["massive_activations_tab_intervene"]["why"]
+    md = (tmp_path / "REPORT.md").read_text()
+    for name in experiments():
+        assert f"`{name}`" in md, name
+    assert md.count("not run: no committed rows.") == len(ARTEFACTS) - 1  # every other one says so
+    assert "recalled" in md and "multiplies perplexity by >= 10" in md  # published tags, the rule
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 1 and "<table>" in html
+
+
+def test_verdict_follows_the_numbers(tmp_path):
+    fixture(tmp_path, zero_ppl=12.0)  # zeroing barely hurts: the claim does not hold in full
+    secs = build(tmp_path, tmp_path / "REPORT.md", None)
+    assert next(s for s in secs if s["a"].experiment == "massive_activations_tab_intervene")["verdict"] == "partly"
+
+
+def test_freezing_order_rule_reads_the_crossing_steps():
+    import pandas as pd
+
+    from pipeline.report.rules import RULES
+
+    def curve(label, cross):
+        return pd.DataFrame({"label": label, "step": [0, 100, 200, 300, 400, 500],
+                             "acc_end": [0.0 if s < cross else 0.8 for s in (0, 100, 200, 300, 400, 500)]})
+
+    runs = {"no freezing": 100, "W_O2 frozen until 300": 400, "W_K2 frozen until 300": 300,
+            "W_K1 frozen until 300": 200}
+    df = pd.concat([curve(k, v) for k, v in runs.items()])
+    assert RULES["freezing_order"]({"birth_curve": df})[0] == "holds"
+    runs["W_K1 frozen until 300"] = 500  # the lowest matrix delays most: not top-down
+    df = pd.concat([curve(k, v) for k, v in runs.items()])
+    assert RULES["freezing_order"]({"birth_curve": df})[0] == "does not hold"
+
+
+def test_readme_headline_is_the_report_of_the_committed_record():
+    """The README's headline block is what `make report` writes from results/ (never hand-copied)."""
+    from pathlib import Path
+
+    from pipeline.report.build import sections
+    from pipeline.report.headline import block_between_markers, readme_block
+
+    repo = Path(__file__).resolve().parents[2]
+    readme = (repo / "README.md").read_text()
+    assert block_between_markers(readme) == readme_block(sections(repo / "results")), "run make report"
+
+
+def test_marker_replacement_touches_only_the_block():
+    import pytest
+
+    from pipeline.core.errors import PipelineError
+    from pipeline.report.headline import block_between_markers, replace_between_markers
+
+    text = "# Title\n\nintro\n<!-- s -->\nold 1\nold 2\n<!-- e -->\n\nafter\n"
+    new = replace_between_markers(text, "new\n", "<!-- s -->", "<!-- e -->")
+    assert new == "# Title\n\nintro\n<!-- s -->\nnew\n<!-- e -->\n\nafter\n"
+    assert replace_between_markers(new, "new", "<!-- s -->", "<!-- e -->") == new  # idempotent
+    assert block_between_markers(new, "<!-- s -->", "<!-- e -->") == "new"
+    assert (replace_between_markers("<!-- s -->\n<!-- e -->", "x", "<!-- s -->", "<!-- e -->")
+            == "<!-- s -->\nx\n<!-- e -->")
+    for broken in ("no markers\n", "<!-- e -->\n<!-- s -->\n", "<!-- s -->\n<!-- s -->\n<!-- e -->\n"):
+        with pytest.raises(PipelineError):
+            replace_between_markers(broken, "x", "<!-- s -->", "<!-- e -->")
+
+
+def test_published_table_names_its_paper():
+    from pipeline.core.paper import paper_numbers, paper_table_lines
+
+    a = paper_table_lines(paper_numbers("massive_activations", "llama2_7b"), "intervention_ppl", "perplexity")
+    b = paper_table_lines(paper_numbers("super_weight", "llama_7b"), "w8a8", "perplexity")
+    assert a[0].startswith("  Sun et al. 2024, Massive Activations")
+    assert b[0].startswith("  Yu et al. 2024, The Super Weight")
