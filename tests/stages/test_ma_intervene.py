@@ -62,10 +62,8 @@ def test_nan_weights_do_not_look_like_a_leaked_edit(tmp_path):
     'left the model changed' and nothing was written. Bit patterns are compared now."""
     import torch
 
-    from pipeline.evaluation.conditions import evaluate_conditions, same_bits
+    from pipeline.evaluation.conditions import evaluate_conditions
 
-    nan = torch.tensor([float("nan"), 1.0])
-    assert same_bits(nan, nan.clone()) and not same_bits(nan, torch.tensor([float("nan"), 2.0]))
     ctx = make_ctx(tmp_path)
     with torch.no_grad():
         ctx.model.lm_head.weight[0, 0] = float("nan")

@@ -149,3 +149,43 @@ def test_whole_vectors_written_at_every_block_input():
     with torch.no_grad():
         assert not torch.equal(edited, model(input_ids=ids).logits)
     assert all(not layer(model, i)._forward_pre_hooks for i in range(4))
+
+
+def test_a_leaky_edit_is_caught_even_when_the_logits_are_not_finite(tmp_path):
+    """Defect N14: the loop compared a probe's logits; with NaN, inf or saturated logits a leaky
+    edit passed. It compares every weight's and buffer's bits and the hooks left behind now."""
+    from contextlib import contextmanager
+
+    import pytest
+    import torch
+
+    from pipeline.evaluation.conditions import evaluate_conditions
+    from pipeline.hooks.forward import patch
+    from pipeline.models.arch import layer
+    from tests.helpers import make_ctx
+
+    ctx = make_ctx(tmp_path)
+    with torch.no_grad():
+        ctx.model.lm_head.weight.fill_(float("inf"))  # every logit non-finite: a probe sees nothing
+
+    @contextmanager
+    def leaky_weight():
+        with torch.no_grad():
+            layer(ctx.model, 0).mlp.down_proj.weight[0, 0] += 1.0  # never put back
+        yield
+
+    leaked = []
+
+    @contextmanager
+    def leaky_hook():
+        leaked.append(patch({"l0": layer(ctx.model, 0)}, lambda _n, h: h * 3.0))
+        leaked[-1].__enter__()  # never exited
+        yield
+
+    def run(cond):
+        return evaluate_conditions(ctx, "t", {"x": cond}, ppl_sets={}, eval_suite=None, zero_shot_limit=None)
+
+    with pytest.raises(RuntimeError, match=r"left the model changed \(param:model.layers.0.mlp.down_proj.weight\)"):
+        run(leaky_weight)
+    with pytest.raises(RuntimeError, match=r"left the model changed \(hooks:model.layers.0\)"):
+        run(leaky_hook)
