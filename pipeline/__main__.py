@@ -7,6 +7,7 @@ compose config -> build Context once -> each selected stage in order -> CSVs (+ 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,19 +33,21 @@ def check_choices(argv: list[str]) -> None:
 
 def run(cfg) -> dict:
     """Run every stage of a composed config; returns {stage name: stage output}."""
-    from omegaconf import OmegaConf
-
     from pipeline.config import selected_stages
-    from pipeline.context import build_context
-    from pipeline.core.ranks import adopt_slurm_env, process_rank
-    from pipeline.core.registry import get_stage
-    from pipeline.figures import draw_experiment
     from pipeline.validate import validate
 
     t0 = time.perf_counter()
+    stages = selected_stages(cfg)  # typed and range-checked: one line, before anything heavy imports
+    validate(cfg)  # names, where results go, and what needs the model's shape (its config file alone)
+
+    from omegaconf import OmegaConf
+
+    from pipeline.context import build_context  # torch, transformers: only once the config is sound
+    from pipeline.core.ranks import adopt_slurm_env, process_rank
+    from pipeline.core.registry import get_stage
+    from pipeline.figures import draw_experiment
+
     adopt_slurm_env()  # a SLURM job with N tasks (submitit launcher) is one DDP run of N ranks
-    stages = selected_stages(cfg)  # typed and range-checked: one line, before anything loads
-    validate(cfg)  # what needs the model's shape (from its config file alone)
     ctx = build_context(cfg)
     outputs = {}
     try:
@@ -76,8 +79,17 @@ def _report(outputs: dict, out_dir: Path, manifest: Path, figures: list[Path]) -
         print(f"figure:  {f}")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what SLURM, a job scheduler or ``kill`` send first): handled like Ctrl-C."""
+
+
+def _on_sigterm(_signum, _frame) -> None:
+    raise Terminated
+
+
 def main() -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         check_choices(sys.argv[1:])
     except PipelineError as e:
@@ -100,10 +112,11 @@ def main() -> None:
         except PipelineError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
-            print("\ninterrupted: nothing half-written; finished conditions are kept and a re-run "
+        except KeyboardInterrupt as stop:
+            what = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+            print(f"\n{what}: nothing half-written; finished conditions are kept and a re-run "
                   "of the same command resumes", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(143 if isinstance(stop, Terminated) else 130)
 
     _entry()
 

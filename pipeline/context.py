@@ -16,10 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import selected_stages
 from pipeline.core.catalog import Catalog
-from pipeline.core.errors import PipelineError
 from pipeline.core.loggers import Logger, build_logger
 from pipeline.core.paper import paper_numbers
-from pipeline.core.paths import REPO_ROOT
 from pipeline.core.ranks import process_rank
 from pipeline.core.results import ResultsWriter
 from pipeline.data.text import (
@@ -32,6 +30,7 @@ from pipeline.data.text import (
 )
 from pipeline.models.arch import ArchSpec, get_arch
 from pipeline.models.load import load_model
+from pipeline.validate import results_root
 
 
 @dataclass(frozen=True)
@@ -107,29 +106,6 @@ def run_setting(cfg: DictConfig, model_cfg: dict, data_cfg: dict, dtype: str) ->
     model = {k: v for k, v in model_cfg.items() if k not in ("device", "device_map")}
     return {"experiment": cfg.run.experiment, "seed": int(cfg.run.seed), "stages": stages,
             "model": {**model, "dtype_resolved": dtype}, "data": data_cfg}
-
-
-def results_root(cfg: DictConfig) -> Path:
-    """Where this run writes. The committed record (``results/``) only with ``run.record=true``,
-    and never for a debug run or a tiny random model; otherwise ``outputs/results/`` or the
-    ``run.results_dir`` given. Decided from the config alone, before anything loads."""
-    record = REPO_ROOT / "results"
-    chosen = cfg.run.get("results_dir")
-    if chosen is not None and not str(chosen).strip():
-        raise PipelineError("run.results_dir='': an empty path would write into the current folder; "
-                            "give a folder, or null for outputs/results/")
-    if cfg.run.get("record"):
-        if cfg.run.get("debug") or cfg.model.get("source") == "tiny":
-            what = "a debug run" if cfg.run.get("debug") else f"the tiny random model '{cfg.model.name}'"
-            raise PipelineError(f"run.record=true would write {what} into the committed record; "
-                                "record only real runs (drop debug=... or pick a real model)")
-        return Path(chosen) if chosen else record
-    if chosen is None:
-        return REPO_ROOT / "outputs" / "results"
-    if Path(chosen).resolve() == record.resolve():
-        raise PipelineError("run.results_dir points at the committed record (results/): "
-                            "say so with run.record=true (make record EXP=...)")
-    return Path(chosen)
 
 
 def build_context(cfg: DictConfig) -> Context:

@@ -1,7 +1,10 @@
 """Checks of a composed run config that need no model weights: each fails in one line, before
 anything loads (a typo used to cost a minute of model loading and a screenful of traceback).
 
-- ``run``: the seed is an integer; where results go (``context.results_root``).
+- ``run``: the seed is an integer; where results go (:func:`results_root`).
+
+Nothing here imports torch or transformers (a hub model's depth is read from its cached config
+file only when one is named): a config error costs the CLI seconds, not a model stack's import.
 - each selected stage's arguments against the model's shape: layer indices inside the model,
   sequence lengths inside its context. (Names, types and ranges are the schemas' job:
   :mod:`pipeline.config`.)
@@ -22,8 +25,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import selected_stages
+from pipeline.config.shared import BOS_MODES
 from pipeline.core.errors import PipelineError
-from pipeline.core.paths import CACHE_DIR
+from pipeline.core.paths import CACHE_DIR, REPO_ROOT
 
 LENGTHS = {"seq_len", "calib_seq_len", "ppl_seq_len", "block_size"}
 LAYERS = {"layer", "fig1_layer", "layers", "decomp_layers", "landscape_layer"}
@@ -69,6 +73,29 @@ def _check_shape(where: str, name: str, value: Any, shape: tuple[int | None, int
         raise PipelineError(f"{where}.{name}={value}: longer than the model's context ({context} tokens)")
 
 
+def results_root(cfg: DictConfig) -> Path:
+    """Where this run writes. The committed record (``results/``) only with ``run.record=true``,
+    and never for a debug run or a tiny random model; otherwise ``outputs/results/`` or the
+    ``run.results_dir`` given. Decided from the config alone, before anything loads."""
+    record = REPO_ROOT / "results"
+    chosen = cfg.run.get("results_dir")
+    if chosen is not None and not str(chosen).strip():
+        raise PipelineError("run.results_dir='': an empty path would write into the current folder; "
+                            "give a folder, or null for outputs/results/")
+    if cfg.run.get("record"):
+        if cfg.run.get("debug") or cfg.model.get("source") == "tiny":
+            what = "a debug run" if cfg.run.get("debug") else f"the tiny random model '{cfg.model.name}'"
+            raise PipelineError(f"run.record=true would write {what} into the committed record; "
+                                "record only real runs (drop debug=... or pick a real model)")
+        return Path(chosen) if chosen else record
+    if chosen is None:
+        return REPO_ROOT / "outputs" / "results"
+    if Path(chosen).resolve() == record.resolve():
+        raise PipelineError("run.results_dir points at the committed record (results/): "
+                            "say so with run.record=true (make record EXP=...)")
+    return Path(chosen)
+
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 
 
@@ -83,15 +110,11 @@ def check_names(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Every check above; raises PipelineError with one line."""
-    from pipeline.context import results_root
-
     check_names(cfg)
     seed = cfg.run.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise PipelineError(f"run.seed={seed!r}: expected an integer")
     results_root(cfg)
-    from pipeline.data.text import BOS_MODES
-
     for where, rule in (("run.bos", cfg.run.get("bos")), ("data.bos", cfg.data.get("bos", "auto"))):
         if rule is not None and rule not in BOS_MODES:
             raise PipelineError(f"{where}={rule!r}: one of {', '.join(BOS_MODES)}"

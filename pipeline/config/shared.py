@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+BOS_MODES = ("auto", "never", "first", "every")  # a text's BOS rule (pipeline.data.text.resolve_bos)
 DEFAULT_DETECT_PROMPT = "Apple Inc. is a worldwide tech company."  # paper B's analyze.py
 FIG1_PROMPT = "Summer is warm. Winter is cold."                    # paper A Fig. 1 / the GPT-2 3-D plot
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.config.shared import BOS_MODES
 from pipeline.core.catalog import Catalog, default_catalog
 from pipeline.core.errors import PipelineError
 from pipeline.core.hub import offline_requested, require_hub
@@ -34,7 +35,6 @@ from pipeline.data.offline import (  # noqa: F401  (re-exported: the split rule 
     wiki_source,
 )
 
-BOS_MODES = ("auto", "never", "first", "every")
 log = logging.getLogger(__name__)
 _WARNED: set[tuple[str, str]] = set()
 

@@ -90,3 +90,21 @@ def test_training_arguments_are_checked_before_anything_trains(stage, override, 
     with pytest.raises(PipelineError) as err:
         typed_args(stage, override)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("run.seed=abc", "error: run.seed='abc': expected an integer"),
+    ("stage.ma_profile.fig1_layer=99", "layer 99 is out of range"),
+])
+def test_config_errors_fail_before_torch_is_imported(override, message):
+    """A config-only error costs the CLI its start-up, not a torch + transformers import (14 s idle,
+    50-78 s on a busy machine before): checked by what Python imported, not by a clock."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "pipeline", "model=tiny_llama", "debug=cpu",
+                        "stage.ma_profile.seq_len=64", override], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = [ln for ln in r.stderr.splitlines() if not ln.startswith("import time:")]
+    imported = {ln.rsplit("|", 1)[-1].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")}
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0], lines
+    assert "torch" not in imported and "transformers" not in imported and "pipeline.context" not in imported
