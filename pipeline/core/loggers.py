@@ -24,12 +24,17 @@ WANDB_MODES = ("online", "offline", "disabled", "shared")
 OFFLINE_NOTICE = (
     "wandb: no API key found, logging offline to ./wandb (sync later with `wandb sync`)"
 )
-# A key *ending* in one of these names a secret (hf_token, WANDB_API_KEY, client_secret);
-# counts such as max_tokens / num_tokens / key_positions are kept.
-_SECRET_KEY = re.compile(r"(token|key|secret|secrets|password|passwd|credentials?)$", re.I)
-# Values that are secrets whatever their key: Hugging Face access tokens. (Not 40-hex strings:
-# W&B keys look like that, but so do pinned git revisions, which must stay in the manifest.)
-_SECRET_VALUE = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
+# A key naming a credential: one of these words as a part of it (hf_token, hf_token_value,
+# WANDB_API_KEY, client_secret, auth, auth_header), or a key ending in "key" after api / access /
+# secret / private / auth. Counts such as max_tokens / num_tokens / key_positions are kept, and so
+# is a mapping entry named like a module path ("attention.attention.key", a DINOv2 rename).
+_SECRET_KEY = re.compile(r"(^|[_\-.])(token|secret|secrets|password|passwd|credentials?|auth|authorization)"
+                         r"([_\-.]|$)|(api|access|secret|private|auth)[_\-]?key$", re.I)
+# Values that are secrets whatever their key: Hugging Face, OpenAI-style, GitHub, Slack and AWS
+# tokens. (Not 40-hex strings: W&B keys look like that, but so do pinned git revisions, which must
+# stay in the manifest.)
+_SECRET_VALUE = re.compile(r"\b(hf_[A-Za-z0-9]{8,}|sk-[A-Za-z0-9_\-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|"
+                           r"github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9\-]{10,}|AKIA[0-9A-Z]{16})")
 
 
 def is_secret_key(key: object) -> bool:

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from pipeline.core.errors import PipelineError
 from pipeline.core.paths import CONF_DIR, REPO_ROOT
 from pipeline.core.results import PROVENANCE_COLUMNS, read_table
 from pipeline.report.artefacts import ARTEFACTS, Artefact
@@ -42,7 +43,9 @@ def results_folder(a: Artefact) -> str:
     return str(OmegaConf.select(cfg, "run.experiment") or a.experiment)
 
 
-def load_tables(root: Path, a: Artefact) -> dict[str, pd.DataFrame]:
+def load_tables(root: Path, a: Artefact, broken: dict[str, str] | None = None) -> dict[str, pd.DataFrame]:
+    """The artefact's tables that exist; a table that cannot be read (a corrupt shard) is left out
+    and its one-line reason put in ``broken``: one broken artefact never stops the report."""
     folder = root / results_folder(a)
     out = {}
     for t in (a.table, *a.also_needs):
@@ -51,12 +54,18 @@ def load_tables(root: Path, a: Artefact) -> dict[str, pd.DataFrame]:
                 df = read_table(folder, t)
             except (FileNotFoundError, KeyError, pd.errors.EmptyDataError):
                 continue
+            except PipelineError as err:
+                if broken is not None:
+                    broken[t] = str(err)
+                continue
             if len(df):
                 out[t] = df
     return out
 
 
-def verdict(a: Artefact, tables: dict[str, pd.DataFrame]) -> tuple[str, str]:
+def verdict(a: Artefact, tables: dict[str, pd.DataFrame], broken: dict[str, str] | None = None) -> tuple[str, str]:
+    if broken:
+        return "not judged", "a table could not be read: " + "; ".join(broken.values())
     if a.table not in tables:
         return "not run here", f"needs {a.hardware}: {a.command}"
     try:
@@ -95,8 +104,9 @@ def sections(root: Path) -> list[dict[str, Any]]:
     """One dict per artefact: everything both renderers need."""
     out = []
     for a in ARTEFACTS:
-        tables = load_tables(root, a)
-        v, why = verdict(a, tables)
+        broken: dict[str, str] = {}
+        tables = load_tables(root, a, broken)
+        v, why = verdict(a, tables, broken)
         df = tables.get(a.table)
         figs = sorted((root / results_folder(a) / "figures").glob("*.png")) if df is not None else []
         stale = summary(check_folder(REPO_ROOT, root / results_folder(a))) if df is not None else None

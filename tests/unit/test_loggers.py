@@ -113,3 +113,19 @@ def test_wandb_offline_run_never_stores_secret(tmp_path, monkeypatch, capsys):
     assert any("table" in p.name for p in written)
     assert not [p for p in written if b"SECRET123" in p.read_bytes()]
     assert "SECRET123" not in capsys.readouterr().err
+
+
+def test_secrets_are_recognised_by_key_anywhere_and_by_value_shape():
+    """Issue N15: hf_token_value, auth, a short or a foreign token reached the manifest; and the
+    old rule (a key ending in "key") dropped DINOv2's 'attention.attention.key' rename from it."""
+    from pipeline.core.loggers import argv_has_secret, strip_secrets
+
+    cfg = {"hf_token_value": "x", "auth": "y", "model": {"onnx_renames": {"attention.attention.key": "k_proj"}},
+           "note": "hf_short1234", "other": "sk-proj-abcdefghijklmnop", "gh": "ghp_" + "a" * 36,
+           "revision": "7581c9a0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6", "max_tokens": 5}
+    clean = strip_secrets(cfg)
+    assert "hf_token_value" not in clean and "auth" not in clean
+    assert clean["model"]["onnx_renames"] == {"attention.attention.key": "k_proj"}
+    assert clean["note"] == clean["other"] == clean["gh"] == "<redacted>"
+    assert clean["revision"] == cfg["revision"] and clean["max_tokens"] == 5  # a git sha, a count: kept
+    assert argv_has_secret(["+hub.auth=abc"]) and argv_has_secret(["x=sk-abcdefghijklmnopqrst"])

@@ -111,3 +111,14 @@ def test_published_table_names_its_paper():
     b = paper_table_lines(paper_numbers("super_weight", "llama_7b"), "w8a8", "perplexity")
     assert a[0].startswith("  Sun et al. 2024, Massive Activations")
     assert b[0].startswith("  Yu et al. 2024, The Super Weight")
+
+
+def test_a_corrupt_shard_marks_its_artefact_and_the_report_still_renders(tmp_path):
+    """Issue N8: one corrupt shard killed the whole report (a 30-line traceback, no report)."""
+    fixture(tmp_path, zero_ppl=5000.0)
+    shard = next((tmp_path / "massive_activations_tab_intervene" / "runs").glob("tiny*"))
+    (shard / "ma_intervene_table.csv").write_text("experiment,stage\nbroken,row,with,too,many,cells\n")
+    secs = build(tmp_path, tmp_path / "REPORT.md", None)
+    s = next(s for s in secs if s["a"].experiment == "massive_activations_tab_intervene")
+    assert s["verdict"] == "not judged" and "a table could not be read: refusing corrupt table" in s["why"]
+    assert (tmp_path / "REPORT.md").is_file() and len(secs) == len(ARTEFACTS)
