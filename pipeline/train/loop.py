@@ -7,7 +7,8 @@ step, rank) (see :mod:`pipeline.train.data`), the model has no dropout, and the 
 the weights, the optimizer state, the step and the history of logged rows, written together
 with one rename. A run killed at any moment restarts from its last checkpoint and produces the
 same losses, bit for bit on a CPU, as a run that was never interrupted (tested with SIGKILL).
-A NaN or inf loss stops the run with one line; the last good checkpoint is kept.
+A NaN or inf loss, or non-finite weights after an update (checked before every checkpoint is
+written), stop the run with one line; the last good checkpoint is kept.
 """
 
 from __future__ import annotations
@@ -136,6 +137,18 @@ def load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimize
     return 0, []
 
 
+def check_finite(model: torch.nn.Module, row: dict[str, Any], done: int, ckpt_dir: Path) -> None:
+    """Stop before a bad update reaches a checkpoint: the loss of step k can be finite while the
+    update it drove leaves NaN / inf weights, and a checkpoint written then was "the last good one"
+    (34 of 39 tensors non-finite, measured). Checked on evaluation steps too (val_loss)."""
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    val = row.get("val_loss")
+    if bad or (isinstance(val, float) and not math.isfinite(val)):
+        what = f"{len(bad)} weight tensors are not finite (e.g. {bad[0]})" if bad else f"val_loss is {val}"
+        raise PipelineError(f"{what} after step {done}: stopped before saving; the last good checkpoint is "
+                            f"kept in {ckpt_dir} (lower the learning rate or check the data)")
+
+
 def point_latest(link: Path, target: Path) -> None:
     """``link`` -> ``target`` as a symlink replaced atomically: a stable name for the last model
     trained under a setting-keyed folder (model configs such as ``trained_ma_gpt2_default`` use it)."""
@@ -244,6 +257,7 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
             with torch.no_grad():
                 row.update(on_eval(done))
             model.train()
+        check_finite(model, row, done, ckpt_dir)
         history.append(row)
         rate = tokens / max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{rate:,.0f}")

@@ -113,3 +113,35 @@ def test_a_checkpoint_of_another_setting_is_refused_not_resumed(tmp_path):
         tiny_training(tmp_path / "shared", steps=4, lr=0.05)
     _, longer = tiny_training(tmp_path / "shared", steps=6, lr=1e-3)  # extending the same run resumes
     assert [r["step"] for r in longer] == list(range(1, 7))
+
+
+def test_a_diverging_run_stops_before_its_bad_update_reaches_a_checkpoint(tmp_path):
+    """Defect N5: the NaN stop kept 'the last good checkpoint', written after the update that made
+    the weights NaN (the loss of that step was still finite). Weights are checked before saving."""
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from pipeline.config.training import TrainConfig
+    from pipeline.core.errors import PipelineError
+    from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
+    from pipeline.train.data import TokenBatches
+    from pipeline.train.loop import train
+
+    torch.manual_seed(0)
+    model = MAGPTForCausalLM(MAGPTConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4))
+    rng = np.random.RandomState(0)
+    source = TokenBatches({"train": rng.randint(0, 64, 5000), "val": rng.randint(0, 64, 1000)},
+                          micro_batch=4, block_size=16, seed=0)
+    calls = []
+
+    def poison(grad):  # the 3rd backward pass: a NaN gradient, while that step's loss is finite
+        calls.append(1)
+        return grad * float("nan") if len(calls) == 3 else grad
+
+    model.lm_head.weight.register_hook(poison)
+    cfg = TrainConfig(steps=6, warmup_steps=0, ckpt_every=1, eval_every=100, optimizer="sgd", grad_clip=0.0)
+    with pytest.raises(PipelineError, match=r"not finite \(e.g. transformer.wte.weight\) after step 3: stopped before"):
+        train(model, source.batch, cfg, tmp_path / "ck", device=torch.device("cpu"), seed=0)
+    saved = load_file(str(tmp_path / "ck" / "model.safetensors"))  # the step-2 checkpoint, finite
+    assert all(bool(torch.isfinite(t).all()) for t in saved.values())

@@ -112,7 +112,8 @@ def test_sigterm_stops_a_run_in_one_line_and_a_rerun_resumes(tmp_path):
     import sys
 
     cmd = [sys.executable, "-m", "pipeline", "experiment=super_weight_tab3", "model=tiny_llama", "debug=cpu",
-           "stage.sw_actquant.conditions=[fp,naive]", f"run.results_dir={tmp_path / 'r'}", f"hydra.run.dir={tmp_path / 'h'}"]
+           "stage.sw_actquant.conditions=[fp,naive]", f"run.results_dir={tmp_path / 'r'}",
+           f"hydra.run.dir={tmp_path / 'h'}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # stop it once its first condition is written, in the second
         if "condition naive" in line:
