@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from pipeline.config.training import TrainConfig
 from pipeline.core.errors import PipelineError
 from pipeline.core.ranks import process_rank
+from pipeline.core.store import fsync_dir
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -82,11 +83,16 @@ def save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimize
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         record = {"step": step, "history": history, "config": {**asdict(cfg), "seed": seed}}
         (tmp / "train_state.json").write_text(json.dumps(record))
+        for f in tmp.iterdir():  # on disk before the rename that makes the checkpoint current
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(tmp)
         old = out.with_name(out.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)
+        fsync_dir(out.parent)
         shutil.rmtree(old, ignore_errors=True)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -107,33 +113,58 @@ def same_run(stored: dict, current: dict) -> str | None:
     return None
 
 
-def load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    expect: dict | None = None) -> tuple[int, list[dict]]:
-    """(step, history) of the checkpoint in ``out`` (or of the ``.old`` one a kill left behind),
-    its weights and optimizer state loaded into ``model`` and ``opt``; (0, []) if none. With
-    ``expect`` (this run's config and seed), a checkpoint of another setting is refused in one line
-    (an explicit ``checkpoint_dir`` shared by two settings resumed the other's run before)."""
+class CheckpointMismatch(PipelineError):
+    """A sound checkpoint that is not this run's (another setting, another model): never resumed,
+    never replaced by falling back to an older one."""
+
+
+def _read_checkpoint(where: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     expect: dict | None) -> tuple[int, list[dict]]:
     from safetensors.torch import load_file
 
+    meta = json.loads((where / "train_state.json").read_text())
+    differs = same_run(meta.get("config") or {}, expect) if expect is not None else None
+    if differs:
+        raise CheckpointMismatch(f"checkpoint {where} was written by another setting ({differs}): "
+                                 "give this run its own checkpoint_dir, or remove that one to start over")
+    weights = load_file(str(where / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)  # a tied head is saved once
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    if unexpected or set(missing) - tied:
+        raise CheckpointMismatch(f"checkpoint {where} does not fit this model (missing "
+                                 f"{sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}): a different "
+                                 "model config? remove it to start over")
+    if tied and hasattr(model, "tie_weights"):
+        model.tie_weights()
+    opt.load_state_dict(torch.load(where / "optimizer.pt", weights_only=True))
+    return int(meta["step"]), list(meta["history"])
+
+
+def load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    expect: dict | None = None) -> tuple[int, list[dict]]:
+    """(step, history) of the checkpoint in ``out``, its weights and optimizer state loaded into
+    ``model`` and ``opt``; (0, []) if there is none. Every part is verified as it loads: a damaged
+    ``out`` (a missing or truncated file) falls back to the ``.old`` one a kill left behind, said in
+    one line; when none is sound the run stops in one line instead of silently starting over (and
+    overwriting the weights). With ``expect`` (this run's config and seed), a checkpoint of another
+    setting is refused in one line (an explicit shared ``checkpoint_dir`` resumed the other's run)."""
+    damaged = []
     for where in (out, out.with_name(out.name + ".old")):
-        state = where / "train_state.json"
-        if state.exists():
-            meta = json.loads(state.read_text())
-            differs = same_run(meta.get("config") or {}, expect) if expect is not None else None
-            if differs:
-                raise PipelineError(f"checkpoint {where} was written by another setting ({differs}): "
-                                    "give this run its own checkpoint_dir, or remove that one to start over")
-            weights = load_file(str(where / "model.safetensors"))
-            missing, unexpected = model.load_state_dict(weights, strict=False)  # a tied head is saved once
-            tied = set(getattr(model, "_tied_weights_keys", None) or {})
-            if unexpected or set(missing) - tied:
-                raise PipelineError(f"checkpoint {where} does not fit this model (missing "
-                                    f"{sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}): a different "
-                                    "model config? remove it to start over")
-            if tied and hasattr(model, "tie_weights"):
-                model.tie_weights()
-            opt.load_state_dict(torch.load(where / "optimizer.pt", weights_only=True))
-            return int(meta["step"]), list(meta["history"])
+        if not where.exists():
+            continue
+        try:
+            step, history = _read_checkpoint(where, model, opt, expect)
+        except CheckpointMismatch:
+            raise
+        except Exception as err:  # noqa: BLE001 - any failure to read a part is damage
+            damaged.append(f"{where.name}: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}")
+            continue
+        if damaged:
+            print(f"[train] checkpoint {damaged[0]} is damaged; resuming from {where} at step {step}", flush=True)
+        return step, history
+    if damaged:
+        raise PipelineError(f"checkpoint {out} is damaged ({'; '.join(damaged)}) and there is no sound older one: "
+                            "remove it to start over")
     return 0, []
 
 

@@ -145,3 +145,26 @@ def test_a_diverging_run_stops_before_its_bad_update_reaches_a_checkpoint(tmp_pa
         train(model, source.batch, cfg, tmp_path / "ck", device=torch.device("cpu"), seed=0)
     saved = load_file(str(tmp_path / "ck" / "model.safetensors"))  # the step-2 checkpoint, finite
     assert all(bool(torch.isfinite(t).all()) for t in saved.values())
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_older_one_or_stops_in_one_line(tmp_path, capsys):
+    """Defect N4: damaged checkpoints gave raw tracebacks, a missing train_state.json silently
+    restarted from step 0 (and overwrote the weights), and a sound last.old was not used when
+    the last one was corrupt. Every part is verified on load now."""
+    import shutil
+
+    from pipeline.core.errors import PipelineError
+
+    ck, keep = tmp_path / "ck", tmp_path / "step2"
+    tiny_training(ck, steps=2, ckpt_every=2)
+    shutil.copytree(ck, keep)
+    tiny_training(ck, steps=4, ckpt_every=2)
+    keep.rename(tmp_path / "ck.old")  # what a kill between the two renames of a save leaves
+    weights = ck / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    _, history = tiny_training(ck, steps=6, ckpt_every=2)
+    assert "ck: " in capsys.readouterr().out and [r["step"] for r in history] == list(range(1, 7))
+    (ck / "train_state.json").unlink()  # and no older one left this time
+    assert not (tmp_path / "ck.old").exists()
+    with pytest.raises(PipelineError, match=r"checkpoint .*ck is damaged \(ck: FileNotFoundError"):
+        tiny_training(ck, steps=8, ckpt_every=2)
