@@ -107,11 +107,34 @@ def _write_failed(path: Path, err: OSError) -> PipelineError:
     return PipelineError(f"could not write {path}: {reason} (the previous file is intact)")
 
 
+REQUIRED = ("experiment", "stage", "model", "dataset", "condition", "setting")  # every shard row says whose
+
+
 def _read_text(path: Path) -> pd.DataFrame:
-    """Every cell as the exact string on disk: kept rows are rewritten unchanged."""
+    """Every cell as the exact string on disk: kept rows are rewritten unchanged. A table that
+    parses but is not a shard (its provenance columns missing or renamed, binary junk read as one
+    column, its header repeated inside it, a row written twice) is refused in one line."""
     if not path.exists():
         return pd.DataFrame()
-    return read_csv_strict(path, dtype=str, keep_default_na=False, na_filter=False)
+    df = read_csv_strict(path, dtype=str, keep_default_na=False, na_filter=False)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    header_again = (df == pd.Series(df.columns, index=df.columns)).all(axis=1).any()
+    reason = (f"no provenance column {missing[0]!r}" if missing and len(df.columns) else
+              "its header is repeated inside it" if header_again else
+              "a row is written twice" if df.duplicated().any() else None)
+    if reason:
+        raise PipelineError(f"refusing corrupt table {path}: {reason} (fix or move the file)")
+    return df
+
+
+def check_record(exp_dir: Path) -> None:
+    """Read every committed shard of an experiment once, so that a corrupt one stops a run at its
+    start in one line, not after its whole computation (at commit)."""
+    runs = Path(exp_dir) / RUNS
+    for shard in sorted(runs.iterdir()) if runs.is_dir() else ():
+        if shard.is_dir() and not shard.name.startswith("."):
+            for table in sorted(shard.glob("*.csv")):
+                _read_text(table)
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -178,6 +201,7 @@ class ResultsWriter:
         self.resumed = adopt_abandoned(self.exp_dir / RUNS, self.key, self.staging)
         if self.exp_dir.is_dir():
             clean_stale(self.exp_dir)
+            check_record(self.exp_dir)
 
     def path(self, table: str) -> Path:
         """``root/experiment/table.csv`` (the merged view); ``table`` must be a plain name."""

@@ -233,10 +233,26 @@ def test_a_corrupt_table_is_refused_not_repaired(tmp_path, corrupt):
     before = path.read_bytes()
     with pytest.raises(PipelineError, match=f"refusing corrupt table {path}"):
         read_table(tmp_path / "a_fig1", "t")
-    again = make_writer(tmp_path, setting={"other": 1})
-    with pytest.raises(PipelineError, match="refusing corrupt table"):
-        again.read("t")
+    with pytest.raises(PipelineError, match="refusing corrupt table"):  # a new run stops at its start (N13)
+        make_writer(tmp_path, setting={"other": 1})
     assert path.read_bytes() == before  # refused, never rewritten
+
+
+@pytest.mark.parametrize("corrupt,reason", [
+    (lambda text: text.replace("experiment,stage,model", "exp,stage,model", 1), "no provenance column 'experiment'"),
+    (lambda text: "x\n" + "\n".join("\x01\x02junk" for _ in range(3)) + "\n", "no provenance column"),
+    (lambda text: text + text.splitlines(keepends=True)[0], "its header is repeated inside it"),
+    (lambda text: text + text.splitlines(keepends=True)[-1], "a row is written twice"),
+])
+def test_tables_that_parse_but_are_not_shards_are_refused(tmp_path, corrupt, reason):
+    """Issue N12: binary junk read as one column, renamed provenance columns, a header repeated
+    mid-file and duplicated rows were merged silently."""
+    w = make_writer(tmp_path)
+    w.write("t", rows(3), stage="s")
+    path = w.commit({}).parent / "t.csv"
+    path.write_text(corrupt(path.read_text()))
+    with pytest.raises(PipelineError, match=reason):
+        read_table(tmp_path / "a_fig1", "t")
 
 
 def test_tables_and_manifest_become_visible_together(tmp_path, monkeypatch):
