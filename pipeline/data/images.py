@@ -21,7 +21,8 @@ from pipeline.core.errors import PipelineError
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "coins", "hubble_deep_field",
                   "immunohistochemistry", "moon", "page", "text", "colorwheel", "retina")
-SUFFIXES = (".jpg", ".jpeg", ".png", ".JPEG", ".bmp", ".webp")
+SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # compared lower-cased: .JPG, .PNG, .JPEG count too
+MAX_PIXELS = 100_000_000  # a larger image is skipped (PIL's decompression-bomb guard, said in one line)
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,20 @@ def _folder(cfg: Mapping[str, Any]) -> Iterator[tuple[str, np.ndarray]]:
     root = Path(str(cfg.get("path", "")))
     if not root.is_dir():
         raise PipelineError(f"image folder {root} does not exist (set path: to a local image folder)")
-    for f in sorted(p for p in root.rglob("*") if p.suffix in SUFFIXES):
-        yield str(f.relative_to(root)), rgb(np.asarray(Image.open(f).convert("RGB")))
+    skipped: list[str] = []
+    for f in sorted(p for p in root.rglob("*") if p.suffix.lower() in SUFFIXES):
+        try:
+            with Image.open(f) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ValueError(f"{im.width} x {im.height} pixels")
+                arr = np.asarray(im.convert("RGB"))  # decodes the whole file: a truncated one fails here
+        except (OSError, ValueError, Image.DecompressionBombError) as err:  # not an image, truncated, empty, huge
+            skipped.append(f"{f.relative_to(root)} ({type(err).__name__}: {str(err).splitlines()[0][:60]})")
+            continue
+        yield str(f.relative_to(root)), rgb(arr)
+    if skipped:
+        print(f"[images] skipped {len(skipped)} unreadable file(s) in {root}: {'; '.join(skipped[:3])}"
+              + (" ..." if len(skipped) > 3 else ""), flush=True)
 
 
 def _hub(cfg: Mapping[str, Any]) -> Iterator[tuple[str, np.ndarray]]:

@@ -241,3 +241,24 @@ def test_protocol_windows_follow_each_dataset(tok):
     got = {n: dataset_windows(tok, n, seq_len=16, n_windows="protocol", catalog=catalog) for n in ("a", "b")}
     full = token_windows(tok, data.build_source(docs), seq_len=16, n_windows="all")
     assert got["a"].shape == (2, 16) and torch.equal(got["b"], full)
+
+
+def test_an_image_folder_skips_and_counts_unreadable_files(tmp_path, capsys):
+    """Issue N9: a non-image, a truncated JPEG or a zero-byte file aborted with a 28-33-line
+    traceback; .JPG / .PNG files were skipped silently. Unreadable files are skipped and counted."""
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.data.images import ImageSource
+
+    img = Image.fromarray(np.full((8, 8, 3), 200, np.uint8))
+    img.save(tmp_path / "a.JPG")
+    img.save(tmp_path / "b.PNG")
+    img.save(tmp_path / "full.jpg")
+    (tmp_path / "truncated.jpg").write_bytes((tmp_path / "full.jpg").read_bytes()[:40])
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    got = [name for name, _ in ImageSource("f", {"source": "folder", "path": str(tmp_path)}).images()]
+    assert got == ["a.JPG", "b.PNG", "full.jpg"]
+    out = capsys.readouterr().out
+    assert "skipped 3 unreadable file(s)" in out and "truncated.jpg" in out
