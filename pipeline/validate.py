@@ -16,6 +16,7 @@ file only when one is named): a config error costs the CLI seconds, not a model 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -96,6 +97,39 @@ def results_root(cfg: DictConfig) -> Path:
     return Path(chosen)
 
 
+@functools.cache
+def model_keys() -> tuple[frozenset[str], dict[str, frozenset[str]]]:
+    """The keys a model config may have (every key of conf/model/*.yaml), and per model_type the
+    keys its ``init`` block may have: a user's model YAML is checked against what the loaders read."""
+    import yaml
+
+    top: set[str] = set()
+    init: dict[str, set[str]] = {}
+    for f in (REPO_ROOT / "conf" / "model").glob("*.yaml"):
+        cfg = yaml.safe_load(f.read_text()) or {}
+        top |= set(cfg)
+        if isinstance(cfg.get("init"), dict) and cfg.get("model_type"):
+            init.setdefault(str(cfg["model_type"]), set()).update(cfg["init"])
+    return frozenset(top), {k: frozenset(v) for k, v in init.items()}
+
+
+def check_model_config(model: Mapping[str, Any]) -> None:
+    """A misspelt key of a model config was ignored and another model built (4 layers for 2): an
+    unknown key, or an unknown ``init`` key for its model_type, fails in one line with a suggestion."""
+    import difflib
+
+    top, init = model_keys()
+    where = [("model", set(model) - top, top)]
+    if isinstance(model.get("init"), Mapping) and str(model.get("model_type")) in init:
+        known = init[str(model["model_type"])]
+        where.append(("model.init", set(model["init"]) - known, known))
+    for prefix, unknown, known in where:
+        for key in sorted(unknown):
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(sorted(known))}"
+            raise PipelineError(f"{prefix}.{key}: not a key of a model config{hint}")
+
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 
 
@@ -111,6 +145,7 @@ def check_names(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Every check above; raises PipelineError with one line."""
     check_names(cfg)
+    check_model_config(OmegaConf.to_container(cfg.model, resolve=True))
     seed = cfg.run.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise PipelineError(f"run.seed={seed!r}: expected an integer")

@@ -108,3 +108,16 @@ def test_config_errors_fail_before_torch_is_imported(override, message):
     imported = {ln.rsplit("|", 1)[-1].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")}
     assert r.returncode == 2 and len(lines) == 1 and message in lines[0], lines
     assert "torch" not in imported and "transformers" not in imported and "pipeline.context" not in imported
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+model.num_layer=2"], "model.num_layer: not a key of a model config; did you mean 'num_layers'?"),
+    (["experiment=massive_activations_gpt2_default", "+model.init.n_layers=2"],
+     "model.init.n_layers: not a key of a model config; did you mean 'n_layer'?"),
+])
+def test_a_misspelt_model_key_is_refused_with_a_suggestion(overrides, message):
+    """Issue N10: misspelt keys of a user's model YAML were ignored and a different model built
+    (4 layers instead of 2; 12 instead of 1)."""
+    with pytest.raises(PipelineError, match=message):
+        validate(_cfg("model=tiny_llama", "debug=cpu", *overrides) if "experiment" not in overrides[0]
+                 else _cfg(*overrides, "debug=cpu"))
