@@ -34,9 +34,10 @@ from pipeline.core.store import (
     RUNS,
     adopt_abandoned,
     atomic_write,
+    check_record,
     clean_stale,
     concat,
-    read_csv_strict,
+    read_shard,
     shard_paths,
     staging_name,
     swap_in,
@@ -107,36 +108,6 @@ def _write_failed(path: Path, err: OSError) -> PipelineError:
     return PipelineError(f"could not write {path}: {reason} (the previous file is intact)")
 
 
-REQUIRED = ("experiment", "stage", "model", "dataset", "condition", "setting")  # every shard row says whose
-
-
-def _read_text(path: Path) -> pd.DataFrame:
-    """Every cell as the exact string on disk: kept rows are rewritten unchanged. A table that
-    parses but is not a shard (its provenance columns missing or renamed, binary junk read as one
-    column, its header repeated inside it, a row written twice) is refused in one line."""
-    if not path.exists():
-        return pd.DataFrame()
-    df = read_csv_strict(path, dtype=str, keep_default_na=False, na_filter=False)
-    missing = [c for c in REQUIRED if c not in df.columns]
-    header_again = (df == pd.Series(df.columns, index=df.columns)).all(axis=1).any()
-    reason = (f"no provenance column {missing[0]!r}" if missing and len(df.columns) else
-              "its header is repeated inside it" if header_again else
-              "a row is written twice" if df.duplicated().any() else None)
-    if reason:
-        raise PipelineError(f"refusing corrupt table {path}: {reason} (fix or move the file)")
-    return df
-
-
-def check_record(exp_dir: Path) -> None:
-    """Read every committed shard of an experiment once, so that a corrupt one stops a run at its
-    start in one line, not after its whole computation (at commit)."""
-    runs = Path(exp_dir) / RUNS
-    for shard in sorted(runs.iterdir()) if runs.is_dir() else ():
-        if shard.is_dir() and not shard.name.startswith("."):
-            for table in sorted(shard.glob("*.csv")):
-                _read_text(table)
-
-
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
     """Text cells -> typed columns, as a CSV reader would: provenance columns stay strings (an
     empty revision stays ""), ``seed`` is an int and ``step`` a number; in the row columns only
@@ -153,7 +124,7 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
 
 def _merged_text(exp_dir: Path, table: str) -> pd.DataFrame:
     """Every committed shard of ``table``, concatenated, cells as the text on disk."""
-    return concat([_read_text(p) for p in shard_paths(Path(exp_dir), table)], PROVENANCE_COLUMNS)
+    return concat([read_shard(p) for p in shard_paths(Path(exp_dir), table)], PROVENANCE_COLUMNS)
 
 
 def read_table(exp_dir: Path, table: str) -> pd.DataFrame:
@@ -235,7 +206,7 @@ class ResultsWriter:
         path = self.staging / f"{table}.csv"
         try:
             self.staging.mkdir(parents=True, exist_ok=True)
-            old = _read_text(path)
+            old = read_shard(path)
             if len(old):
                 key = {"stage": stage, "condition": condition, "step": "" if step is None else str(step)}
                 cols = old.reindex(columns=list(ROW_KEY), fill_value="")
@@ -253,7 +224,7 @@ class ResultsWriter:
 
     def staged(self, table: str) -> pd.DataFrame:
         """This run's own rows of ``table`` so far (also those of a killed run it resumes)."""
-        return _typed(_read_text(self.staging / f"{table}.csv"))
+        return _typed(read_shard(self.staging / f"{table}.csv"))
 
     def done(self, table: str, stage: str, condition: str) -> bool:
         """Whether the killed run of this setting that this run resumes wrote that condition
@@ -267,8 +238,8 @@ class ResultsWriter:
         """The table as this run sees it: every committed shard but its own, plus its own rows
         (staged, or committed when nothing is staged). Empty if there are none."""
         own = self.staging if self.staging.is_dir() else self.exp_dir / RUNS / self.key
-        frames = [_read_text(p) for p in shard_paths(self.exp_dir, table, skip=self.key)]
-        frames.append(_read_text(own / f"{table}.csv"))
+        frames = [read_shard(p) for p in shard_paths(self.exp_dir, table, skip=self.key)]
+        frames.append(read_shard(own / f"{table}.csv"))
         return _typed(concat(frames, PROVENANCE_COLUMNS))
 
     def commit(self, config: Mapping, extra: dict | None = None) -> Path:
@@ -312,7 +283,7 @@ class ResultsWriter:
         legacy = self.exp_dir / RUNS / f"{self.key.rsplit('__', 1)[0]}__{LEGACY}"
         for table, keys in new_keys.items():
             path = legacy / f"{table}.csv"
-            old = _read_text(path)
+            old = read_shard(path)
             if not len(old):
                 continue
             pairs = set(map(tuple, keys.values.tolist()))

@@ -226,3 +226,33 @@ def concat(frames: list[pd.DataFrame], lead: tuple[str, ...]) -> pd.DataFrame:
     columns = [c for c in lead if any(c in f.columns for f in frames)] + list(dict.fromkeys(extra))
     parts = [f.reindex(columns=columns) for f in frames if len(f)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
+
+
+REQUIRED = ("experiment", "stage", "model", "dataset", "condition", "setting")  # every shard row says whose
+
+
+def read_shard(path: Path) -> pd.DataFrame:
+    """Every cell as the exact string on disk: kept rows are rewritten unchanged. A table that
+    parses but is not a shard (its provenance columns missing or renamed, binary junk read as one
+    column, its header repeated inside it, a row written twice) is refused in one line."""
+    if not path.exists():
+        return pd.DataFrame()
+    df = read_csv_strict(path, dtype=str, keep_default_na=False, na_filter=False)
+    missing = [c for c in REQUIRED if c not in df.columns]
+    header_again = (df == pd.Series(df.columns, index=df.columns)).all(axis=1).any()
+    reason = (f"no provenance column {missing[0]!r}" if missing and len(df.columns) else
+              "its header is repeated inside it" if header_again else
+              "a row is written twice" if df.duplicated().any() else None)
+    if reason:
+        raise PipelineError(f"refusing corrupt table {path}: {reason} (fix or move the file)")
+    return df
+
+
+def check_record(exp_dir: Path) -> None:
+    """Read every committed shard of an experiment once, so that a corrupt one stops a run at its
+    start in one line, not after its whole computation (at commit)."""
+    runs = Path(exp_dir) / RUNS
+    for shard in sorted(runs.iterdir()) if runs.is_dir() else ():
+        if shard.is_dir() and not shard.name.startswith("."):
+            for table in sorted(shard.glob("*.csv")):
+                read_shard(table)
