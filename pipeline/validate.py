@@ -118,8 +118,10 @@ def check_model_config(model: Mapping[str, Any]) -> None:
     unknown key, or an unknown ``init`` key for its model_type, fails in one line with a suggestion."""
     import difflib
 
+    from pipeline.core.loggers import is_secret_key
+
     top, init = model_keys()
-    where = [("model", set(model) - top, top)]
+    where = [("model", {k for k in set(model) - top if not is_secret_key(k)}, top)]  # a token: stripped, not a typo
     if isinstance(model.get("init"), Mapping) and str(model.get("model_type")) in init:
         known = init[str(model["model_type"])]
         where.append(("model.init", set(model["init"]) - known, known))

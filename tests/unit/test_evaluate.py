@@ -316,8 +316,8 @@ def test_conditions_keep_per_window_items_and_compute_the_baseline_once(tmp_path
     with capture({"l0": layer(ctx.model, 0)}, lambda _n, h: calls.append(h.shape[0])):
         rows, table = evaluate_conditions(ctx, "s", conds, ppl_sets={"w": windows}, eval_suite=None,
                                           zero_shot_limit=None, tables=("s_long", "s_wide"), baseline="original")
-    # the unmodified pass + the edited one (3 windows each), probes: no second baseline pass
-    assert sum(calls) == 2 * 3 + 1 + 2
+    # the unmodified pass + the edited one (3 windows each): no second baseline pass, no probe forwards
+    assert sum(calls) == 2 * 3
     assert [r["condition"] for r in table] == ["half", "original"]  # the caller's order
     assert table[1]["kl_w"] == 0.0 and table[0]["kl_w"] > 0
     items = ctx.results.staged("s_long_items")
