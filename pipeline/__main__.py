@@ -31,6 +31,26 @@ def check_choices(argv: list[str]) -> None:
                 raise PipelineError(f"unknown {key} '{choice}'; known: {', '.join(known)}")
 
 
+def check_root_keys(argv: list[str]) -> None:
+    """``device=gpu`` got Hydra's "Key 'device' is not in struct ... use +device=gpu" (the wrong
+    fix): a top-level key that is neither a config group nor a root key fails in one line, with
+    the dotted key it probably means (``model.device``, ``run.seed``)."""
+    import yaml
+
+    from pipeline.validate import model_keys
+
+    run_keys = set((yaml.safe_load((CONF_DIR / "config.yaml").read_text()) or {}).get("run", {}))
+    roots = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} | {"run", "catalog", "hydra", "protocol"}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith(("+", "~", "-")) or "." in key or "/" in key or key in roots:
+            continue
+        near = [f"{group}.{key}" for group, keys in (("model", model_keys()[0]), ("run", run_keys)) if key in keys]
+        meant = "cuda" if key == "device" and value == "gpu" else value
+        hint = f"; did you mean {near[0]}={meant}?" if near else f"; config groups: {', '.join(sorted(roots))}"
+        raise PipelineError(f"{key}={value}: not a config key{hint}")
+
+
 def run(cfg) -> dict:
     """Run every stage of a composed config; returns {stage name: stage output}."""
     from pipeline.config import selected_stages
@@ -92,6 +112,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         check_choices(sys.argv[1:])
+        check_root_keys(sys.argv[1:])
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -132,6 +132,7 @@ def check_model_config(model: Mapping[str, Any]) -> None:
             raise PipelineError(f"{prefix}.{key}: not a key of a model config{hint}")
 
 
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 
 
@@ -149,8 +150,11 @@ def validate(cfg: DictConfig) -> None:
     check_names(cfg)
     check_model_config(OmegaConf.to_container(cfg.model, resolve=True))
     seed = cfg.run.get("seed")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise PipelineError(f"run.seed={seed!r}: expected an integer")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise PipelineError(f"run.seed={seed!r}: an integer from 0 to 2**32 - 1")
+    device = str(cfg.model.get("device", "auto"))
+    if not DEVICE.fullmatch(device):
+        raise PipelineError(f"model.device={device!r}: auto, cpu, cuda, cuda:<n> or mps")
     results_root(cfg)
     for where, rule in (("run.bos", cfg.run.get("bos")), ("data.bos", cfg.data.get("bos", "auto"))):
         if rule is not None and rule not in BOS_MODES:

@@ -75,6 +75,10 @@ def check_values(where: str, args: Any) -> None:
             raise PipelineError(f"{where}.{f.name}={value}: must be at least 1")
         if f.name in NOT_NEGATIVE and any(v < 0 for v in numbers):
             raise PipelineError(f"{where}.{f.name}={value}: must not be negative")
+        if isinstance(value, str) and "prompt" in f.name and not value.strip():
+            raise PipelineError(f"{where}.{f.name}='': an empty prompt has no tokens to measure")
+        if (f.name.endswith("_layer") or f.name == "layer") and isinstance(value, str) and value != "auto":
+            raise PipelineError(f"{where}.{f.name}={value!r}: a 0-based layer index or 'auto'")
     if getattr(args, "lr", 1.0) <= 0:
         raise PipelineError(f"{where}.lr={args.lr}: must be positive")
     if isinstance(getattr(args, "ppl_windows", None), str) and args.ppl_windows not in ("all", "protocol"):

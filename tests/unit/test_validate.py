@@ -25,7 +25,11 @@ def _cfg(*overrides):
     (["stage.ma_profile.fig1_layer=99"], "layer 99 is out of range: the model has 4 decoder layers"),
     (["experiment=massive_activations_tab_intervene", "stage.ma_intervene.layer=99"], "layer 99 is out of range"),
     (["+stage.ma_profile.typo=1"], "stage.ma_profile.typo: unknown argument; ma_profile takes"),
-    (["run.seed=abc"], "run.seed='abc': expected an integer"),
+    (["run.seed=abc"], "run.seed='abc': an integer from 0 to 2**32 - 1"),
+    (["run.seed=-1"], "run.seed=-1: an integer from 0 to 2**32 - 1"),
+    (["model.device=gpu"], "model.device='gpu': auto, cpu, cuda, cuda:<n> or mps"),
+    (["stage.ma_profile.fig1_prompt=''"], "fig1_prompt='': an empty prompt has no tokens"),
+    (["stage.ma_profile.fig1_layer=abc"], "fig1_layer='abc': a 0-based layer index or 'auto'"),
     (["run.record=true"], "would write a debug run into the committed record"),
     (["run.results_dir=" + str(ROOT / "results")], "say so with run.record=true"),
     (["run.results_dir=''"], "an empty path would write into the current folder"),
@@ -93,7 +97,9 @@ def test_training_arguments_are_checked_before_anything_trains(stage, override, 
 
 
 @pytest.mark.parametrize("override,message", [
-    ("run.seed=abc", "error: run.seed='abc': expected an integer"),
+    ("run.seed=abc", "error: run.seed='abc': an integer from 0 to 2**32 - 1"),
+    ("device=gpu", "error: device=gpu: not a config key; did you mean model.device=cuda?"),
+    ("seed=3", "error: seed=3: not a config key; did you mean run.seed=3?"),
     ("stage.ma_profile.fig1_layer=99", "layer 99 is out of range"),
 ])
 def test_config_errors_fail_before_torch_is_imported(override, message):
