@@ -11,32 +11,31 @@ the same setting: what it had written is still staged (``done`` tells a stage wh
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import platform
 import re
-import subprocess
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
 from filelock import FileLock
 
+from pipeline.core.disk import atomic_write
 from pipeline.core.errors import PipelineError
 from pipeline.core.loggers import strip_secrets
-from pipeline.core.paths import REPO_ROOT
+from pipeline.core.provenance import git_sha, setting_hash, versions
 from pipeline.core.store import (
     RUNS,
     adopt_abandoned,
-    atomic_write,
     check_record,
     clean_stale,
+    collect_abandoned,
     concat,
+    file_sha256,
     read_shard,
     shard_paths,
     staging_name,
@@ -49,46 +48,7 @@ PROVENANCE_COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 ROW_KEY: tuple[str, ...] = ("stage", "condition", "step")  # identity of rows inside one run
 LEGACY = "legacy"  # the setting of rows recorded before settings were hashed
-_VERSIONED = ("torch", "transformers", "lm_eval")
-_REPO_ROOT = REPO_ROOT
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=-]+")
-
-
-def git_sha(repo_root: Path | None = None) -> str:
-    """Short commit sha of ``repo_root`` (default: this checkout), ``-dirty`` if tracked files
-    have uncommitted changes (outside ``results/``: the outputs themselves do not make the code
-    dirty); ``"unknown"`` outside a git repository or without git."""
-    root = Path(repo_root) if repo_root is not None else _REPO_ROOT
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=True, timeout=30
-        )
-        return done.stdout.strip()
-
-    try:
-        sha = git("rev-parse", "--short", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{sha}-dirty" if dirty else sha
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of the packages that change numbers: torch, transformers, lm_eval."""
-    found: dict[str, str] = {}
-    for name in _VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "absent"
-    return found
-
-
-def setting_hash(setting: Mapping[str, Any]) -> str:
-    """10 hex digits of the SHA-256 of the setting as canonical JSON."""
-    text = json.dumps(setting, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def _scalar(value: Any) -> Any:
@@ -169,9 +129,11 @@ class ResultsWriter:
         self.key = f"{safe[0]}__{safe[1]}__seed{self.seed}__{self.setting}"
         self.staging = self.exp_dir / RUNS / staging_name(self.key)  # this job's own
         # a killed job of this very setting left its rows: adopt them (never a live job's folder)
-        self.resumed = adopt_abandoned(self.exp_dir / RUNS, self.key, self.staging)
+        self.resumed = adopt_abandoned(self.exp_dir / RUNS, self.key, self.staging, self.git_sha)
         if self.exp_dir.is_dir():
             clean_stale(self.exp_dir)
+            for name in collect_abandoned(self.exp_dir / RUNS):
+                print(f"[results] removed {name}: a killed run nobody resumed for two weeks", flush=True)
             check_record(self.exp_dir)
 
     def path(self, table: str) -> Path:
@@ -246,7 +208,8 @@ class ResultsWriter:
         """Write the manifest beside the staged tables, then make the run visible in one rename
         (replacing an earlier run of the same setting) and rebuild the merged views. Manifest:
         resolved config (secrets stripped), versions, git sha, setting, device, timestamp,
-        python and platform; ``extra`` keys are merged at top level."""
+        python and platform, and the SHA-256 of each table (so that a table edited after the commit is
+found: :func:`pipeline.core.store.altered_tables`); ``extra`` keys are merged at top level."""
         if hasattr(config, "_metadata"):  # an OmegaConf container: resolve interpolations
             from omegaconf import OmegaConf
 
@@ -263,18 +226,24 @@ class ResultsWriter:
         if clash:
             raise ValueError(f"extra keys {clash} collide with manifest fields")
         manifest.update(strip_secrets(extra or {}))
-        text = json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n"
         final = self.exp_dir / RUNS / self.key
         try:
             self.staging.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.staging / "manifest.json", lambda fh: fh.write(text))
             tables = sorted(p.stem for p in self.staging.glob("*.csv"))
+            manifest["tables"] = {t: file_sha256(self.staging / f"{t}.csv") for t in tables}
+            text = json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n"
+            atomic_write(self.staging / "manifest.json", lambda fh: fh.write(text))
             new_keys = {t: self.staged(t)[["stage", "condition"]].astype(str) for t in tables}
             swap_in(self.staging, final)
+        except OSError as err:
+            raise _write_failed(final, err) from err
+        try:  # the run is committed now: a failure from here on must not say it was not
             self._supersede_legacy(new_keys)
             rebuild_views(self.exp_dir, tables)
         except OSError as err:
-            raise _write_failed(final, err) from err
+            raise PipelineError(f"the run is committed ({final}), but the merged views of {self.exp_dir} could not "
+                                f"be rebuilt: {err.strerror or err} (the shards are the record; free space, then "
+                                "make figures or any run's commit rebuilds them)") from err
         return final / "manifest.json"
 
     def _supersede_legacy(self, new_keys: dict[str, pd.DataFrame]) -> None:

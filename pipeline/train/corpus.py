@@ -24,9 +24,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipeline.core.catalog import Catalog
+from pipeline.core.disk import atomic_write
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import CACHE_DIR
-from pipeline.core.store import atomic_write
 from pipeline.data.text import build_source, data_config, stream_tokens
 from pipeline.train.data import read_tokens, write_tokens
 

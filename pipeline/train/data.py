@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.core.disk import atomic_write
 from pipeline.core.errors import PipelineError
-from pipeline.core.store import atomic_write
 
 SPLITS = ("train", "val")
 

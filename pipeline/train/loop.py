@@ -17,7 +17,6 @@ import contextlib
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -28,9 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.config.training import TrainConfig
+from pipeline.core.disk import replacing
 from pipeline.core.errors import PipelineError
 from pipeline.core.ranks import process_rank
-from pipeline.core.store import fsync_dir
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -76,28 +75,12 @@ def save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimize
                     history: list[dict], cfg: TrainConfig, seed: int) -> None:
     """Weights (save_pretrained), optimizer, step and history into ``out`` with one rename (with
     a record of the config and the run's seed)."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    keeps = "the previous checkpoint is kept" if out.exists() else "no checkpoint was written"
+    with replacing(out, "checkpoint", keeps=keeps) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         record = {"step": step, "history": history, "config": {**asdict(cfg), "seed": seed}}
         (tmp / "train_state.json").write_text(json.dumps(record))
-        for f in tmp.iterdir():  # on disk before the rename that makes the checkpoint current
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        old = out.with_name(out.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out.exists():
-            os.replace(out, old)
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-        shutil.rmtree(old, ignore_errors=True)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise PipelineError(f"could not write checkpoint {out}: {err.strerror or err} "
-                            "(the previous checkpoint is kept)") from err
 
 
 # what may differ between a checkpoint and the run that resumes it: how far to train, and where

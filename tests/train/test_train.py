@@ -168,3 +168,39 @@ def test_a_damaged_checkpoint_falls_back_to_the_older_one_or_stops_in_one_line(t
     assert not (tmp_path / "ck.old").exists()
     with pytest.raises(PipelineError, match=r"checkpoint .*ck is damaged \(ck: FileNotFoundError"):
         tiny_training(ck, steps=8, ckpt_every=2)
+
+
+@pytest.mark.parametrize("failure", [
+    RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file data/0: "
+                 "file write failed"),  # what torch.save raises on a full disk
+    OSError(28, "No space left on device"),
+])
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary_folder(tmp_path, monkeypatch, failure):
+    """Defect N3: torch.save and safetensors do not raise OSError on a full disk: 21-35-line
+    tracebacks, and a 40 MB ``last.tmp`` left filling the disk. Now one line, the folder removed,
+    the previous checkpoint kept."""
+    ck = tmp_path / "ck"
+    tiny_training(ck, steps=2, ckpt_every=2)
+    before = (ck / "model.safetensors").read_bytes()
+
+    def full(*_args, **_kwargs):
+        raise failure
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(PipelineError, match=r"could not write checkpoint .*ck: .*\(the previous checkpoint is kept; "
+                                            r"free space and run again\)") as err:
+        tiny_training(ck, steps=4, ckpt_every=2)
+    assert "\n" not in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"], "a temporary folder was left behind"
+    assert (ck / "model.safetensors").read_bytes() == before
+
+
+def test_an_error_that_is_not_a_write_failure_is_not_hidden_as_one(tmp_path):
+    """A bug inside a save stays a traceback (and still leaves no temporary folder)."""
+    from pipeline.core.disk import replacing, write_failure
+
+    assert write_failure(RuntimeError("shape mismatch")) is None
+    assert write_failure(type("SafetensorError", (Exception,), {})("Error while writing: No space left")) is not None
+    with pytest.raises(KeyError), replacing(tmp_path / "cache", "the model cache"):
+        raise KeyError("a bug")
+    assert list(tmp_path.iterdir()) == []

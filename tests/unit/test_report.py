@@ -122,3 +122,20 @@ def test_a_corrupt_shard_marks_its_artefact_and_the_report_still_renders(tmp_pat
     s = next(s for s in secs if s["a"].experiment == "massive_activations_tab_intervene")
     assert s["verdict"] == "not judged" and "a table could not be read: refusing corrupt table" in s["why"]
     assert (tmp_path / "REPORT.md").is_file() and len(secs) == len(ARTEFACTS)
+
+
+def test_a_table_edited_or_deleted_after_its_commit_is_not_judged(tmp_path):
+    """Issue N8: a damaged column or a planted NaN silently changed verdicts ("holds" became
+    "does not hold"), and a model's deleted rows were not mentioned. Each committed table's
+    checksum is in its manifest; the report judges only what was recorded."""
+    fixture(tmp_path, zero_ppl=5000.0)
+    shard = next((tmp_path / "massive_activations_tab_intervene" / "runs").glob("tiny*"))
+    table = shard / "ma_intervene_table.csv"
+    table.write_text(table.read_text().replace("5000.0", ""))  # the set_zero perplexity now NaN
+    s = next(s for s in build(tmp_path, tmp_path / "REPORT.md", None) if s["a"].experiment ==
+             "massive_activations_tab_intervene")
+    assert s["verdict"] == "not judged" and "ma_intervene_table.csv edited since it was recorded" in s["why"]
+    table.unlink()
+    s = next(s for s in build(tmp_path, tmp_path / "REPORT.md", None) if s["a"].experiment ==
+             "massive_activations_tab_intervene")
+    assert s["verdict"] == "not judged" and "ma_intervene_table.csv missing since it was recorded" in s["why"]

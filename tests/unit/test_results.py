@@ -6,6 +6,7 @@ import math
 import multiprocessing as mp
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ import pytest
 import pipeline.core.results as results
 import pipeline.core.store as store
 from pipeline.core.errors import PipelineError
-from pipeline.core.results import PROVENANCE_COLUMNS, ResultsWriter, git_sha, read_table, versions
+from pipeline.core.provenance import git_sha, versions
+from pipeline.core.results import PROVENANCE_COLUMNS, ResultsWriter, read_table
 from tests.helpers import as_killed
 
 
@@ -401,3 +403,51 @@ def test_an_abandoned_run_is_adopted_by_exactly_one_job(tmp_path):
     as_killed(killed)
     a, b = make_writer(tmp_path), make_writer(tmp_path)  # two re-runs racing for it
     assert [a.resumed, b.resumed] == [True, False] and a.done("t", "s", "c1") and not b.done("t", "s", "c1")
+
+
+def test_a_disk_filling_after_the_commit_says_the_run_is_committed(tmp_path, monkeypatch):
+    """Defect N2: with the disk filling after the swap, the run *was* committed but the message
+    said it failed and "the previous file is intact"."""
+    w = make_writer(tmp_path)
+    w.write("t", rows(2), stage="s")
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results, "rebuild_views", full)
+    with pytest.raises(PipelineError) as info:
+        w.commit({})
+    message = str(info.value)
+    assert message.startswith(f"the run is committed ({w.exp_dir / 'runs' / w.key}), but the merged views")
+    assert "intact" not in message and "\n" not in message
+    assert len(results.read_table(w.exp_dir, "t")) == 2
+
+
+def test_a_killed_run_of_other_code_is_computed_again_not_resumed(tmp_path, monkeypatch):
+    """Resumed rows kept the killed run's git_sha: one run's rows from two commits. A killed run
+    is resumed only by the same code; otherwise its rows are computed again, said in one line."""
+    killed = make_writer(tmp_path)
+    killed.write("t", rows(2, 0), stage="s", condition="c1")
+    as_killed(killed)
+    monkeypatch.setattr(results, "git_sha", lambda: "newcode")
+    again = make_writer(tmp_path)
+    assert not again.resumed and not again.done("t", "s", "c1")
+    again.write("t", rows(1, 5), stage="s", condition="c2")
+    again.commit({})
+    assert set(read_table(tmp_path / "a_fig1", "t")["git_sha"]) == {"newcode"}
+
+
+def test_staging_folders_nobody_resumed_for_two_weeks_are_removed(tmp_path, capsys):
+    """`.partial-*` folders of abandoned settings were never collected."""
+    old, recent = make_writer(tmp_path, seed=1), make_writer(tmp_path, seed=2)
+    for w in (old, recent):
+        w.write("t", rows(1), stage="s")
+        as_killed(w)
+    runs = tmp_path / "a_fig1" / "runs"
+    stale = next(runs.glob(f".partial-{old.key}*"))
+    weeks_ago = time.time() - store.GC_AFTER_S - 60
+    for p in (*stale.iterdir(), stale):
+        os.utime(p, (weeks_ago, weeks_ago))
+    make_writer(tmp_path, seed=3)
+    assert f"removed {stale.name}" in capsys.readouterr().out
+    assert [p.name.split(".")[1][len("partial-"):] for p in runs.glob(".partial-*")] == [recent.key]
