@@ -29,6 +29,25 @@ def check_choices(argv: list[str]) -> None:
         for choice in value.strip("[]").split(","):
             if choice and choice not in known:
                 raise PipelineError(f"unknown {key} '{choice}'; known: {', '.join(known)}")
+            if choice:
+                check_file(CONF_DIR / key / f"{choice}.yaml")
+
+
+def check_file(path: Path) -> None:
+    """A config file that is not YAML, or not a mapping (a list, a bare string), fails in one line
+    naming the file and the place (Hydra's message was a traceback)."""
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise PipelineError(f"{path.relative_to(CONF_DIR.parent)} is not valid YAML{where}: "
+                            f"{getattr(err, 'problem', None) or err}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise PipelineError(f"{path.relative_to(CONF_DIR.parent)}: a config file is a mapping of keys "
+                            f"(name: ..., source: ...), not a {type(loaded).__name__}")
 
 
 def check_root_keys(argv: list[str]) -> None:

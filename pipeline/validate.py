@@ -30,6 +30,15 @@ from pipeline.config.shared import BOS_MODES
 from pipeline.core.errors import PipelineError
 from pipeline.core.paths import CACHE_DIR, REPO_ROOT
 
+# model configs: where the weights come from, and the keys each source cannot do without
+SOURCES = ("hub", "gguf", "onnx", "local", "tiny", "init")
+NEEDS = {"hub": ("hub_id",), "local": ("path",), "onnx": ("onnx", "config"), "tiny": ("arch",),
+         "init": ("model_type", "tokenizer")}
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}  # name -> torch attribute; "auto" picks per device
+INTEGERS = ("num_layers", "hidden_size", "init_seed")
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
 LENGTHS = {"seq_len", "calib_seq_len", "ppl_seq_len", "block_size"}
 LAYERS = {"layer", "fig1_layer", "layers", "decomp_layers", "landscape_layer"}
 
@@ -133,6 +142,49 @@ def check_model_config(model: Mapping[str, Any]) -> None:
 
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+def config_bool(cfg: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """A yes/no setting read strictly: ``bool("false")`` is True, so a quoted 'false' or 'no'
+    used to turn trust_remote_code ON. Anything but a bool or a yes/no word is an error."""
+    value = cfg.get(key, default)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLS:
+        return _BOOLS[value.strip().lower()]
+    raise PipelineError(f"model '{cfg.get('name')}': {key}={value!r} is not a yes/no value (true or false)")
+
+
+def check_model_fields(model: Mapping[str, Any]) -> None:
+    """What each source needs, and the types of the keys every loader reads: one line naming the
+    key, before anything loads (a missing ``hub_id`` or ``path`` was a KeyError traceback)."""
+    name = model.get("name")
+    if not name:
+        raise PipelineError("model.name is missing: a model config names itself (name: my_model)")
+    source = model.get("source")
+    if source not in SOURCES:
+        raise PipelineError(f"model '{name}': unknown source {source!r}; known: {', '.join(SOURCES)}")
+    needs = NEEDS.get(source, ()) if source != "gguf" else (
+        ("gguf_parts",) if model.get("gguf_parts") else ("package", "gguf_file"))
+    for key in needs:
+        if model.get(key) in (None, ""):
+            raise PipelineError(f"model '{name}': source {source} needs {key}")
+    if source == "local" and not (Path(str(model["path"])).is_dir() or not Path(str(model["path"])).exists()):
+        raise PipelineError(f"model '{name}': path {model['path']} is a file; give the model's folder "
+                            "(the one holding config.json)")
+    for key in INTEGERS:
+        value = model.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise PipelineError(f"model '{name}': {key}={value!r} is not an integer")
+    dtype = model.get("dtype")
+    if dtype not in (None, "auto", *DTYPES):
+        raise PipelineError(f"model '{name}': dtype={dtype!r}; auto or one of {', '.join(DTYPES)}")
+    config_bool(model, "trust_remote_code")
+    if model.get("revision") is not None and not isinstance(model["revision"], str):
+        raise PipelineError(f"model '{name}': revision={model['revision']!r}; a branch, tag or commit as text "
+                            "(quote a numeric one), or null")
+    if model.get("init") is not None and not isinstance(model["init"], Mapping):
+        raise PipelineError(f"model '{name}': init must be a mapping of config keys, not {model['init']!r}")
+
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.=+-]*")
 
 
@@ -149,6 +201,7 @@ def validate(cfg: DictConfig) -> None:
     """Every check above; raises PipelineError with one line."""
     check_names(cfg)
     check_model_config(OmegaConf.to_container(cfg.model, resolve=True))
+    check_model_fields(OmegaConf.to_container(cfg.model, resolve=True))
     seed = cfg.run.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
         raise PipelineError(f"run.seed={seed!r}: an integer from 0 to 2**32 - 1")

@@ -29,24 +29,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline.core.errors import PipelineError
 from pipeline.core.hub import require_hub
 from pipeline.models.gguf import converted_cache
+from pipeline.validate import DTYPES, SOURCES, config_bool
 
-SOURCES = ("hub", "gguf", "onnx", "local", "tiny", "init")
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-
-
-_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-
-
-def config_bool(cfg: Mapping[str, Any], key: str, default: bool = False) -> bool:
-    """A yes/no setting read strictly: ``bool("false")`` is True, so a quoted 'false' or 'no'
-    used to turn trust_remote_code ON. Anything but a bool or a yes/no word is an error."""
-    value = cfg.get(key, default)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in _BOOLS:
-        return _BOOLS[value.strip().lower()]
-    raise PipelineError(f"model '{cfg.get('name')}': {key}={value!r} is not a yes/no value (true or false)")
+_DTYPES = {name: getattr(torch, attr) for name, attr in DTYPES.items()}
 
 
 def resolve_device(spec: str | None) -> torch.device:

@@ -2,6 +2,7 @@
 model loads (each case below used to load the model first, then give a traceback or a wrong
 message)."""
 
+import re
 import time
 
 import pytest
@@ -127,3 +128,46 @@ def test_a_misspelt_model_key_is_refused_with_a_suggestion(overrides, message):
     with pytest.raises(PipelineError, match=message):
         validate(_cfg("model=tiny_llama", "debug=cpu", *overrides) if "experiment" not in overrides[0]
                  else _cfg(*overrides, "debug=cpu"))
+
+
+TINY = {"name": "mine", "source": "tiny", "arch": "llama", "num_layers": 2}
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"name": None}, "model.name is missing"),
+    ({"source": "s3"}, "unknown source 's3'"),
+    ({"source": "hub"}, "source hub needs hub_id"),
+    ({"source": "local"}, "source local needs path"),
+    ({"source": "local", "path": "/etc/hostname"}, "is a file; give the model's folder"),
+    ({"source": "gguf", "gguf_file": "x.gguf"}, "source gguf needs package"),
+    ({"num_layers": "abc"}, "num_layers='abc' is not an integer"),
+    ({"init_seed": "x"}, "init_seed='x' is not an integer"),
+    ({"dtype": "float7"}, "dtype='float7'; auto or one of"),
+    ({"trust_remote_code": "maybe"}, "is not a yes/no value"),
+    ({"revision": 123}, "revision=123; a branch, tag or commit as text"),
+    ({"init": [1, 2]}, "init must be a mapping"),
+])
+def test_a_malformed_model_config_is_one_line_naming_the_key(change, message):
+    """Issue 22, N10: 13 of 25 malformed model YAMLs gave tracebacks (a KeyError for a missing
+    hub_id or path, int('abc') for a layer count), some after loading."""
+    from pipeline.validate import check_model_fields
+
+    check_model_fields(TINY)
+    with pytest.raises(PipelineError) as err:
+        check_model_fields({**TINY, **change})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("name: x\nsource: [tiny\n", "is not valid YAML (line 3, column 1)"),
+    ("- a\n- b\n", "a config file is a mapping of keys (name: ..., source: ...), not a list"),
+    ("just a string\n", "not a str"),
+])
+def test_a_config_file_that_is_not_a_mapping_is_one_line(text, message, tmp_path, monkeypatch):
+    import pipeline.__main__ as cli
+
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "mine.yaml").write_text(text)
+    monkeypatch.setattr(cli, "CONF_DIR", tmp_path / "conf")
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        cli.check_choices(["model=mine"])
