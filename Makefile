@@ -20,6 +20,10 @@ EXPERIMENTS := $(basename $(notdir $(wildcard conf/experiment/*.yaml)))
 ifneq ($(filter-out $(EXPERIMENTS),$(EXP)),)
 $(error unknown experiment '$(EXP)'; known: $(EXPERIMENTS))
 endif
+# ONLY (make record-stale) too: folder patterns of letters, digits and _ * , / . - only
+ifneq ($(shell printf '%s' '$(subst ','',$(ONLY))' | tr -d 'A-Za-z0-9_*,/.-'),)
+$(error ONLY='$(ONLY)': folder patterns only (letters, digits and _ * , / . -), e.g. ONLY='massive_*,atlas')
+endif
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run test test-fast test-gpu lint repro record record-stale sweep train figures report atlas bench clean assets
@@ -60,8 +64,8 @@ MODELS ?= smollm2_135m,gemma3_270m,dinov2_s_offline  # after training, add train
 atlas: setup ## massive activations + super weights of many models in one table: make atlas MODELS=a,b,c
 	$(PY) -m pipeline -m experiment=atlas model=$(MODELS) $(ARGS)
 
-record-stale: setup ## re-run exactly the stale shards of the record (those make report marks stale) into results/
-	$(PY) -m pipeline.report.stale --record
+record-stale: setup ## re-run exactly the stale shards of the record into results/ (ONLY='massive_*,atlas': some folders)
+	$(PY) -m pipeline.report.stale --record --only '$(or $(ONLY),*)'
 
 report: setup ## results/REPORT.md + results/report.html from the committed CSVs (no model is loaded)
 	$(PY) -m pipeline.report

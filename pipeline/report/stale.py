@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from functools import cache
 from pathlib import Path
 
 from pipeline.core.imports import closure, import_graph, module_file
+from pipeline.core.store import RUNS
 
 ALWAYS = ("pipeline.context",)  # how every run loads its model and data
 
@@ -186,27 +188,43 @@ def rerun_command(repo: Path, shard: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """List the stale shards of the record (``--record``: re-run each into the record)."""
     import argparse
+    import shutil
     import sys
 
     from pipeline.core.paths import REPO_ROOT
+    from pipeline.core.results import rebuild_views
+    from pipeline.core.store import tables_of
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--record", action="store_true")
     p.add_argument("--results", type=Path, default=REPO_ROOT / "results")
+    p.add_argument("--only", default="*", help="comma-separated patterns of result folders, e.g. 'massive_*,atlas'")
     a = p.parse_args(argv)
-    stale = [s for f in sorted(a.results.iterdir()) if f.is_dir() for s in check_folder(REPO_ROOT, f) if s.changed]
+    folders = sorted({r.parent for r in a.results.rglob(RUNS) if r.is_dir()})  # results/any_model/<exp> too
+    wanted = [f for f in folders if any(fnmatch(str(f.relative_to(a.results)), pat) for pat in a.only.split(","))]
+    stale = [s for f in wanted for s in check_folder(REPO_ROOT, f) if s.changed]
     for s in stale:
         try:
             cmd = rerun_command(REPO_ROOT, s.shard)
+            if s.shard.parents[2].resolve() != a.results.resolve():  # a results folder of its own
+                cmd.append(f"run.results_dir={s.shard.parents[2].relative_to(REPO_ROOT)}")
         except (ValueError, KeyError, IndexError) as err:
             print(f"{s.shard.relative_to(a.results)}: stale, re-run by hand ({err})")
             continue
         print(f"{s.shard.relative_to(a.results)}: stale since {s.sha} ({len(s.changed)} files); python -m pipeline "
               + " ".join(cmd))
         if a.record:
+            runs = s.shard.parent
+            before = {p.name for p in runs.iterdir()}
             rc = subprocess.run([sys.executable, "-m", "pipeline", *cmd, "run.record=true"], cwd=REPO_ROOT).returncode
             if rc:
                 print(f"  failed (exit {rc}); the record keeps the stale shard")
+                continue
+            new = sorted(p.name for p in runs.iterdir() if p.name not in before and not p.name.startswith("."))
+            if new and s.shard.exists():  # the setting's hash changed (a new config key): the new shard replaces it
+                shutil.rmtree(s.shard)
+                rebuild_views(runs.parent, tables_of(runs.parent))
+                print(f"  {s.shard.name} replaced by {', '.join(new)}")
     print(f"{len(stale)} stale shards" + ("" if a.record or not stale else "; make record-stale re-runs them"))
     return 0
 
