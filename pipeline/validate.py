@@ -43,13 +43,25 @@ LENGTHS = {"seq_len", "calib_seq_len", "ppl_seq_len", "block_size"}
 LAYERS = {"layer", "fig1_layer", "layers", "decomp_layers", "landscape_layer"}
 
 
+def local_path(model: Mapping[str, Any]) -> Path:
+    """The folder of a ``local`` model: ``path``, or with ``package`` that path inside the installed
+    package (found without importing it; not installed -> one line naming ``install``)."""
+    from pipeline.core.assets import package_dir
+
+    if not model.get("package"):
+        return Path(str(model["path"]))
+    module = str(model["package"])
+    return package_dir(module, str(model.get("pip") or module), str(model.get("install") or "make setup")) / str(
+        model["path"])
+
+
 def model_shape(model_cfg: Mapping[str, Any]) -> tuple[int | None, int | None]:
     """(decoder layers, context length) from the model's config file alone; None where unknown."""
     if model_cfg.get("source") == "tiny":
         return int(model_cfg.get("num_layers", 4)), 512
     found: dict[str, Any] | None = None
-    if model_cfg.get("source") == "local" and (Path(str(model_cfg.get("path"))) / "config.json").exists():
-        found = json.loads((Path(str(model_cfg["path"])) / "config.json").read_text())
+    if model_cfg.get("source") == "local" and (local_path(model_cfg) / "config.json").exists():
+        found = json.loads((local_path(model_cfg) / "config.json").read_text())
     elif model_cfg.get("source") == "gguf":
         cached = sorted((CACHE_DIR / "models").glob(f"{model_cfg.get('name')}-*/config.json"))
         found = json.loads(cached[-1].read_text()) if cached else None
@@ -167,7 +179,11 @@ def check_model_fields(model: Mapping[str, Any]) -> None:
     for key in needs:
         if model.get(key) in (None, ""):
             raise PipelineError(f"model '{name}': source {source} needs {key}")
-    if source == "local" and not (Path(str(model["path"])).is_dir() or not Path(str(model["path"])).exists()):
+    if source == "local" and model.get("package"):  # a folder inside an installed package
+        if Path(str(model["path"])).is_absolute() or ".." in Path(str(model["path"])).parts:
+            raise PipelineError(f"model '{name}': path {model['path']} must be relative to package "
+                                f"'{model['package']}' (the folder inside it holding config.json)")
+    elif source == "local" and not (Path(str(model["path"])).is_dir() or not Path(str(model["path"])).exists()):
         raise PipelineError(f"model '{name}': path {model['path']} is a file; give the model's folder "
                             "(the one holding config.json)")
     for key in INTEGERS:

@@ -12,11 +12,12 @@ from pathlib import Path
 from pipeline.core.errors import PipelineError
 
 
-def package_dir(module: str, pip_name: str) -> Path:
-    """The folder of installed package ``module``; missing -> one line naming what to install."""
+def package_dir(module: str, pip_name: str, install: str = "make setup") -> Path:
+    """The folder of installed package ``module``; missing -> one line naming what to install
+    (``install``: the make target that installs it, ``make setup`` unless a config says otherwise)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise PipelineError(f"python package '{module}' is not installed; run `make setup` "
+        raise PipelineError(f"python package '{module}' is not installed; run `{install}` "
                             f"(or pip install --no-deps {pip_name})")
     return Path(list(spec.submodule_search_locations)[0])
 

@@ -6,7 +6,8 @@ checks every one).
 
 Paths are dotted attribute names; integer parts index a ``ModuleList``. ``layers``,
 ``final_norm``, ``lm_head`` and ``embed`` start at the ``*ForCausalLM`` root (the object
-``AutoModelForCausalLM`` returns); ``attn``, ``mlp`` and ``down_proj`` start at one decoder layer.
+``AutoModelForCausalLM`` returns; an encoder's: the ``AutoModel`` one); ``attn``, ``mlp``,
+``down_proj`` and the norms start at one decoder layer (an encoder's block).
 
 Hook outputs (transformers 5.24): decoder layers return a plain Tensor (the residual stream after
 the block) EXCEPT Falcon, which returns a tuple (hidden, None): always apply "Tensor, or element 0
@@ -43,7 +44,8 @@ class ArchSpec:
         attn: layer -> self-attention module (its output is added to the residual stream).
         mlp: layer -> MLP / MoE block (OPT has no MLP container: ``fc2``, the MLP's last op).
         down_proj: layer -> MLP output projection (MoE: the experts container).
-        final_norm: root -> norm applied after the last decoder layer.
+        final_norm: root -> norm applied after the last decoder layer; None in a post-LN encoder
+            (BERT), where each block's own ``block_out_norm`` ends it.
         lm_head: root -> output projection to the vocabulary.
         embed: root -> input token embedding.
         weights_in_out: the decoder layers' linear weights are stored as (in, out) (GPT-2's
@@ -63,6 +65,10 @@ class ArchSpec:
             before it joins the residual stream (Gemma-2/3, OLMo-2). Its gain can be hundreds, so
             what a weight writes into the residual is measured after it (the super-weight
             detector); None where the output joins the residual as it is.
+        block_out_norm: layer -> post-LN (BERT): the norm of the residual SUM, LayerNorm(x +
+            MLP(x)), whose output is the block's output. The massive-activation profile hooks the
+            block outputs, i.e. AFTER this norm; ``pipeline.hooks.prenorm`` reads its INPUT (the
+            un-normalised residual sum, where massive values show). None in pre-LN models.
         attn_inputs / mlp_inputs: layer -> the linears that read the attention / MLP input (q, k,
             v or a fused qkv; gate and up, or a fused gate_up / c_fc).
         mlp_up: layer -> a gated MLP's separate up projection (feeds ``down_proj`` one to one).
@@ -73,6 +79,8 @@ class ArchSpec:
             key/value heads, (batch, seq, kv_heads * head_dim)); None where q/k/v are fused.
         image_encoder: a vision encoder (input ``pixel_values``, positions after the prefix tokens
             are patches); loaded with ``AutoModel`` and its image processor.
+        text_encoder: a bidirectional text encoder (BERT): ``input_ids`` in, no LM head; loaded
+            with ``AutoModel`` and its tokenizer.
         o_proj: layer -> attention output projection (input = heads concatenated head-major).
             Not quantized by W8A8 (as paper B); decomposed by ``ma_attention`` where it is a
             Linear and ``v_proj`` exists.
@@ -83,13 +91,14 @@ class ArchSpec:
     attn: str
     mlp: str
     down_proj: str
-    final_norm: str
+    final_norm: str | None = None
     lm_head: str | None = None
     embed: str | None = None
     input_norm: str | None = None
     post_attn_norm: str | None = None
     attn_out_norm: str | None = None
     mlp_out_norm: str | None = None
+    block_out_norm: str | None = None
     attn_inputs: tuple[str, ...] = ()
     mlp_inputs: tuple[str, ...] = ()
     mlp_up: str | None = None
@@ -104,6 +113,7 @@ class ArchSpec:
     v_proj: str | None = None
     o_proj: str | None = None
     image_encoder: bool = False   # takes pixel_values; loaded with AutoModel and an image processor
+    text_encoder: bool = False    # takes input_ids, no LM head; loaded with AutoModel and its tokenizer
 
 
 def _llama_like(model_type: str, **overrides: object) -> ArchSpec:
@@ -234,6 +244,16 @@ _SPECS += [
              post_attn_norm="layernorm_after", v_proj="attention.v_proj", o_proj="attention.o_proj",
              attn_inputs=("attention.q_proj", "attention.k_proj", "attention.v_proj"), mlp_inputs=("mlp.fc1",),
              prefix_tokens=(("cls", 1),), image_encoder=True),
+    # BERT, post-LN: each sub-block ends in LayerNorm(x + sublayer(x)); ``attn`` is the attention
+    # sub-block (output AFTER its add & norm, returns the weights); no MLP container: mlp = down_proj =
+    # output.dense. The profile reads block outputs, AFTER output.LayerNorm (block_out_norm);
+    # pipeline.hooks.prenorm reads its INPUT, the residual sum. SmoothQuant cannot fold into a norm
+    # whose output is also the residual: input_norm / post_attn_norm None. No final norm.
+    ArchSpec(model_type="bert", layers="encoder.layer", attn="attention", mlp="output.dense",
+             down_proj="output.dense", embed="embeddings.word_embeddings", gated_mlp=False,
+             block_out_norm="output.LayerNorm", text_encoder=True, v_proj="attention.self.value",
+             o_proj="attention.output.dense", mlp_inputs=("intermediate.dense",),
+             attn_inputs=("attention.self.query", "attention.self.key", "attention.self.value")),
 ]
 
 ARCH_SPECS: dict[str, ArchSpec] = {spec.model_type: spec for spec in _SPECS}

@@ -2,10 +2,11 @@
 
 A model config names either one file (``package`` + ``gguf_file``) or its chunks, in order
 (``gguf_parts: [module/relative/path, ...]``, for wheels too large for one package) with the
-``sha256`` of the joined file. Chunks are joined once into ``.cache/gguf/`` and checked; either
-way the GGUF is dequantised once into a safetensors cache under ``.cache/models/``, so later
-loads take seconds. Every write goes to a temporary name first: a killed conversion leaves
-nothing that a later run would mistake for a finished cache.
+``sha256`` of the joined file, and optionally its ``size`` in bytes (checked first, so that a
+missing or truncated chunk is named by the bytes expected and found). Chunks are joined once into
+``.cache/gguf/`` and checked; either way the GGUF is dequantised once into a safetensors cache
+under ``.cache/models/``, so later loads take seconds. Every write goes to a temporary name first:
+a killed conversion leaves nothing that a later run would mistake for a finished cache.
 """
 
 from __future__ import annotations
@@ -39,13 +40,15 @@ def sha256_of(path: Path) -> str:
 
 def part_paths(cfg: Mapping[str, Any]) -> list[Path]:
     """The chunk files named by ``gguf_parts`` (``module/path/inside``), each checked to exist."""
-    paths = []
+    paths, install = [], str(cfg.get("install") or "make setup")
+    version = str(cfg.get("pip", "")).partition("==")[2]  # the chunks' packages: the version `pip` pins
     for part in cfg["gguf_parts"]:
         module, _, inside = str(part).partition("/")
-        path = package_dir(module, cfg.get("pip", module)) / inside
+        pip = module.replace("_", "-") + (f"=={version}" if version else "")
+        path = package_dir(module, pip, install) / inside
         if not path.exists():
             raise PipelineError(f"model '{cfg['name']}': chunk '{inside}' not found in package '{module}' "
-                                f"({path.parent}); run `make setup`")
+                                f"({path.parent}); run `{install}`")
         paths.append(path)
     return paths
 
@@ -56,6 +59,9 @@ def _joined(cfg: Mapping[str, Any]) -> Path:
     if len(expected) != 64:
         raise PipelineError(f"model '{cfg['name']}': gguf_parts needs the sha256 of the joined file "
                             "(64 hex digits) so that a wrong or truncated chunk cannot pass")
+    size = cfg.get("size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise PipelineError(f"model '{cfg['name']}': size={size!r}; the joined file's size in bytes (an integer)")
     parts = part_paths(cfg)
     target = CACHE_DIR / "gguf" / f"{expected[:12]}-{cfg['gguf_file']}"
     if target.exists():  # written only after its checksum passed (below)
@@ -63,11 +69,11 @@ def _joined(cfg: Mapping[str, Any]) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if not target.exists():  # another process may have joined it meanwhile
-            _join(parts, target, expected, cfg["name"])
+            _join(parts, target, expected, cfg["name"], size)
     return target
 
 
-def _join(parts: list[Path], target: Path, expected: str, name: str) -> None:
+def _join(parts: list[Path], target: Path, expected: str, name: str, size: int | None = None) -> None:
     tmp = target.with_name(target.name + ".tmp")
     print(f"[models] joining {len(parts)} chunks into {target.name} and checking its sha256 ...", flush=True)
     try:
@@ -75,6 +81,9 @@ def _join(parts: list[Path], target: Path, expected: str, name: str) -> None:
             for part in parts:
                 with part.open("rb") as fh:
                     shutil.copyfileobj(fh, out, _BLOCK)
+        if size is not None and tmp.stat().st_size != size:
+            raise PipelineError(f"model '{name}': the joined chunks are {tmp.stat().st_size:,} bytes, expected "
+                                f"{size:,} (a chunk missing, truncated or of the wrong version?)")
         found = sha256_of(tmp)
         if found != expected:
             raise PipelineError(f"model '{name}': the joined chunks have sha256 {found[:12]}..., "

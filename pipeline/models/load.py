@@ -7,7 +7,8 @@ Sources:
            dequantised once into a safetensors cache so later loads take seconds.
   onnx  -- an ONNX graph inside a pip package, converted once into a transformers model
            (``models/onnx_import``; the embedded DINOv2-S ViT).
-  local -- a directory saved with ``save_pretrained``.
+  local -- a directory saved with ``save_pretrained`` (``path``), or a folder inside an installed
+           pip package (``package`` + ``path`` relative to it; found without importing it).
   tiny  -- a random 2-4 layer model built from a config (tests, ``debug``).
   init  -- a randomly initialised model to train: ``model_type`` + ``init`` (its config
            keywords, seeded by ``init_seed``; ``vocab_size`` defaults to the tokenizer's) and
@@ -29,7 +30,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from pipeline.core.errors import PipelineError
 from pipeline.core.hub import require_hub
 from pipeline.models.gguf import converted_cache
-from pipeline.validate import DTYPES, SOURCES, config_bool
+from pipeline.validate import DTYPES, SOURCES, config_bool, local_path
 
 _DTYPES = {name: getattr(torch, attr) for name, attr in DTYPES.items()}
 
@@ -112,13 +113,26 @@ def forward_without_logits(model: torch.nn.Module, ids: torch.Tensor) -> None:
     model(input_ids=ids, use_cache=False, **extra)
 
 
-def is_vision(path: str, extra: Mapping[str, Any]) -> bool:
-    """A vision encoder (loaded with AutoModel and an image processor): its arch spec says so."""
+def encoder_kind(path: str, extra: Mapping[str, Any]) -> str | None:
+    """``"image"`` (a vision encoder: AutoModel and an image processor), ``"text"`` (a text encoder
+    such as BERT: AutoModel and its tokenizer) or None (a causal LM), as its arch spec says."""
     from transformers import AutoConfig
 
-    from pipeline.models.arch import is_image_encoder
+    from pipeline.models.arch import ARCH_SPECS
 
-    return is_image_encoder(AutoConfig.from_pretrained(path, **extra))
+    spec = ARCH_SPECS.get(AutoConfig.from_pretrained(path, **extra).model_type)
+    return None if spec is None else "image" if spec.image_encoder else "text" if spec.text_encoder else None
+
+
+def cls_as_bos(tok: Any) -> None:
+    """A BERT tokenizer starts every text with [CLS] but names no BOS token: name [CLS] so, so that
+    the BOS rules (``bos=auto`` -> every window and prompt starts with it) feed the encoder text
+    that starts as in its training. Nothing changes for a tokenizer with a BOS or without a [CLS]."""
+    cls = getattr(tok, "cls_token", None)
+    if getattr(tok, "bos_token", None) is None and cls is not None:
+        ids = tok("a", add_special_tokens=True)["input_ids"]
+        if ids and ids[0] == tok.cls_token_id:
+            tok.bos_token = cls
 
 
 def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.device]:
@@ -147,7 +161,7 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.devi
 
         path, extra = str(converted_onnx(cfg)), {}
     elif source == "local":
-        path, extra = str(cfg["path"]), {}
+        path, extra = str(local_path(cfg)), {}
         if not Path(path).exists():
             raise PipelineError(f"model '{cfg['name']}': local path '{path}' does not exist")
     else:
@@ -156,15 +170,22 @@ def load_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any, torch.devi
     if device_map:
         kwargs["device_map"] = device_map
     print(f"[models] loading {cfg['name']} ({dtype}, {device_map or device}) ...", flush=True)
-    if cfg.get("auto_class") or is_vision(path, extra):  # an image encoder: its image processor stands
-        import transformers  # where a tokenizer would
+    kind = "image" if cfg.get("auto_class") else encoder_kind(path, extra)
+    if kind == "image":  # an image encoder: its image processor stands where a tokenizer would
+        import transformers
 
         tok = transformers.AutoImageProcessor.from_pretrained(path, **extra)
         # auto_class: the encoder inside a two-tower checkpoint (CLIP: CLIPVisionModel)
         model = getattr(transformers, cfg.get("auto_class") or "AutoModel").from_pretrained(path, **kwargs, **extra)
     else:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"], **extra)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **extra)
+        if kind == "text":  # a text encoder (BERT): no LM head to load
+            from transformers import AutoModel
+
+            cls_as_bos(tok)
+            model = AutoModel.from_pretrained(path, **kwargs, **extra)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **extra)
     if not device_map:
         model = model.to(device)
     else:

@@ -10,6 +10,10 @@ Tables written (``results/<experiment>/``):
   ma_activations.csv   one row per (layer, dim, token type) holding massive activations
   ma_massive.csv       one row per (dim, token type): first layer, value mean/std, ratio (summary)
   ma_fig1.csv          |h| of every token x dim of one layer on the Fig. 1 prompt
+  ma_layer_stats_before_norm.csv, ma_massive_before_norm.csv   post-LN models only (arch spec
+                       ``block_out_norm``, BERT): the same, read BEFORE each block's output norm
+                       (the residual sum, :mod:`pipeline.hooks.prenorm`); the tables above read
+                       the block outputs, after it
 
 Arguments: :class:`pipeline.config.massive_activations.MaProfileArgs`. The papers' numbers are
 set beside ours by the report (``make report``), from ``conf/paper/``.
@@ -25,6 +29,7 @@ from pipeline.analysis.massive import massive_threshold, steady_choice, summariz
 from pipeline.analysis.profile import layer_landscape, profile_layers
 from pipeline.config.massive_activations import MaProfileArgs
 from pipeline.core.registry import StageSpec, register_stage
+from pipeline.hooks.prenorm import profile_before_block_norms
 
 STAGE = "ma_profile"
 
@@ -52,10 +57,14 @@ def run(ctx, args: MaProfileArgs) -> dict[str, Any]:
         why += (f"; on the Fig. 1 prompt the layer-{fig1_layer} maximum ({float(mags.max()):.1f}) "
                 "is NOT massive by the rule")
 
-    paths = {}
-    for table, rows in [("ma_layer_stats", layer_rows), ("ma_activations", act_rows),
-                        ("ma_massive", massive), ("ma_fig1", fig1)]:
-        paths[table] = ctx.results.write(table, rows, stage=STAGE)
+    tables = [("ma_layer_stats", layer_rows), ("ma_activations", act_rows), ("ma_massive", massive), ("ma_fig1", fig1)]
+    pre = profile_before_block_norms(ctx, windows, batch_size=args.batch_size, abs_threshold=args.abs_threshold,
+                                     rel_threshold=args.rel_threshold, max_hits=args.max_hits,
+                                     delimiters=list(args.delimiters))
+    before = None if pre is None else summarize(pre.activation_rows(), len(layer_rows), pre.seen_values())
+    if pre is not None:
+        tables += [("ma_layer_stats_before_norm", pre.layer_rows()), ("ma_massive_before_norm", before)]
+    paths = {table: ctx.results.write(table, rows, stage=STAGE) for table, rows in tables}
     metrics = {"ma/n_massive_groups": len(massive), "ma/max_top1": max(r["top1"] for r in layer_rows),
                "ma/first_layer": min((m["first_layer"] for m in massive), default=-1)}
     ctx.logger.log_metrics(metrics)
@@ -64,6 +73,7 @@ def run(ctx, args: MaProfileArgs) -> dict[str, Any]:
     return {"metrics": metrics, "paths": paths, "massive": massive, "layer_rows": layer_rows,
             "fig1_layer": int(fig1_layer), "fig1_why": why, "truncated": sorted(prof.truncated),
             "nonfinite": {i: n for i, n in enumerate(prof.nonfinite) if n},
+            "before_norm": before, "norm": ctx.arch.block_out_norm,
             "setting": f"{args.n_sequences} x {args.seq_len} tokens of {ctx.data_cfg['name']}"}
 
 
@@ -73,24 +83,31 @@ def _frame(rows: list[dict]):
     return pd.DataFrame(rows)
 
 
+def _rows(massive: list[dict], max_rows: int, table: str) -> list[str]:
+    if not massive:
+        return ["  none found"]
+    lines = [f"  {'layer':>5} {'dim':>6}  {'token type':<16}{'token':<12}{'value':>12}{'std':>9}"
+             f"{'ratio':>10}{'seqs':>6}  layers   steady  peak"]
+    for m in massive[:max_rows]:
+        lines.append(
+            f"  {m['first_layer']:>5} {m['dim']:>6}  {m['token_type']:<16}{m['token_text']!r:<12}"
+            f"{m['value_mean']:>12.1f}{m['value_std']:>9.1f}{m['ratio_to_median']:>10.0f}"
+            f"{m['frac_sequences']:>6.0%}  {m['first_layer']}-{m['last_layer']:<5}"
+            f" {'yes' if m['steady'] else 'no':<7}"
+            f" {m['peak_value_mean']:.4g} (layer {m['peak_layer']})")
+    if len(massive) > max_rows:
+        lines.append(f"  ... {len(massive) - max_rows} more in {table}")
+    return lines
+
+
 def format_summary(out: dict[str, Any], max_rows: int = 12) -> str:
     """One screen: the massive activations found, and the paper comparison when there is one."""
-    lines = [f"massive activations ({out['setting']}; |h| > abs and > rel x layer median):"]
-    massive = out["massive"]
-    if not massive:
-        lines.append("  none found")
-    else:
-        lines.append(f"  {'layer':>5} {'dim':>6}  {'token type':<16}{'token':<12}{'value':>12}{'std':>9}"
-                     f"{'ratio':>10}{'seqs':>6}  layers   steady  peak")
-        for m in massive[:max_rows]:
-            lines.append(
-                f"  {m['first_layer']:>5} {m['dim']:>6}  {m['token_type']:<16}{m['token_text']!r:<12}"
-                f"{m['value_mean']:>12.1f}{m['value_std']:>9.1f}{m['ratio_to_median']:>10.0f}"
-                f"{m['frac_sequences']:>6.0%}  {m['first_layer']}-{m['last_layer']:<5}"
-                f" {'yes' if m['steady'] else 'no':<7}"
-                f" {m['peak_value_mean']:.4g} (layer {m['peak_layer']})")
-        if len(massive) > max_rows:
-            lines.append(f"  ... {len(massive) - max_rows} more in ma_massive.csv")
+    where = " at the block outputs, after each block's norm" if out.get("before_norm") is not None else ""
+    lines = [f"massive activations ({out['setting']}; |h| > abs and > rel x layer median){where}:"]
+    lines += _rows(out["massive"], max_rows, "ma_massive.csv")
+    if out.get("before_norm") is not None:
+        lines.append(f"  before each block's output norm ({out['norm']}'s input, the residual sum):")
+        lines += _rows(out["before_norm"], max_rows, "ma_massive_before_norm.csv")
     lines.append("  (layer: 0-based index of first appearance; paper A counts from 1; steady: massive in >= half"
                  " the layers from there on and in >= half the sequences)")
     if out.get("fig1_why"):
@@ -104,5 +121,6 @@ def format_summary(out: dict[str, Any], max_rows: int = 12) -> str:
 
 
 SPEC = register_stage(StageSpec(name=STAGE, run=run, summary=format_summary,
-                                tables=('ma_layer_stats', 'ma_activations', 'ma_massive', 'ma_fig1'),
+                                tables=('ma_layer_stats', 'ma_activations', 'ma_massive', 'ma_fig1',
+                                        'ma_layer_stats_before_norm', 'ma_massive_before_norm'),
                                 artefact='paper A §2: Table 1, Fig. 1, Fig. 3'))

@@ -79,11 +79,15 @@ CONFIG_KWARGS: dict[str, dict] = {
     "dinov2_with_registers": {**VIT, "num_register_tokens": 4},
     "clip_vision_model": VIT,
     "vit": VIT,
+    # a post-LN text encoder (AutoModel: BertModel, no LM head)
+    "bert": dict(hidden_size=H, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=128,
+                 max_position_embeddings=64),
     # paper C's 2-layer transformer (pipeline/models/birth.py), full variant: it has every part
     "birth": dict(vocab_size=128, dim=H, n_heads=4, n_positions=64, layernorm=True, wq_identity=False,
                   first_ffn="mlp", final_ffn="mlp", positions="learned", frozen=[]),
 }
 ENCODERS = ("dinov2", "dinov2_with_registers", "clip_vision_model", "vit")
+TEXT_ENCODERS = ("bert",)  # input_ids in, no LM head (AutoModel)
 
 
 def tiny_config(model_type: str, **extra: object) -> PretrainedConfig:
@@ -95,7 +99,7 @@ def tiny_config(model_type: str, **extra: object) -> PretrainedConfig:
 def tiny_model(model_type: str) -> nn.Module:
     """Tiny random causal LM for ``model_type``, built once per test session."""
     torch.manual_seed(0)
-    auto = AutoModel if model_type in ENCODERS else AutoModelForCausalLM
+    auto = AutoModel if model_type in ENCODERS + TEXT_ENCODERS else AutoModelForCausalLM
     return auto.from_config(tiny_config(model_type)).eval()
 
 
@@ -147,7 +151,8 @@ def test_paths_resolve(model_type: str) -> None:
     assert spec.model_type == model_type
     for path in (spec.layers, spec.final_norm, spec.lm_head, spec.embed):
         assert path is None or isinstance(arch.resolve(model, path), nn.Module)
-    assert (spec.lm_head is None) == (model_type in ENCODERS)
+    assert (spec.lm_head is None) == (model_type in ENCODERS + TEXT_ENCODERS)
+    assert spec.text_encoder == (model_type in TEXT_ENCODERS) and (spec.final_norm is None) == spec.text_encoder
     n = _text(model.config).num_hidden_layers
     assert arch.num_layers(model) == n == len(arch.decoder_layers(model))
     for i in range(n):
@@ -188,9 +193,10 @@ def test_hooks_see_hidden_size(model_type: str) -> None:
     hidden = _text(model.config).hidden_size
     out = _capture(arch.layer(model, 0), model)
     assert out.shape == (1, _n_tokens(model), hidden)
-    final = _capture(arch.resolve(model, spec.final_norm), model).shape
-    # CLIP's vision tower normalises only the pooled CLS token after its last block
-    assert final == ((1, hidden) if model_type == "clip_vision_model" else (1, _n_tokens(model), hidden))
+    if spec.final_norm is not None:  # None: a post-LN encoder, its last block's norm ends it
+        final = _capture(arch.resolve(model, spec.final_norm), model).shape
+        # CLIP's vision tower normalises only the pooled CLS token after its last block
+        assert final == ((1, hidden) if model_type == "clip_vision_model" else (1, _n_tokens(model), hidden))
     assert _capture(arch.layer_module(model, 1, "attn"), model).shape[-1] == hidden
     assert _capture(arch.layer_module(model, 1, "mlp"), model).shape[-1] == hidden
 

@@ -54,3 +54,16 @@ def test_a_missing_chunk_or_checksum_is_one_line(chunked):
         gguf.gguf_file({**cfg, "gguf_parts": ["no_such_chunk_pkg/x"]})
     with pytest.raises(PipelineError, match="needs the sha256"):
         gguf.gguf_file({k: v for k, v in cfg.items() if k != "sha256"})
+
+
+def test_a_joined_size_mismatch_is_refused_in_one_line(chunked):
+    """``size:`` (bytes of the joined file) is checked after joining, before the checksum."""
+    cfg, whole = chunked
+    with pytest.raises(PipelineError) as err:
+        gguf.gguf_file({**cfg, "size": len(whole) + 1})
+    msg = str(err.value)
+    assert "\n" not in msg and f"{len(whole):,} bytes, expected {len(whole) + 1:,}" in msg
+    assert not [p for p in (gguf.CACHE_DIR / "gguf").iterdir() if p.suffix != ".lock"]  # nothing left
+    with pytest.raises(PipelineError, match="size='big'; the joined file's size in bytes"):
+        gguf.gguf_file({**cfg, "size": "big"})
+    assert gguf.gguf_file({**cfg, "size": len(whole)}).stat().st_size == len(whole)  # the right size passes

