@@ -147,6 +147,22 @@ class Detection(NamedTuple):
     in_threshold: float  # input spike threshold
     rebuilt: list[dict]  # candidates whose massive activation survives their removal (not super weights)
     original: tuple[dict, dict, dict, dict]  # down_proj_io of the original model: (xs, ys, hs, rs)
+    decoys: list[dict]  # candidates whose weight is ordinary in its matrix: a large input did it
+
+
+def outlier_level(numel: int) -> float:
+    """The |w| / std a Gaussian of the matrix's std exceeds about once among ``numel`` weights
+    (two-sided): a weight above it is an outlier of its matrix, not a large input's accomplice."""
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(1.0 - 0.5 / max(numel, 2))
+
+
+def weight_z(model: torch.nn.Module, c: dict) -> tuple[float, float]:
+    """(|W[row, col]| / std of its matrix, the outlier level of that matrix)."""
+    w = down_proj_matrix(model, c["layer"], c.get("expert")).detach()
+    std = float(w.double().std())
+    return abs(c["weight"]) / max(std, 1e-30), outlier_level(w.numel())
 
 
 def _cell_peak(hs: dict, token: int, row: int, start: int, sign: float) -> float:
@@ -156,6 +172,7 @@ def _cell_peak(hs: dict, token: int, row: int, start: int, sign: float) -> float
 
 
 def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str = "auto",
+           in_threshold: float | str = "auto", min_weight_z: float | str = "auto",
            rel_spike: float = 0.05, min_abs: float = 50.0, min_share: float = 0.5,
            max_iter: int = 10, max_survive: float = 0.5) -> Detection:
     """Iterative detection (paper B: zero the super weight found and repeat, so that super
@@ -166,10 +183,14 @@ def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str 
     1,300) but not models whose activations run at another scale (SmolLM2: 24,000; with 50 the
     iteration keeps finding moderate spikes of a few hundred and never ends). The output is
     measured where it joins the residual stream (after the arch spec's ``mlp_out_norm``, if any).
-    Without such a norm the input must exceed the same threshold (paper B: one threshold for
-    both); with one, the norm's gain (hundreds on one real model) separates the two scales, so
-    the input must exceed ``rel_spike`` x the largest down-projection input of the pass instead.
-    One product X[t, col] * W[row, col] must explain ``min_share`` of the output.
+    ``in_threshold`` "auto": the input must exceed ``rel_spike`` x the largest down-projection
+    input of the pass, its own scale (a post-MLP norm's gain, hundreds on one real model,
+    separates the two scales; and SmolLM2's second layer-11 super weight, W[507, 1487], has an
+    input of 1,074 beside a 24,000 output: the output's threshold missed it); a number: fixed
+    (paper B: one threshold, 50, for both). One product X[t, col] * W[row, col] must explain
+    ``min_share`` of the output, and the weight must be an outlier of its matrix (``min_weight_z``
+    standard deviations; "auto": :func:`outlier_level`; 0: no test, paper B's rule): a huge input
+    times an ordinary weight (SmolLM2's layer 28: 4,024 x 0.42) is a ``decoy``, set aside.
 
     A candidate that writes a new value (not one cancelling the residual) must also be
     essential, as paper B's super weights are: with it zeroed, the residual stream's largest
@@ -180,8 +201,8 @@ def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str 
     """
     found: list[dict] = []
     rebuilt: list[dict] = []
-    maxima, original, in_threshold = None, None, None
-    normed = get_arch(model).mlp_out_norm is not None
+    decoys: list[dict] = []
+    maxima, original, in_level = None, None, None
     tries = 0
     while True:
         with scale_weights(model, [site(f) for f in found], 0.0):  # the weights found so far, zeroed
@@ -193,9 +214,10 @@ def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str 
             maxima, original = layer_maxima(xs, ys, rs), (xs, ys, hs, rs)
             if threshold == "auto":
                 threshold = max(min_abs, rel_spike * max(abs(m["residual_max"]) for m in maxima))
-            in_threshold = rel_spike * max(abs(m["in_max"]) for m in maxima) if normed else float(threshold)
-        set_aside = {(r["layer"], r.get("expert"), r["row"], r["col"]) for r in rebuilt}
-        cands = [c for c in cands if abs(c["out_value"]) > threshold and abs(c["in_value"]) > in_threshold
+            in_level = (rel_spike * max(abs(m["in_max"]) for m in maxima) if in_threshold == "auto"
+                        else float(in_threshold))
+        set_aside = {(r["layer"], r.get("expert"), r["row"], r["col"]) for r in rebuilt + decoys}
+        cands = [c for c in cands if abs(c["out_value"]) > threshold and abs(c["in_value"]) > in_level
                  and c["share"] >= min_share and (c["layer"], c.get("expert"), c["row"], c["col"]) not in set_aside]
         # the largest spike first: smaller ones downstream may be its consequences and vanish
         new = max(cands, key=lambda c: abs(c["out_value"]), default=None)
@@ -205,6 +227,13 @@ def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str 
         if len(found) == max_iter or tries > max_iter + 4 * len(hs):
             raise PipelineError(f"super-weight detection did not converge in {max_iter} iterations "
                                 "(raise max_iter or the threshold)")
+        new["weight_z"], level = weight_z(model, new)
+        level = level if min_weight_z == "auto" else float(min_weight_z)
+        if new["weight_z"] < level:
+            new["reason"] = (f"W = {new['weight']:+.3g} is {new['weight_z']:.1f} std of its matrix (an outlier: "
+                             f"> {level:.1f}); the input {new['in_value']:+.4g} made the spike")
+            decoys.append(new)
+            continue
         if not _cancels(new, hs):
             sign = 1.0 if new["out_value"] > 0 else -1.0
             before = _cell_peak(hs, new["token"], new["row"], new["layer"], sign)
@@ -212,12 +241,14 @@ def detect(model: torch.nn.Module, ids: torch.Tensor, *, threshold: float | str 
                 after = _cell_peak(down_proj_io(model, ids)[2], new["token"], new["row"], new["layer"], sign)
             new["survives"] = max(after, 0.0) / before if before > 0 else 0.0
             if new["survives"] >= max_survive:
+                new["reason"] = (f"{new['survives']:.0%} of its massive activation is left with it zeroed "
+                                 "(other MLPs keep it up or rebuild it)")
                 rebuilt.append(new)
                 continue
         found.append(new)
-    for f in found:  # on the ORIGINAL model: does the residual stream already hold this value?
+    for f in found + rebuilt + decoys:  # on the ORIGINAL model: does the residual stream already hold this value?
         f["role"] = "cancels" if _cancels(f, original[2]) else "creates"
-    return Detection(found, maxima, original[2], float(threshold), float(in_threshold), rebuilt, original)
+    return Detection(found, maxima, original[2], float(threshold), float(in_level), rebuilt, original, decoys)
 
 
 def _cancels(f: dict, hs: dict) -> bool:
@@ -230,16 +261,18 @@ def _cancels(f: dict, hs: dict) -> bool:
 def detect_kwargs(args: SuperWeightDetection) -> dict:
     """:func:`detect`'s keyword arguments from a stage's detection group (every field but the
     prompt, which the caller encodes, and ``roles``, which filters what is found)."""
-    return {"threshold": args.threshold, "rel_spike": args.rel_spike, "min_abs": args.min_abs,
-            "min_share": args.min_share, "max_iter": args.max_iter}
+    return {"threshold": args.threshold, "in_threshold": args.in_threshold, "min_weight_z": args.min_weight_z,
+            "rel_spike": args.rel_spike, "min_abs": args.min_abs, "min_share": args.min_share,
+            "max_iter": args.max_iter}
 
 
 def super_weights(ctx, args: SuperWeightDetection) -> list[WeightSite]:
     """The super weights other stages act on (detected on ``args.detect_prompt`` with all of
-    ``args``' detection settings, never hard-coded): those whose role is in ``args.roles``."""
+    ``args``' detection settings, never hard-coded): those whose role is in ``args.roles``, the
+    first ``args.max_weights`` of them (in the order found: the largest spike first)."""
     ids = ctx.encode(args.detect_prompt).to(ctx.device)
     found = detect(ctx.model, ids, **detect_kwargs(args)).found
-    sites = [site(f) for f in found if f["role"] in args.roles]
+    sites = [site(f) for f in found if f["role"] in args.roles][:args.max_weights]
     if not sites:
         raise PipelineError(f"no super weight ({'/'.join(args.roles)}) detected with prompt {args.detect_prompt!r}; "
                             "lower the threshold (the stage's threshold argument)")

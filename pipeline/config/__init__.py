@@ -29,7 +29,8 @@ AT_LEAST_ONE = {"n_sequences", "seq_len", "batch_size", "calib_sequences", "cali
                 "ppl_windows", "eval_batch_size", "calib_windows", "n_prompts", "top_k", "max_hits", "max_iter",
                 "bits", "calib_max_tokens", "zero_shot_limit", "steps", "micro_batch", "grad_accum", "block_size",
                 "eval_every", "ckpt_every", "eval_batches", "profile_sequences", "k", "test_sequences", "n_images",
-                "n_inputs", "eval_images", "calib_images", "calib_views", "attention_positions", "decay_steps"}
+                "n_inputs", "eval_images", "calib_images", "calib_views", "attention_positions", "decay_steps",
+                "max_weights"}
 NOT_NEGATIVE = {"warmup_steps", "grad_clip", "weight_decay", "momentum", "probe_images", "non_sw_min_per_matrix",
                 "non_sw_fraction", "landscape_patches"}
 
@@ -79,6 +80,8 @@ def check_values(where: str, args: Any) -> None:
             raise PipelineError(f"{where}.{f.name}='': an empty prompt has no tokens to measure")
         if (f.name.endswith("_layer") or f.name == "layer") and isinstance(value, str) and value != "auto":
             raise PipelineError(f"{where}.{f.name}={value!r}: a 0-based layer index or 'auto'")
+        if f.name in ("threshold", "in_threshold", "min_weight_z") and isinstance(value, str) and value != "auto":
+            raise PipelineError(f"{where}.{f.name}={value!r}: a number or 'auto'")
     if getattr(args, "lr", 1.0) <= 0:
         raise PipelineError(f"{where}.lr={args.lr}: must be positive")
     if isinstance(getattr(args, "ppl_windows", None), str) and args.ppl_windows not in ("all", "protocol"):

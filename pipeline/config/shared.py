@@ -53,9 +53,18 @@ class SuperWeightDetection:
 
     detect_prompt: str = DEFAULT_DETECT_PROMPT
     roles: list[str] = field(default_factory=lambda: ["creates"])  # which detected weights count as super weights
+    # act on the first N of them (found largest spike first); null = all. SmolLM2 has two in layer 11's
+    # row 507: 1 removes 73% of the super activation (as LLaMA-7B's one weight, 75%), all of them 99%
+    max_weights: int | None = None
     # spike size for input and output; auto = max(min_abs, rel_spike x largest |output|)
     threshold: float | str = "auto"
     rel_spike: float = 0.05
+    # input spike: auto = rel_spike x the largest |input| of the pass (its own scale: SmolLM2's second
+    # layer-11 super weight has input 1,074, below 5% of the 24,000 output); a number = fixed (paper B: 50)
+    in_threshold: float | str = "auto"
+    # a super weight is an outlier of its matrix: |w| / std above this; auto = the level a Gaussian of the
+    # matrix's std exceeds once in its numel weights (about 5.2 sigma for 2.8M); 0 = no test (paper B's rule)
+    min_weight_z: float | str = "auto"
     min_abs: float = 50.0            # paper B's fixed threshold (right for LLaMA-7B's scale)
     min_share: float = 0.5           # one product X[t, col] * W[row, col] must explain this share of Y[t, row]
     max_iter: int = 10

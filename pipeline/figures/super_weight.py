@@ -18,6 +18,8 @@ from pipeline.figures.registry import figure, save, token_label
 def fig3_down_proj(df: pd.DataFrame, model: str, out: Path, sw_directory: pd.DataFrame | None = None) -> Path:
     """Max-|.| down-projection input and output per layer (signed), super weights' layers marked."""
     df, directory = df.sort_values("layer"), sw_directory
+    if directory is not None and "verdict" in directory:  # the super weights, not the candidates set aside
+        directory = directory[directory["verdict"] == "super weight"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, col, title in [(axes[0], "in_max", "down_proj input"), (axes[1], "out_max", "down_proj output")]:
         ax.plot(df["layer"], df[col], marker="o", ms=3, lw=1.4, color="#1f77b4")

@@ -79,7 +79,7 @@ def verdict(a: Artefact, tables: dict[str, pd.DataFrame], broken: dict[str, str]
         return "not run here", f"needs {a.hardware}: {a.command}"
     try:
         return RULES[a.rule](tables)
-    except (KeyError, IndexError, ValueError) as err:  # a table without what the rule reads
+    except (KeyError, IndexError, ValueError, TypeError) as err:  # a table without what the rule reads
         return "not judged", f"the rule could not read its numbers ({type(err).__name__}: {err})"
 
 

@@ -35,7 +35,11 @@ def run(ctx, args: SwDetectArgs) -> dict[str, Any]:
     found, maxima, hs, threshold, in_threshold, rebuilt = detection[:6]
     mdims = massive_dims(hs, args.abs_threshold, args.rel_threshold)
     toks = position_tokens(ctx.model, ctx.tokenizer, ids[0].tolist())  # a sink token leads the hidden states
-    directory = [{**f, "token_text": toks[f["token"]], "row_is_massive_dim": f["row"] in mdims} for f in found]
+    # every candidate the spike rule flags, with the verdict on it: the super weights first
+    flagged = ([(f, "super weight") for f in found] + [(f, "rebuilt") for f in rebuilt]
+               + [(f, "decoy") for f in detection.decoys])
+    directory = [{**f, "verdict": v, "reason": f.get("reason", ""), "token_text": toks[f["token"]],
+                  "row_is_massive_dim": f["row"] in mdims} for f, v in flagged]
     structure, writers = massive_structure(ctx.model, ids, detection, rel_spike=args.rel_spike,
                                            abs_threshold=args.abs_threshold, rel_threshold=args.rel_threshold)
     for r in structure + writers:
@@ -44,10 +48,11 @@ def run(ctx, args: SwDetectArgs) -> dict[str, Any]:
              "sw_directory": ctx.results.write("sw_directory", directory, stage=STAGE),
              "sw_structure": ctx.results.write("sw_structure", structure, stage=STAGE),
              "sw_writers": ctx.results.write("sw_writers", writers, stage=STAGE)}
-    ctx.logger.log_metrics({"sw/n_super_weights": len(directory)})
-    return {"directory": directory, "maxima": maxima, "massive_dims": sorted(mdims), "paths": paths,
-            "prompt": args.detect_prompt, "threshold": threshold, "in_threshold": in_threshold,
-            "structure": structure, "normed": ctx.arch.mlp_out_norm is not None, "rebuilt": rebuilt}
+    ctx.logger.log_metrics({"sw/n_super_weights": len(found)})
+    return {"directory": [d for d in directory if d["verdict"] == "super weight"], "flagged": directory,
+            "maxima": maxima, "massive_dims": sorted(mdims), "paths": paths, "prompt": args.detect_prompt,
+            "threshold": threshold, "in_threshold": in_threshold, "structure": structure,
+            "normed": ctx.arch.mlp_out_norm is not None, "rebuilt": rebuilt}
 
 
 def format_summary(out: dict[str, Any]) -> str:
@@ -65,11 +70,11 @@ def format_summary(out: dict[str, Any]) -> str:
                      f"  {d['role']}"
                      f"{'  row = a massive-activation dim' if d['row_is_massive_dim'] else ''}")
     lines.append("  (layers 0-based, as paper B; W[row = output channel, col = input channel])")
-    if out["rebuilt"]:
-        lines.append(f"  set aside, not super weights: {len(out['rebuilt'])} spike(s) explained by one weight whose "
-                     "massive activation survives zeroing it (other MLPs keep it up or rebuild it): " + ", ".join(
-                         f"layer {r['layer']} W[{r['row']}, {r['col']}] ({r['survives']:.0%} left)"
-                         for r in out["rebuilt"][:6]))
+    others = [d for d in out.get("flagged", []) if d["verdict"] != "super weight"]
+    if others:
+        lines.append(f"  flagged by the spike rule but set aside ({len(others)}):")
+    for d in others[:8]:
+        lines.append(f"    {d['verdict']}: layer {d['layer']} W[{d['row']}, {d['col']}]: {d['reason']}")
     if out["structure"]:
         lines.append("how each steady massive activation is built:")
     for r in out["structure"]:

@@ -98,6 +98,20 @@ def test_ma_intervene_zero_destroys_mean_preserves(smollm, tmp_path):
     assert abs(ppl["random_zero"] / ppl["original"] - 1) < 0.01, ppl
 
 
+def test_the_detector_finds_both_layer_11_super_weights_and_no_decoy(smollm):
+    """Issue 23 on the real model: row 507 of layer 11 holds two super weights, W[507, 1229] and
+    W[507, 1487] (the matrix's largest weight; input 1,074, below 5% of the 24,000 output), and
+    layer 28's W[17, 678] (0.42, about 2 sigma, times a 4,024 input) is not one."""
+    from pipeline.analysis.super_weight import detect
+    from pipeline.config.shared import DEFAULT_DETECT_PROMPT
+
+    model, tok, _ = smollm
+    det = detect(model, tok(DEFAULT_DETECT_PROMPT, return_tensors="pt").input_ids)
+    found = {(f["layer"], f["row"], f["col"]): f["role"] for f in det.found}
+    assert found[(11, 507, 1229)] == "creates" and found[(11, 507, 1487)] == "creates", found
+    assert (28, 17, 678) not in found and (28, 247, 678) not in found, found
+
+
 def test_super_weight_found_and_pruning_it_destroys_the_model(smollm, tmp_path):
 
     out = run_stage("sw_ablate", _ctx(smollm, tmp_path), ppl_data=["wiki_summaries"], ppl_seq_len=256, ppl_windows=2,

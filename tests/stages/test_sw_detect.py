@@ -1,6 +1,7 @@
 """Super-weight detection and reversible weight edits on tiny models with planted super weights."""
 
 import pytest
+import torch
 
 from pipeline.analysis import super_weight
 from pipeline.config.shared import SuperWeightDetection
@@ -36,6 +37,40 @@ def test_iteration_finds_a_second_weight_behind_the_first():
     found = super_weight.detect(model, _ids(tok))[0]
     assert [(f["layer"], f["row"], f["col"]) for f in found] == [(0, 5, 9), (0, 5, 13)]
     assert [f["iteration"] for f in found] == [0, 1]
+
+
+def test_a_second_super_weight_with_a_smaller_input_is_found_in_the_same_row():
+    """Issue 23: SmolLM2's layer 11 has two super weights in row 507; the second one's input
+    (1,074) is below the output's threshold (5% of 24,000), so the input was judged on the wrong
+    scale and the weight missed. Planted: W[5, 9] (input ~460) and W[5, 13] (input ~52, below
+    the output threshold of ~160). The old rule (input threshold = output threshold) finds one."""
+    model, tok = tiny()
+    plant_super_weight(model, layer_idx=1, row=5, col=9, weight=8.0, boost=80.0)
+    plant_super_weight(model, layer_idx=1, row=5, col=13, weight=8.0, boost=30.0)
+    det = super_weight.detect(model, _ids(tok))
+    assert [(f["layer"], f["row"], f["col"]) for f in det.found] == [(1, 5, 9), (1, 5, 13)]
+    assert det.found[1]["in_value"] < det.threshold  # what the old rule required it to exceed
+    old = super_weight.detect(model, _ids(tok), in_threshold=det.threshold)
+    assert [(f["layer"], f["row"], f["col"]) for f in old.found] == [(1, 5, 9)]
+
+
+def test_a_huge_input_times_an_ordinary_weight_is_a_decoy_not_a_super_weight():
+    """Issue 23: SmolLM2's 28:17:678 (weight 0.42, about 2 sigma) was reported as a super weight
+    because a 4,024 input made its product large. Planted: a real super weight in layer 0 and a
+    huge input at column 13 of layer 2 whose weights are untouched."""
+    from tests.helpers import layer
+
+    model, tok = tiny()
+    plant_super_weight(model, layer_idx=0, row=5, col=9)
+    mlp = layer(model, 2).mlp
+    with torch.no_grad():
+        mlp.up_proj.weight[13] *= 400
+        mlp.gate_proj.weight[13] *= 400
+    det = super_weight.detect(model, _ids(tok))
+    assert [(f["layer"], f["row"], f["col"]) for f in det.found] == [(0, 5, 9)]
+    assert [(f["layer"], f["col"]) for f in det.decoys] == [(2, 13)] and "std of its matrix" in det.decoys[0]["reason"]
+    without_test = super_weight.detect(model, _ids(tok), min_weight_z=0)  # paper B's rule: no weight test
+    assert (2, 13) in {(f["layer"], f["col"]) for f in without_test.found}
 
 
 def test_no_super_weight_in_a_random_model():

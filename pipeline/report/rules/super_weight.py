@@ -20,12 +20,14 @@ def super_weight_creates(t):
     """holds if a detected super weight 'creates' a massive activation and its row is the massive
     dim (paper B Table 2: one weight in an early down-projection writes the super activation)."""
     d = t["sw_directory"]
+    if "verdict" in d:  # rows recorded before every flagged candidate was listed hold super weights only
+        d = d[d["verdict"] == "super weight"]
     hit = d[(d["role"] == "creates") & d["row_is_massive_dim"].astype(bool)]
     if hit.empty:
-        return "does not hold", f"{len(d)} candidates, none creates the massive dim"
-    r = hit.iloc[0]
-    return "holds", (f"{r['model']}: layer {int(r['layer'])}, row {int(r['row'])}, col {int(r['col'])}, "
-                     f"weight {r['weight']:.2f}")
+        return "does not hold", f"{len(d)} super weights, none creates the massive dim"
+    return "holds", "; ".join(
+        f"{m}: " + ", ".join(f"layer {int(r['layer'])} W[{int(r['row'])}, {int(r['col'])}] = {r['weight']:.2f}"
+                             for _, r in g.iterrows()) for m, g in hit.groupby("model"))
 
 
 @rule("prune_sw_destroys")
