@@ -77,6 +77,10 @@ class SwActquantArgs(EvalProtocol, SuperWeightDetection):
     alpha: float = 0.85            # SmoothQuant migration strength (paper B)
     smooth_down_proj: bool = False  # also smooth down_proj's input via up_proj rows (the reference code does not)
     parts: list[str] = field(default_factory=lambda: ["weights", "inputs", "attention"])  # what W8A8 quantizes
+    # paper_b: paper B's text (weights per tensor, q/k/v/gate/up/down inputs per token, attention BMM inputs);
+    # smoothquant: SmoothQuant's quantize_llama_like (weights per output channel, o_proj too, q/k/v outputs)
+    protocol: str = "paper_b"
+    activations: str = "per_token"   # per_tensor: one scale per input tensor (the super activation's large case)
     calib_data: str = "wiki_summaries"   # SmoothQuant's per-channel input maxima (never the evaluation split)
     calib_split: str = "train"
     calib_seq_len: int = 256

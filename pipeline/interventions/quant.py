@@ -12,9 +12,11 @@ Building blocks:
 
 Whole-model conditions built from them:
 
-- :func:`w8a8` (paper B §5.1, Tables 3/4/7): weights INT8 per tensor, inputs INT8 per token, the
-  attention products on INT8 inputs, on :func:`quantized_modules`; super-outlier aware on the
-  channels :func:`outlier_channels` names.
+- :func:`w8a8` (paper B §5.1, Tables 3/4/7) under two protocols (:data:`PROTOCOLS`): paper B's
+  text (weights INT8 per tensor, inputs per token, the attention products on INT8 inputs) and
+  SmoothQuant's own (weights per output channel, every linear's input per token, the q/k/v
+  outputs per token); inputs per token or per tensor; super-outlier aware on the channels
+  :func:`outlier_channels` names.
 - :func:`quantized_model` (paper B §5.2, Fig. 7, Table 6): every decoder matrix INT-N blockwise
   round-to-nearest (``rtn``), or clipped to mean +- z std with the super weights restored
   (``rtn_clip_restore``, paper B's "Ours").
@@ -116,42 +118,95 @@ def quantized_attention(model: nn.Module) -> Iterator[None]:
 # --- W8A8 (paper B §5.1) ---------------------------------------------------------------------
 
 PARTS = ("weights", "inputs", "attention")  # what W8A8 can quantize (checked); all = the unlabelled rows
+# paper_b: as paper B's text says (weights per tensor; q/k/v/gate/up/down inputs per token; both
+# attention products on per-row inputs). smoothquant: SmoothQuant's own quantize_llama_like
+# (mit-han-lab/smoothquant fake_quant.py): weights per output channel; the inputs of every decoder
+# linear, o_proj too, per token; "attention" = the q/k/v projection outputs per token (all heads,
+# before RoPE), the attention products themselves unquantized.
+PROTOCOLS = ("paper_b", "smoothquant")
+ACTIVATIONS = ("per_token", "per_tensor")  # one scale per token row, or one per input tensor
 
 
-def quantized_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Every decoder linear except the attention output projection."""
+def quantized_modules(model: nn.Module, protocol: str = "paper_b") -> dict[str, nn.Module]:
+    """Every decoder linear (paper_b: except the attention output projection)."""
     spec = get_arch(model)
     out_proj = {id(resolve_or_none(lay, spec.o_proj)) for lay in decoder_layers(model)} if spec.o_proj else set()
-    return {n: m for n, m in linear_modules(model) if id(m) not in out_proj}
+    return {n: m for n, m in linear_modules(model) if protocol == "smoothquant" or id(m) not in out_proj}
 
 
 def outlier_channels(model: nn.Module, sites: Sequence[WeightSite],
                      modules: dict[str, nn.Module]) -> dict[str, list[int]]:
     """Which input channels carry the super activation, per quantized module: the down
     projection's input channel ``col`` in the super weight's layer, the residual-stream channel
-    ``row`` in every other module of the later layers."""
+    ``row`` in every module of the later layers that reads the residual stream (not the down
+    projections, not the attention output projection: their inputs are other spaces)."""
     out: dict[str, set[int]] = {}
-    downs = {id(layer_module(model, i, "down_proj")) for i in range(num_layers(model))}  # from the arch spec
+    spec = get_arch(model)
+    other_space = {id(layer_module(model, i, "down_proj")) for i in range(num_layers(model))}  # from the arch spec
+    other_space |= {id(resolve_or_none(lay, spec.o_proj)) for lay in decoder_layers(model)} if spec.o_proj else set()
     by_id = {id(m): n for n, m in modules.items()}
     for s in sites:
         down = by_id.get(id(layer_module(model, s.layer, "down_proj")))
         if down:
             out.setdefault(down, set()).add(s.col)
         for name, mod in modules.items():  # inputs read from the residual stream after the super weight
-            if int(name.split(".")[1]) > s.layer and id(mod) not in downs:
+            if int(name.split(".")[1]) > s.layer and id(mod) not in other_space:
                 out.setdefault(name, set()).add(s.row)
     return {k: sorted(v) for k, v in out.items()}
 
 
+def channel_fake_quant(w: torch.Tensor, in_out: bool) -> torch.Tensor:
+    """INT8 symmetric per output channel (SmoothQuant's per_channel weights): one scale per row
+    of an (out, in) weight, per column of GPT-2's (in, out) Conv1D weight."""
+    return token_fake_quant(w.T).T if in_out else token_fake_quant(w)
+
+
+def tensor_act_fake_quant(x: torch.Tensor, outliers: Sequence[int] | None = None) -> torch.Tensor:
+    """INT8 with ONE scale for the whole input tensor (torch only). With ``outliers``: as
+    :func:`kernels.token_quant.token_fake_quant_ref`'s rule, a listed entry larger than every
+    unlisted entry of its row is left out of the scale and restored in full precision."""
+    rows = x.reshape(-1, x.shape[-1]).float()
+    keep = torch.zeros_like(rows, dtype=torch.bool)
+    if outliers:
+        listed = torch.zeros(rows.shape[1], dtype=torch.bool, device=x.device)
+        listed[list(outliers)] = True
+        keep = listed & (rows.abs() > torch.where(listed, 0.0, rows.abs()).amax(dim=1, keepdim=True))
+    scale = torch.where(keep, 0.0, rows.abs()).amax() / 127.0
+    if scale == 0:
+        return x
+    y = torch.where(keep, rows, torch.clamp(torch.round(rows / scale), -127, 127) * scale)
+    return y.to(x.dtype).view(x.shape)
+
+
+@contextmanager
+def quantized_qkv_outputs(model: nn.Module) -> Iterator[None]:
+    """SmoothQuant's quantize_bmm_input: the outputs of the q/k/v projections INT8 per token."""
+    spec = get_arch(model)
+    mods = {f"layers.{i}.{c}": m for i, lay in enumerate(decoder_layers(model)) for c in spec.attn_inputs
+            if (m := resolve_or_none(lay, c)) is not None}
+    with patch(mods, lambda _n, y: token_fake_quant(y)):
+        yield
+
+
 @contextmanager
 def w8a8(model: nn.Module, modules: dict[str, nn.Module], outliers: dict[str, list[int]] | None = None,
-         parts: Sequence[str] = PARTS) -> Iterator[None]:
-    """Weights INT8 per tensor, inputs INT8 per token (super-outlier aware where listed), attention
-    products on INT8 inputs (``parts`` picks which); exact restore on exit."""
+         parts: Sequence[str] = PARTS, protocol: str = "paper_b", activations: str = "per_token") -> Iterator[None]:
+    """W8A8 under ``protocol`` (:data:`PROTOCOLS`): weights INT8 (paper_b per tensor, smoothquant
+    per output channel), inputs INT8 (``activations``: per token or per tensor; super-outlier
+    aware where listed), and the attention part of the protocol; ``parts`` picks which. Exact
+    restore on exit."""
+    in_out = get_arch(model).weights_in_out
+    weight_fn = (lambda _n, w: channel_fake_quant(w, in_out)) if protocol == "smoothquant" else \
+        (lambda _n, w: tensor_fake_quant(w))
     mats = [(n, m.weight.data) for n, m in modules.items()] if "weights" in parts else []
-    with quantized_weights(mats, lambda _n, w: tensor_fake_quant(w)), \
-            (quantized_inputs(modules, outliers) if "inputs" in parts else nullcontext()), \
-            (quantized_attention(model) if "attention" in parts else nullcontext()):
+    inputs = nullcontext()
+    if "inputs" in parts and activations == "per_tensor":
+        inputs = patch(modules, lambda n, x: tensor_act_fake_quant(x, (outliers or {}).get(n)), inputs=True)
+    elif "inputs" in parts:
+        inputs = quantized_inputs(modules, outliers)
+    attention = nullcontext() if "attention" not in parts else (
+        quantized_qkv_outputs(model) if protocol == "smoothquant" else quantized_attention(model))
+    with quantized_weights(mats, weight_fn), inputs, attention:
         yield
 
 

@@ -1,7 +1,15 @@
 """Stage ``sw_actquant``: simulated W8A8 with and without super-outlier handling (paper B §5.1,
 Tables 3, 4 and 7).
 
-Quantized (paper B: "q/k/v/gate/up/down projections plus the attention BMMs"; here every linear in
+Two protocols (``protocol``): ``paper_b``, below, as paper B's text says, and ``smoothquant``,
+SmoothQuant's own ``quantize_llama_like`` (weights INT8 per output channel, the inputs of every
+decoder linear including ``o_proj`` per token, the q/k/v projection outputs per token before RoPE,
+attention products unquantized): its SmoothQuant baseline is SmoothQuant's, not smoothing followed
+by per-tensor weights (which moves the activation range into weight columns: 27.2 perplexity on
+SmolLM2). ``activations=per_tensor`` gives every input one scale, where the super activation
+enters the quantized tensors (per token, after the norm, its row is almost one-hot).
+
+paper_b: quantized (paper B: "q/k/v/gate/up/down projections plus the attention BMMs"; here every linear in
 the decoder layers except the attention output projection, so fused qkv / gate_up and GPT-2's
 ``c_attn``/``c_fc``/``c_proj`` are covered too): weights INT8 per tensor
 (``kernels.tensor_quant``), their inputs INT8 per token (``kernels.token_quant``), and the inputs
@@ -45,7 +53,14 @@ from pipeline.core.paper import paper_table_lines
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import format_number, format_table
-from pipeline.interventions.quant import PARTS, outlier_channels, quantized_modules, w8a8
+from pipeline.interventions.quant import (
+    ACTIVATIONS,
+    PARTS,
+    PROTOCOLS,
+    outlier_channels,
+    quantized_modules,
+    w8a8,
+)
 from pipeline.interventions.smoothquant import (
     NotApplicable,
     input_absmax,
@@ -58,23 +73,28 @@ STAGE = "sw_actquant"
 CONDITIONS = ("fp", "naive", "super_activation_aware", "smoothquant")  # the known ones (checked)
 
 
-def label(condition: str, parts: Sequence[str]) -> str:
-    """Row label: the condition, with the quantized parts appended when not all of them."""
-    return condition if condition == "fp" or tuple(parts) == PARTS else f"{condition}[{'+'.join(parts)}]"
+def label(condition: str, parts: Sequence[str], protocol: str = "paper_b", activations: str = "per_token") -> str:
+    """Row label: the condition, with what differs from the default W8A8 in brackets: the quantized
+    parts when not all of them, the protocol when not paper B's, per-tensor activations."""
+    extra = [] if tuple(parts) == PARTS else ["+".join(parts)]
+    extra += [] if protocol == "paper_b" else [protocol]
+    extra += [] if activations == "per_token" else [activations]
+    return condition if condition == "fp" or not extra else f"{condition}[{'; '.join(extra)}]"
 
 
-def recovery(table: list[dict], data: Sequence[str], parts: Sequence[str] = PARTS) -> None:
-    """Paper B's percentages, computed from our perplexities, added to the super-activation-aware row."""
+def recovery(table: list[dict], data: Sequence[str], named=label) -> None:
+    """Paper B's percentages, computed from our perplexities, added to the super-activation-aware row
+    (``named(condition)``: the row label of a condition in this run)."""
     by = {r["condition"]: r for r in table}
-    ours = by.get(label("super_activation_aware", parts))
-    naive_row = by.get(label("naive", parts))
+    ours = by.get(named("super_activation_aware"))
+    naive_row = by.get(named("naive"))
     if not ours or not naive_row:
         return
     for d in data:
         key = f"ppl_{d}"
         naive = naive_row.get(key, math.nan)
         for ref, col in (("smoothquant", "recovered_vs_smoothquant"), ("fp", "recovered_vs_fp")):
-            gap = naive - by.get(label(ref, parts), {}).get(key, math.nan)
+            gap = naive - by.get(named(ref), {}).get(key, math.nan)
             ours[f"{col}_{d}"] = 100 * (naive - ours[key]) / gap if gap and math.isfinite(gap) else math.nan
 
 
@@ -87,14 +107,21 @@ def run(ctx, args: SwActquantArgs) -> dict[str, Any]:
     bad = [p for p in parts if p not in PARTS]
     if bad or not parts:
         raise PipelineError(f"parts must be a non-empty subset of {', '.join(PARTS)} (got {list(parts)})")
+    if args.protocol not in PROTOCOLS or args.activations not in ACTIVATIONS:
+        raise PipelineError(f"protocol must be one of {', '.join(PROTOCOLS)} and activations one of "
+                            f"{', '.join(ACTIVATIONS)} (got {args.protocol!r}, {args.activations!r})")
     parts = tuple(parts)
-    modules = quantized_modules(ctx.model)
+    modules = quantized_modules(ctx.model, args.protocol)
+    quant = {"parts": parts, "protocol": args.protocol, "activations": args.activations}
+
+    def named(condition: str) -> str:
+        return label(condition, parts, args.protocol, args.activations)
     sites: list[WeightSite] = []
     if "super_activation_aware" in conditions:
         sites = super_weights(ctx, args)
     outliers = outlier_channels(ctx.model, sites, modules)
-    makers = {"fp": nullcontext, "naive": lambda: w8a8(ctx.model, modules, None, parts),
-              "super_activation_aware": lambda: w8a8(ctx.model, modules, outliers, parts)}
+    makers = {"fp": nullcontext, "naive": lambda: w8a8(ctx.model, modules, None, **quant),
+              "super_activation_aware": lambda: w8a8(ctx.model, modules, outliers, **quant)}
     not_applicable = ""
     if "smoothquant" in conditions:
         calib = ctx.calibration_windows(args.calib_data, args.calib_split, args.calib_seq_len, args.calib_windows)
@@ -107,12 +134,12 @@ def run(ctx, args: SwActquantArgs) -> dict[str, Any]:
         else:
             @contextmanager
             def smooth_then_quantize():
-                with smoothed(ctx.model, factors), w8a8(ctx.model, modules, None, parts):
+                with smoothed(ctx.model, factors), w8a8(ctx.model, modules, None, **quant):
                     yield
             makers["smoothquant"] = smooth_then_quantize
-    chosen = {label(c, parts): makers[c] for c in conditions if c in makers}
+    chosen = {named(c): makers[c] for c in conditions if c in makers}
     sw_text = ";".join(s.key for s in sites)
-    describe = {label(c, parts): {"super_weights": sw_text if c == "super_activation_aware" else "",
+    describe = {named(c): {"super_weights": sw_text if c == "super_activation_aware" else "",
                                   "alpha": alpha if c == "smoothquant" else math.nan,
                                   "quantized": "" if c == "fp" else "+".join(parts), "note": ""}
                 for c in conditions if c in makers}
@@ -122,10 +149,10 @@ def run(ctx, args: SwActquantArgs) -> dict[str, Any]:
                                       eval_batch_size=args.eval_batch_size, describe=describe,
                                       tables=("sw_actquant", "sw_actquant_table"), baseline="fp")
     if not_applicable:
-        table.append({"condition": label("smoothquant", parts), **{f"ppl_{d}": math.nan for d in ppl_data},
+        table.append({"condition": named("smoothquant"), **{f"ppl_{d}": math.nan for d in ppl_data},
                       "super_weights": "", "alpha": alpha, "quantized": "+".join(parts),
                       "note": f"not applicable: {not_applicable}"})
-    recovery(table, ppl_data, parts)
+    recovery(table, ppl_data, named)
     paths = write_by_condition(ctx, STAGE, {"sw_actquant": rows, "sw_actquant_table": table})
     return {"table": table, "sites": sites, "outliers": outliers, "paths": paths, "not_applicable": not_applicable,
             "ppl_data": list(ppl_data), "paper": ctx.paper_numbers("super_weight")}

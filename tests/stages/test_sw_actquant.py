@@ -147,3 +147,71 @@ def test_partial_w8a8_rows_are_labelled_by_part(tmp_path):
     want = 100 * (out["table"][1]["ppl_wiki_summaries"] - aware["ppl_wiki_summaries"]) / gap
     assert aware["recovered_vs_fp_wiki_summaries"] == pytest.approx(want)
     assert math.isnan(aware["recovered_vs_smoothquant_wiki_summaries"])
+
+
+def test_the_smoothquant_protocol_quantizes_what_smoothquant_quantizes():
+    """Issue 23: SmoothQuant's quantize_llama_like quantizes o_proj's input, weights per output
+    channel and the q/k/v outputs, not the attention probabilities; paper B's text leaves o_proj."""
+    from pipeline.hooks.forward import capture
+    from pipeline.interventions.quant import w8a8
+
+    model, tok = tiny()
+    assert any(n.endswith("o_proj") for n in quantized_modules(model, "smoothquant"))
+    assert not any(n.endswith("o_proj") for n in quantized_modules(model, "paper_b"))
+    ids = tok("Apple Inc. is a worldwide tech company.", return_tensors="pt").input_ids
+    q = model.model.layers[1].self_attn.q_proj
+    seen = {}
+    with torch.no_grad():
+        for proto in ("paper_b", "smoothquant"):
+            mods = quantized_modules(model, proto)
+            with w8a8(model, mods, None, ("attention",), protocol=proto), \
+                    capture({"q": q}, lambda n, y, k=proto: seen.__setitem__(k, y.clone())):
+                model(ids)
+    rows = seen["smoothquant"].reshape(-1, seen["smoothquant"].shape[-1])
+    steps = rows / (rows.abs().amax(1, keepdim=True) / 127)
+    assert torch.allclose(steps, steps.round(), atol=1e-3)  # q's output on the INT8 grid of its row
+    assert not torch.allclose(seen["paper_b"], seen["paper_b"].round())  # paper B: quantized later, in the BMM
+
+
+@pytest.mark.parametrize("in_out", [False, True])
+def test_per_channel_weights_keep_a_smoothed_column_from_wrecking_the_rest(in_out):
+    """Smoothing moves an activation outlier into one weight column; per-tensor INT8 then rounds
+    every weight with the largest entry of that column as its scale (the broken baseline: 27.2
+    perplexity on SmolLM2), per output channel each row with its own entry of it: the rounding
+    error falls by about mean(row max) / max (0.43 here; about 0.3 for a Gaussian column)."""
+    from kernels.tensor_quant import tensor_fake_quant
+    from pipeline.interventions.quant import channel_fake_quant
+
+    torch.manual_seed(0)
+    w = torch.randn(64, 32) * 0.02
+    w[:, 7] *= 200  # the smoothed column (in, out layout below: a row)
+    stored = w.T.contiguous() if in_out else w
+    per_channel = channel_fake_quant(stored, in_out)
+    per_channel = per_channel.T if in_out else per_channel
+    rest = torch.ones(32, dtype=torch.bool)
+    rest[7] = False
+    err_channel = (per_channel - w)[:, rest].abs().mean()
+    err_tensor = (tensor_fake_quant(w) - w)[:, rest].abs().mean()
+    assert err_channel < 0.6 * err_tensor, (err_channel, err_tensor)
+
+
+def test_per_tensor_activations_use_one_scale_and_keep_the_outlier_exact():
+    from pipeline.interventions.quant import tensor_act_fake_quant
+
+    x = torch.randn(2, 5, 16)
+    x[0, 0, 3] = 5000.0
+    naive = tensor_act_fake_quant(x)
+    assert float((naive - x)[..., :3].abs().max()) > 1.0  # one scale of 5000/127 wipes the rest out
+    aware = tensor_act_fake_quant(x, [3])
+    assert aware[0, 0, 3] == 5000.0 and float((aware - x).abs().max()) < 0.05
+
+
+def test_protocol_and_activations_label_the_rows(tmp_path):
+    ctx = make_ctx(tmp_path)
+    plant_super_weight(ctx.model, layer_idx=0, row=5, col=9, weight=8.0, boost=200.0)
+    out = run_stage("sw_actquant", ctx, protocol="smoothquant", activations="per_tensor", **KW)
+    assert [r["condition"] for r in out["table"]] == [
+        "fp", "naive[smoothquant; per_tensor]", "super_activation_aware[smoothquant; per_tensor]",
+        "smoothquant[smoothquant; per_tensor]"]
+    with pytest.raises(PipelineError, match="protocol must be one of paper_b, smoothquant"):
+        run_stage("sw_actquant", ctx, protocol="gptq", **KW)

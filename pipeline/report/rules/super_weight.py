@@ -148,24 +148,41 @@ def amplified(t):
     return combine(sides, "yes"), f"{metric}, best amplified minus RTN ({e.what.split('; ')[1]}): " + "; ".join(parts)
 
 
+def w8a8_part(suffix: str) -> str | None:
+    """What a W8A8 row label's bracket says, in words ("" = full W8A8 under paper B's protocol);
+    None where the inputs are not quantized (the aware method changes only the inputs)."""
+    bits = [b for b in suffix.strip("[]").split("; ") if b]
+    quantized = next((b for b in bits if b not in ("smoothquant", "per_tensor")), None)
+    if quantized is not None and "inputs" not in quantized.split("+"):
+        return None
+    what = "full W8A8" if quantized is None else f"W8A8 {quantized.replace('+', ' + ')} only"
+    how = ["SmoothQuant's protocol" if "smoothquant" in bits else "paper B's protocol"]
+    how += ["per-tensor activations"] if "per_tensor" in bits else []
+    return f"{what} ({', '.join(how)})"
+
+
 @rule("super_activation_aware_w8a8")
 def w8a8(t):
     """Perplexity (paper B Tables 3/4's metric), paired over the same windows: super-activation
-    aware minus naive W8A8, for full W8A8 and for the inputs-only part when recorded. holds if the
-    interval is below 0 (aware better) for each part measured; partly if for some; does not hold if
-    above for all; inconclusive where it covers 0. KL from the unmodified model is shown beside."""
+    aware minus naive W8A8, for every recorded protocol / part / activation granularity. holds if
+    the interval is below 0 (aware better) for each; partly if for some; does not hold if above for
+    all; inconclusive where it covers 0. KL from the unmodified model is shown beside, and
+    SmoothQuant minus naive where SmoothQuant ran (its baseline: it should not be worse)."""
     items = t.get("sw_actquant_items")
     if items is None:
         return "not judged", NO_ITEMS
     present = set(items["condition"])
     sides, parts = [], []
-    for label, suffix in (("full W8A8", ""), ("inputs only", "[inputs]")):
-        naive, aware = f"naive{suffix}", f"super_activation_aware{suffix}"
-        if {naive, aware} <= present:
-            e = paired(items, naive, aware, "ppl")
-            sides.append(want(side(e), "below"))
-            kl = f", KL {paired(items, naive, aware, 'kl').text(3)}" if (items["metric"] == "kl").any() else ""
-            parts.append(f"{label}: ppl {e.text(3)}{kl}")
+    suffixes = sorted({c[len("naive"):] for c in present if c.startswith("naive")}, key=lambda x: (len(x), x))
+    for suffix in suffixes:
+        naive, aware, smooth = f"naive{suffix}", f"super_activation_aware{suffix}", f"smoothquant{suffix}"
+        if aware not in present or w8a8_part(suffix) is None:
+            continue
+        e = paired(items, naive, aware, "ppl")
+        sides.append(want(side(e), "below"))
+        kl = f", KL {paired(items, naive, aware, 'kl').text(3)}" if (items["metric"] == "kl").any() else ""
+        sq = f"; SmoothQuant minus naive ppl {paired(items, naive, smooth, 'ppl').text(3)}" if smooth in present else ""
+        parts.append(f"{w8a8_part(suffix)}: ppl {e.text(3)}{kl}{sq}")
     if not sides:
         return "not judged", f"no naive / aware pair among {sorted(present)}"
     return combine(sides, "yes"), f"aware minus naive ({e.what.split('; ')[1]}): " + "; ".join(parts)
