@@ -65,6 +65,8 @@ class SwWeightquantArgs(EvalProtocol, SuperWeightDetection):
     calib_windows: int = 4
     calib_max_tokens: int | None = 2048  # input rows kept per linear for the z search
     sw_scales: list[float] = field(default_factory=lambda: [1.0])   # Table 6: super weights amplified (1 = plain)
+    clip: str = "official"         # z clip per block on |w| (official code) | text: the tensor's signed mean +- z std
+    ragged: str = "short_last_block"  # a block size that does not divide a matrix; per_tensor = the official code
     include_original: bool = True  # the unquantized model as the first row
 
 

@@ -213,6 +213,12 @@ def w8a8(model: nn.Module, modules: dict[str, nn.Module], outliers: dict[str, li
 # --- INT-N blockwise round-to-nearest (paper B §5.2) -----------------------------------------
 
 RTN_METHODS = ("rtn", "rtn_clip_restore")  # the known ones (checked)
+# z-score clipping: official = per block on |w| (mengxiayu/LLMSuperWeight quantize_blockwise: clamp to
+# +-(mean|w| + z std|w|) of each block); text = the tensor's signed mean +- z std (paper B's CLIP_z)
+CLIP_RULES = ("official", "text")
+# a block size that does not divide the matrix: a shorter last block, or (the official code) the
+# whole matrix as one block, which turns every large block size into per-tensor on small models
+RAGGED = ("short_last_block", "per_tensor")
 
 
 def z_clip(w: torch.Tensor, z: float | None) -> tuple[float, float] | None:
@@ -224,6 +230,34 @@ def z_clip(w: torch.Tensor, z: float | None) -> tuple[float, float] | None:
     return mean - z * std, mean + z * std
 
 
+def clip_weights(w: torch.Tensor, z: float | None, block_size: int, rule: str = "official") -> torch.Tensor:
+    """``w`` z-score clipped under ``rule`` (:data:`CLIP_RULES`); unchanged for z None or inf.
+    ``official`` takes the tensor as one block where ``block_size`` does not divide it, as the
+    official code does."""
+    if z is None or math.isinf(z):
+        return w
+    if rule == "text":
+        lo, hi = z_clip(w, z)
+        return w.clamp(lo, hi)
+    flat = w.reshape(-1).float()
+    blocks = flat.view(-1, block_size) if flat.numel() % block_size == 0 else flat.view(1, -1)
+    a = blocks.abs()
+    limit = a.mean(1, keepdim=True) + z * a.std(1, keepdim=True)
+    return torch.clamp(blocks, -limit, limit).view(w.shape).to(w.dtype)
+
+
+def int_fake_quant(w: torch.Tensor, *, bits: int, block_size: int, z: float | None = None,
+                   tile: tuple[int, int] | None = None, clip: str = "official",
+                   ragged: str = "short_last_block") -> torch.Tensor:
+    """One matrix as paper B's INT-N recipe quantizes it: z-clipped (``z`` None: not), then
+    asymmetric min-max round-to-nearest per block of ``block_size`` (or per ``tile``)."""
+    if clip not in CLIP_RULES or ragged not in RAGGED:
+        raise PipelineError(f"clip must be one of {', '.join(CLIP_RULES)} and ragged one of {', '.join(RAGGED)}")
+    if ragged == "per_tensor" and tile is None and w.numel() % block_size:
+        block_size = w.numel()
+    return block_fake_quant(clip_weights(w, z, block_size, clip), bits, block_size, None, tile)
+
+
 def _kept(model: nn.Module, sites: Sequence[WeightSite],
           sw_scale: float) -> list[tuple[torch.Tensor, tuple[int, int], float]]:
     return [(m, (s.row, s.col), float(m[s.row, s.col]) * sw_scale)
@@ -233,9 +267,11 @@ def _kept(model: nn.Module, sites: Sequence[WeightSite],
 @contextmanager
 def quantized_model(model: nn.Module, *, method: str, bits: int, block_size: int, z: float | None = None,
                     sites: Sequence[WeightSite] = (), sw_scale: float = 1.0,
-                    tile: tuple[int, int] | None = None) -> Iterator[None]:
+                    tile: tuple[int, int] | None = None, clip: str = "official",
+                    ragged: str = "short_last_block") -> Iterator[None]:
     """The model with every decoder-layer matrix fake-quantized by ``method`` (``bits`` bits per
-    block of ``block_size`` elements, or per ``tile``); exact restore on exit. ``sw_scale``: rtn
+    block of ``block_size`` elements, or per ``tile``; :func:`int_fake_quant`); exact restore on
+    exit. ``sw_scale``: rtn
     quantizes the super weights scaled by it; rtn_clip_restore restores them scaled by it."""
     if method not in RTN_METHODS:
         raise PipelineError(f"unknown method '{method}'; choose one of {', '.join(RTN_METHODS)}")
@@ -243,7 +279,8 @@ def quantized_model(model: nn.Module, *, method: str, bits: int, block_size: int
     kept = _kept(model, sites, sw_scale) if restore else []  # read before any edit
 
     def fn(_name, w):
-        return block_fake_quant(w, bits, block_size, z_clip(w, z) if restore else None, tile)
+        return int_fake_quant(w, bits=bits, block_size=block_size, z=z if restore else None, tile=tile,
+                              clip=clip, ragged=ragged)
 
     with (nullcontext() if restore else scale_weights(model, sites, sw_scale)), \
             quantized_weights([(m.name, m.stored) for m in decoder_matrices(model)], fn):

@@ -8,14 +8,21 @@ stored weight, paper B's "128x128" = 16,384 elements; ``tile=[rows, cols]`` = on
 instead of the list of block sizes). Methods:
 
   rtn               plain blockwise RTN
-  rtn_clip_restore  paper B's "Ours": W_hat = RESTORE(Q^-1(Q(CLIP_z(W)))): each matrix clamped to
-                    mean +- z std before its block ranges are taken, quantized, and the super
+  rtn_clip_restore  paper B's "Ours": W_hat = RESTORE(Q^-1(Q(CLIP_z(W)))): each matrix clamped
+                    before its block ranges are taken (``clip``: ``official`` = per block to
+                    +-(mean|w| + z std|w|), as the official quantize_blockwise; ``text`` = to the
+                    tensor's mean +- z std, as paper B's text reads), quantized, and the super
                     weights (detected by ``sw_detect``, never hard-coded) written back in full
                     precision. z is chosen per block size from ``z_grid`` by the minimum
                     reconstruction error on calibration data: sum over the linear layers of
                     ||X (W - W_hat)^T||^2 / ||X W^T||^2, X = each layer's inputs on held-in text
                     (paper B: 500 WikiText-2 train examples; offline: the train split of the wiki
                     corpus). ``inf`` in the grid means no clipping.
+
+A block size that does not divide a matrix (``ragged``): a shorter last block by default; the
+official code quantizes such a matrix per tensor instead (``ragged=per_tensor``), which on
+SmolLM2's 884,736-element matrices turns every block size above 16,384 into per-tensor: we keep
+the blocks so that the sweep measures block sizes, and offer the official rule by name.
 
 ``sw_scales`` (Table 6): the super weights multiplied by each factor before quantization (rtn)
 or when restored (rtn_clip_restore); 1 = the plain methods.
@@ -37,7 +44,6 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from kernels.block_quant import block_fake_quant
 from pipeline.analysis.super_weight import super_weights
 from pipeline.config.super_weight import SwWeightquantArgs
 from pipeline.core.errors import PipelineError
@@ -46,7 +52,7 @@ from pipeline.core.registry import StageSpec, register_stage
 from pipeline.evaluation.conditions import evaluate_conditions, write_by_condition
 from pipeline.evaluation.summary import format_number, format_table
 from pipeline.hooks.inputs import observe_inputs
-from pipeline.interventions.quant import RTN_METHODS, quantized_model, z_clip
+from pipeline.interventions.quant import RTN_METHODS, int_fake_quant, quantized_model
 from pipeline.models.matrices import WeightSite, decoder_matrices, stored_index
 
 STAGE = "sw_weightquant"
@@ -83,7 +89,8 @@ def calibration_inputs(model, windows: torch.Tensor, device, max_tokens: int | N
 
 @torch.inference_mode()
 def reconstruction_error(model, inputs: dict[str, torch.Tensor], *, method: str, bits: int, block_size: int,
-                         z: float | None, sites: Sequence[WeightSite], tile=None) -> float:
+                         z: float | None, sites: Sequence[WeightSite], tile=None, clip: str = "official",
+                         ragged: str = "short_last_block") -> float:
     """sum ||X (W - W_hat)^T||^2 / sum ||X W^T||^2 over every decoder matrix with inputs (the
     same matrices :func:`pipeline.interventions.quant.quantized_model` quantizes, experts included)."""
     kept: dict[int, list] = {}
@@ -95,7 +102,8 @@ def reconstruction_error(model, inputs: dict[str, torch.Tensor], *, method: str,
         if m.name not in inputs:
             continue
         w = m.stored
-        w_hat = block_fake_quant(w, bits, block_size, z_clip(w, z) if method == "rtn_clip_restore" else None, tile)
+        w_hat = int_fake_quant(w, bits=bits, block_size=block_size, z=z if method == "rtn_clip_restore" else None,
+                               tile=tile, clip=clip, ragged=ragged)
         if method == "rtn_clip_restore":
             for idx in kept.get(w.data_ptr(), []):
                 w_hat[idx] = w[idx]
@@ -108,14 +116,15 @@ def reconstruction_error(model, inputs: dict[str, torch.Tensor], *, method: str,
     return num / den
 
 
-def choose_z(model, inputs, *, bits, block_size, z_grid, sites, tile=None) -> tuple[float, list[dict]]:
+def choose_z(model, inputs, *, bits, block_size, z_grid, sites, tile=None, **rules) -> tuple[float, list[dict]]:
+    """z with the least reconstruction error over ``z_grid`` (``rules``: clip and ragged)."""
     rows = [{"block_size": block_size, "method": "rtn_clip_restore", "z": float(z),
              "rel_error": reconstruction_error(model, inputs, method="rtn_clip_restore", bits=bits,
-                                               block_size=block_size, z=z, sites=sites, tile=tile)}
+                                               block_size=block_size, z=z, sites=sites, tile=tile, **rules)}
             for z in tqdm(z_grid, desc=f"z search, block {block_size}", leave=False)]
     rows.append({"block_size": block_size, "method": "rtn", "z": math.nan,
                  "rel_error": reconstruction_error(model, inputs, method="rtn", bits=bits, block_size=block_size,
-                                                   z=None, sites=sites, tile=tile)})
+                                                   z=None, sites=sites, tile=tile, **rules)})
     best = min((r for r in rows if r["method"] == "rtn_clip_restore"), key=lambda r: r["rel_error"])
     for r in rows:
         r["chosen"] = r is best
@@ -136,6 +145,8 @@ def run(ctx, args: SwWeightquantArgs) -> dict[str, Any]:
         if len(tile) != 2 or min(tile) < 1:
             raise PipelineError(f"tile must be [rows, cols] of positive integers (got {list(tile)})")
         block_sizes = [tile[0] * tile[1]]
+    rules = {"clip": args.clip, "ragged": args.ragged}
+    int_fake_quant(torch.zeros(1), bits=bits, block_size=1, **rules)  # unknown rules: one line, before any work
     sites = super_weights(ctx, args)
     zs: dict[int, float | None] = {}
     z_rows: list[dict] = []
@@ -147,7 +158,7 @@ def run(ctx, args: SwWeightquantArgs) -> dict[str, Any]:
             inputs = calibration_inputs(ctx.model, calib, ctx.device, args.calib_max_tokens, ctx.seed)
             for b in block_sizes:
                 zs[int(b)], rows = choose_z(ctx.model, inputs, bits=bits, block_size=int(b), z_grid=args.z_grid,
-                                            sites=sites, tile=tile)
+                                            sites=sites, tile=tile, **rules)
                 z_rows += rows
             del inputs
     conditions, describe = {}, {}
@@ -160,11 +171,11 @@ def run(ctx, args: SwWeightquantArgs) -> dict[str, Any]:
                 name = condition_name(m, b, s, tile)
                 zb = zs.get(b) if m == "rtn_clip_restore" else None
                 conditions[name] = (lambda m=m, b=b, zb=zb, s=s: quantized_model(
-                    ctx.model, method=m, bits=bits, block_size=b, z=zb, sites=sites, sw_scale=s, tile=tile))
+                    ctx.model, method=m, bits=bits, block_size=b, z=zb, sites=sites, sw_scale=s, tile=tile, **rules))
                 describe[name] = {"method": m, "block_size": b, "z": math.nan if zb is None else zb, "sw_scale": s}
     sw_text = ";".join(s.key for s in sites)
     for d in describe.values():
-        d.update(bits=bits, tile="x".join(map(str, tile)) if tile else "", super_weights=sw_text)
+        d.update(bits=bits, tile="x".join(map(str, tile)) if tile else "", super_weights=sw_text, **rules)
     rows, table = evaluate_conditions(
         ctx, STAGE, conditions, ppl_sets=ctx.eval_windows(args.ppl_data, args.ppl_seq_len, args.ppl_windows),
         eval_suite=args.eval_suite, zero_shot_limit=args.zero_shot_limit, batch_size=args.batch_size,

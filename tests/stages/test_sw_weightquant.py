@@ -153,3 +153,39 @@ def test_z_search_scores_every_matrix_it_quantizes_experts_included():
     only_experts = wq.reconstruction_error(model, {n: inputs[n] for n in routed}, method="rtn", bits=4,
                                            block_size=64, z=None, sites=[])
     assert 0 < only_experts and 0 < err
+
+
+def test_official_clipping_is_per_block_on_absolute_values():
+    """Issue 23: the official quantize_blockwise clamps each block to +-(mean|w| + z std|w|) of that
+    block; the project clipped the whole tensor to its signed mean +- z std (now ``clip=text``)."""
+    import torch
+
+    from pipeline.interventions.quant import clip_weights, z_clip
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 8)
+    w[0, 0] = 40.0  # an outlier in the first block of 8
+    out = clip_weights(w, 2.0, 8, "official")
+    a = w[0].abs()
+    assert out[0, 0] == pytest.approx(float(a.mean() + 2.0 * a.std()))
+    assert torch.equal(out[1:], w[1:].clamp(-(w[1:].abs().mean(1, keepdim=True) + 2 * w[1:].abs().std(1, keepdim=True)),
+                                            w[1:].abs().mean(1, keepdim=True) + 2 * w[1:].abs().std(1, keepdim=True)))
+    lo, hi = z_clip(w, 2.0)
+    assert torch.equal(clip_weights(w, 2.0, 8, "text"), w.clamp(lo, hi))
+    whole = clip_weights(w, 2.0, 5, "official")  # 5 does not divide 32: the tensor is one block
+    assert whole.max() == pytest.approx(float(w.abs().mean() + 2.0 * w.abs().std()))
+    assert torch.equal(clip_weights(w, float("inf"), 8, "official"), w)
+
+
+def test_a_ragged_block_size_is_a_short_last_block_or_per_tensor_as_the_official_code():
+    import torch
+
+    from kernels.block_quant import block_fake_quant
+    from pipeline.interventions.quant import int_fake_quant
+
+    torch.manual_seed(0)
+    w = torch.randn(6, 10)  # 60 elements; 16 does not divide them
+    assert torch.equal(int_fake_quant(w, bits=4, block_size=16), block_fake_quant(w, 4, 16))
+    assert torch.equal(int_fake_quant(w, bits=4, block_size=16, ragged="per_tensor"), block_fake_quant(w, 4, 60))
+    with pytest.raises(PipelineError, match="clip must be one of official, text"):
+        int_fake_quant(w, bits=4, block_size=16, clip="percentile")
