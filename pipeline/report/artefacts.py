@@ -33,6 +33,7 @@ class Artefact:
     order: int = 0                       # position in the papers' order
     folder: str | None = None            # results folder when it is not the experiment's own
     also_needs: tuple[str, ...] = field(default_factory=tuple)   # more tables the rule reads
+    caveat: str = ""                     # what a reader must know to read the verdict (printed under it)
 
 
 def load_artefacts(folder=CONF_DIR / "experiment") -> tuple[Artefact, ...]:

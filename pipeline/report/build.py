@@ -145,6 +145,7 @@ def markdown(secs: list[dict[str, Any]], root: Path) -> str:
             a = s["a"]
             lines += ["", f"### {a.title}", "",
                       f"- experiment: `{a.experiment}`; verdict: **{s['verdict']}** ({s['why']})",
+                      *([f"- caveat: {a.caveat}"] if a.caveat else []),
                       f"- rule: {s['rule']}", f"- setting: {s['setting']}",
                       f"- record: {s['stale'] or 'current (no file that produced it changed since it was recorded)'}",
                       f"- regenerate: `{a.command}` ({a.hardware}); the paper's setting: "

@@ -139,3 +139,25 @@ def test_a_table_edited_or_deleted_after_its_commit_is_not_judged(tmp_path):
     s = next(s for s in build(tmp_path, tmp_path / "REPORT.md", None) if s["a"].experiment ==
              "massive_activations_tab_intervene")
     assert s["verdict"] == "not judged" and "ma_intervene_table.csv missing since it was recorded" in s["why"]
+
+
+def test_no_paper_c_rule_passes_on_a_probe_that_never_reaches_its_level():
+    """Issue 24: `birth_readme` "held" with "wk0 >= 0.5 at None" (the order check passed when the
+    probe never got there), and Fig. 3 compared infinity with infinity."""
+    import pandas as pd
+
+    from pipeline.report.rules import RULES
+
+    steps = [0, 100, 200, 300]
+    curve = pd.DataFrame({"label": "run", "step": steps, "acc_end": [0.1, 0.5, 0.9, 0.95],
+                          "wo1": [0.0, 0.6, 0.9, 1.0], "wk0_64": [0.0, 0.1, 0.2, 0.3]})  # never reaches 0.5
+    verdict, why = RULES["induction_head_forms"]({"birth_curve": curve})
+    assert verdict == "inconclusive" and "wk0_64 >= 0.5 at never" in why
+    reached = curve.assign(wk0_64=[0.0, 0.7, 0.9, 1.0])  # reaches it with wo1, at step 100
+    assert RULES["induction_head_forms"]({"birth_curve": reached})[0] == "holds"
+    runs = []
+    for label, acc in (("W_O2 frozen until 300", 0.3), ("W_K2 frozen until 300", 0.4),
+                       ("W_K1 frozen until 300", 0.6), ("no freezing", 0.8)):
+        runs.append(pd.DataFrame({"label": label, "step": steps, "acc_end": [0.0, 0.1, acc, acc]}))
+    verdict, why = RULES["freezing_order"]({"birth_curve": pd.concat(runs)})
+    assert verdict == "inconclusive" and "W_O2 vs W_K2: neither reaches 0.5" in why

@@ -15,37 +15,55 @@ def _first_step(g: pd.DataFrame, col: str, level: float) -> float:
 @rule("induction_head_forms")
 def induction(t):
     """holds if the in-context accuracy (acc_end) ends >= 0.9 and the output memory W_O2 (wo1)
-    reaches 0.5 no later than the previous-token memory W_K1 (wk0) (paper C: the induction head
-    forms top-down); partly if only the accuracy does."""
+    reaches 0.5 no later than the previous-token memory W_K1 on the first 64 positions (wk0_64;
+    wk0 over all 256 positions never reaches 0.5 in these budgets) (paper C: the induction head
+    forms top-down); partly if only the accuracy does; inconclusive where the accuracy holds but a
+    memory never reaches 0.5, so that no order was observed."""
     d = t["birth_curve"].sort_values("step")
-    out = []
-    verdicts = []
+    out, verdicts = [], []
     for label, g in d.groupby("label", sort=False):
         last = g.iloc[-1]
+        wo, wk = _first_step(g, "wo1", 0.5), _first_step(g, "wk0_64", 0.5)
+        accurate = last["acc_end"] >= 0.9
+        if not accurate:
+            verdicts.append("does not hold")
+        elif wo == float("inf") or wk == float("inf"):
+            verdicts.append("inconclusive")
+        else:
+            verdicts.append("holds" if wo <= wk else "partly")
+        out.append(f"{label}: acc_end {last['acc_end']:.3f} at step {int(last['step'])}, wo1 >= 0.5 at "
+                   f"{_step(wo)}, wk0_64 >= 0.5 at {_step(wk)}")
+    return _combined(verdicts), "; ".join(out)
 
-        def cross(col, g=g):
-            hit = g[g[col] >= 0.5]
-            return int(hit["step"].iloc[0]) if len(hit) else None
 
-        wo, wk0 = cross("wo1"), cross("wk0")
-        order = wo is not None and (wk0 is None or wo <= wk0)
-        verdicts.append("holds" if last["acc_end"] >= 0.9 and order else "partly" if last["acc_end"] >= 0.9 else
-                        "does not hold")
-        out.append(f"{label}: acc_end {last['acc_end']:.3f} at step {int(last['step'])}, wo1 >= 0.5 at {wo}, "
-                   f"wk0 >= 0.5 at {wk0}")
-    some = "holds" in verdicts or "partly" in verdicts
-    verdict = "holds" if all(v == "holds" for v in verdicts) else "partly" if some else "does not hold"
-    return verdict, "; ".join(out)
+def _step(step: float) -> str:
+    return "never (within the run)" if step == float("inf") else f"{step:g}"
+
+
+def _combined(verdicts: list[str]) -> str:
+    """One verdict over runs: holds if every run holds, does not hold if none holds or is partly,
+    inconclusive if a run could not be judged and none failed, else partly."""
+    if all(v == "holds" for v in verdicts):
+        return "holds"
+    if "inconclusive" in verdicts and "does not hold" not in verdicts:
+        return "inconclusive"
+    return "partly" if any(v in ("holds", "partly") for v in verdicts) else "does not hold"
 
 
 @rule("attention_heads_form")
 def heads_form(t):
-    """holds if, in every run, layer 1 ends as a previous-token head (score_acc >= 0.9) and layer 2
-    as an induction head (score2_acc >= 0.5) (paper C Fig. 2); partly if in some."""
+    """Judged where a previous-token head is needed: the triggers are the most frequent characters,
+    so the first output after a trigger sits early (median position 12; 78% before 40) and W_K1
+    recalls the first 64 positions first (paper C). holds if, in every run, layer 1's
+    previous-token memory on the first 64 positions (wk0_64) ends >= 0.5 and layer 2 ends as an
+    induction head (score2_acc >= 0.5) (paper C Fig. 2); partly if in some. The previous-token
+    attention score over all 256 positions (score_acc) is shown beside: it stays low for the
+    released official code too (0.16-0.33)."""
     d = t["birth_curve"].sort_values("step")
     last = d.groupby("label").tail(1)
-    ok = (last["score_acc"] >= 0.9) & (last["score2_acc"] >= 0.5)
-    why = "; ".join(f"{r.label}: score_acc {r.score_acc:.2f}, score2_acc {r.score2_acc:.2f}" for r in last.itertuples())
+    ok = (last["wk0_64"] >= 0.5) & (last["score2_acc"] >= 0.5)
+    why = "; ".join(f"{r.label}: wk0_64 {r.wk0_64:.2f}, score2_acc {r.score2_acc:.2f} (score_acc over all "
+                    f"positions {r.score_acc:.2f})" for r in last.itertuples())
     return ("holds" if ok.all() else "partly" if ok.any() else "does not hold"), why
 
 
@@ -53,16 +71,22 @@ def heads_form(t):
 def freezing_order(t):
     """holds if freezing a matrix until step 300 delays the in-context accuracy (acc_end >= 0.5) the
     more, the higher the matrix sits: W_O2 frozen >= W_K2 frozen >= W_K1 frozen (paper C: the
-    induction head is learned top-down); partly if only W_O2 >= W_K1."""
+    induction head is learned top-down); partly if only W_O2 >= W_K1. Two runs that never reach
+    0.5 within the budget are not ordered: a comparison between them is inconclusive, not passed."""
     d = t["birth_curve"].sort_values("step")
     at = {label: _first_step(g, "acc_end", 0.5) for label, g in d.groupby("label")}
     key = {k: next((v for lab, v in at.items() if lab.startswith(k)), None) for k in ("W_O2", "W_K2", "W_K1")}
-    why = ", ".join(f"{lab}: {v:g}" for lab, v in at.items())
+    why = "first step with acc_end >= 0.5: " + ", ".join(f"{lab}: {_step(v)}" for lab, v in at.items())
     if None in key.values():
         return "not run here", f"freezing runs missing ({why})"
+    pairs = [("W_O2", "W_K2"), ("W_K2", "W_K1")]
+    unknown = [f"{a} vs {b}" for a, b in pairs if key[a] == key[b] == float("inf")]
+    if unknown:
+        top = key["W_O2"] >= key["W_K1"] and key["W_K1"] != float("inf")
+        return "inconclusive", (f"{why}; not ordered ({', '.join(unknown)}: neither reaches 0.5 within the run)"
+                                + ("; W_O2 frozen >= W_K1 frozen holds" if top else ""))
     full = key["W_O2"] >= key["W_K2"] >= key["W_K1"]
-    return ("holds" if full else "partly" if key["W_O2"] >= key["W_K1"] else "does not hold"), \
-        "first step with acc_end >= 0.5: " + why
+    return ("holds" if full else "partly" if key["W_O2"] >= key["W_K1"] else "does not hold"), why
 
 
 @rule("global_before_in_context")
