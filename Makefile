@@ -24,13 +24,16 @@ EXPERIMENTS := $(basename $(notdir $(wildcard conf/experiment/*.yaml)))
 ifneq ($(filter-out $(EXPERIMENTS),$(EXP)),)
 $(error unknown experiment '$(EXP)'; known: $(EXPERIMENTS))
 endif
+ifneq ($(shell printf '%s' '$(subst ','',$(SEEDS))' | tr -d '0-9,'),)
+$(error SEEDS='$(SEEDS)': seeds as digits and commas, e.g. SEEDS=1,2)
+endif
 # ONLY (make record-stale) too: folder patterns of letters, digits and _ * , / . - only
 ifneq ($(shell printf '%s' '$(subst ','',$(ONLY))' | tr -d 'A-Za-z0-9_*,/.-'),)
 $(error ONLY='$(ONLY)': folder patterns only (letters, digits and _ * , / . -), e.g. ONLY='massive_*,atlas')
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-gpu lint repro record record-stale sweep train figures report atlas bench clean assets assets-extra
+.PHONY: help setup run test test-fast test-gpu lint repro record record-stale record-seeds sweep train figures report atlas bench clean assets assets-extra
 
 help: ## list the targets and the experiments
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,6 +66,13 @@ train: setup ## train from scratch into outputs/: make train EXP=massive_activat
 
 sweep: setup ## multirun, e.g. make sweep ARGS='model=llama2_7b,mistral_7b hydra/launcher=slurm'
 	$(PY) -m pipeline -m experiment=$(EXP) $(ARGS)
+
+SEEDS ?= 1,2
+record-seeds: setup ## repeat the minutes-long training artefacts over SEEDS (1,2) into the record (~100 min on 2 cores); the report shows the spread
+	$(PY) -m pipeline -m experiment=massive_activations_gpt2_default,massive_activations_gpt2_sink,massive_activations_gpt2_attn_bias run.seed=$(SEEDS) run.record=true
+	$(PY) -m pipeline -m experiment=birth_fig2 variant=fixed,random_triggers run.seed=$(SEEDS) run.record=true
+	$(PY) -m pipeline -m experiment=birth_fig3 variant=none,wo2_frozen,wk2_frozen,wk1_frozen run.seed=$(SEEDS) run.record=true
+	$(PY) -m pipeline -m experiment=birth_fig4 variant=fixed,k1,k3,random_triggers,bigram_outputs,ood run.seed=$(SEEDS) run.record=true
 
 MODELS ?= smollm2_135m,gemma3_270m,dinov2_s_offline  # after training, add trained_ma_gpt2_default,trained_birth_readme,...
 atlas: setup ## massive activations + super weights of many models in one table: make atlas MODELS=a,b,c

@@ -161,3 +161,25 @@ def test_no_paper_c_rule_passes_on_a_probe_that_never_reaches_its_level():
         runs.append(pd.DataFrame({"label": label, "step": steps, "acc_end": [0.0, 0.1, acc, acc]}))
     verdict, why = RULES["freezing_order"]({"birth_curve": pd.concat(runs)})
     assert verdict == "inconclusive" and "W_O2 vs W_K2: neither reaches 0.5" in why
+
+
+def test_training_rules_read_each_seed_as_its_own_run_and_show_the_spread():
+    """Issue 21: curves of several seeds of one label were merged into one curve; each seed is its
+    own run now, and the GPT-2 rule shows the spread over seeds and needs every seed to pass."""
+    import pandas as pd
+
+    from pipeline.report.rules import RULES
+
+    rows = []
+    for model, ratios in (("ma_gpt2_default", [2000.0, 900.0]), ("ma_gpt2_attn_bias", [5.0, 6.0])):
+        for seed, r in enumerate(ratios):
+            rows.append({"model": model, "seed": seed, "step": 10, "val_loss": 3.0, "ratio_max": r, "top1_max": 500.0})
+    verdict, why = RULES["gpt2_variants"]({"train_curve": pd.DataFrame(rows)})
+    assert verdict == "does not hold"  # seed 1's default run stays below 1000
+    assert "ma_gpt2_default: ratio 1450.0 (range 900.0-2000.0, 2 seeds)" in why
+    curve = pd.concat([pd.DataFrame({"label": "run", "seed": seed, "step": [0, 100, 200], "acc_end": [0.1, 0.95, 0.95],
+                                     "wo1": [0.0, 0.6, 1.0], "wk0_64": [0.0, 0.7, w]})
+                       for seed, w in ((0, 1.0), (1, 0.4))])
+    curve.loc[(curve["seed"] == 1), "wk0_64"] = [0.0, 0.1, 0.4]  # seed 1 never reaches 0.5
+    verdict, why = RULES["induction_head_forms"]({"birth_curve": curve})
+    assert verdict == "inconclusive" and "run (seed 0)" in why and "run (seed 1)" in why

@@ -7,6 +7,15 @@ import pandas as pd
 from pipeline.report.registry import rule
 
 
+def runs(d: pd.DataFrame):
+    """(name, rows) per training run: per label, and per seed where the record holds several
+    seeds of a label (each seed its own curve; the name then says which)."""
+    by = ["label", "seed"] if "seed" in d and d.groupby("label")["seed"].nunique().max() > 1 else ["label"]
+    for key, g in d.groupby(by, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        yield (f"{key[0]} (seed {key[1]})" if len(key) > 1 else key[0]), g.sort_values("step")
+
+
 def _first_step(g: pd.DataFrame, col: str, level: float) -> float:
     hit = g[g[col] >= level]
     return float(hit["step"].iloc[0]) if len(hit) else float("inf")
@@ -19,9 +28,8 @@ def induction(t):
     wk0 over all 256 positions never reaches 0.5 in these budgets) (paper C: the induction head
     forms top-down); partly if only the accuracy does; inconclusive where the accuracy holds but a
     memory never reaches 0.5, so that no order was observed."""
-    d = t["birth_curve"].sort_values("step")
     out, verdicts = [], []
-    for label, g in d.groupby("label", sort=False):
+    for label, g in runs(t["birth_curve"]):
         last = g.iloc[-1]
         wo, wk = _first_step(g, "wo1", 0.5), _first_step(g, "wk0_64", 0.5)
         accurate = last["acc_end"] >= 0.9
@@ -59,11 +67,10 @@ def heads_form(t):
     induction head (score2_acc >= 0.5) (paper C Fig. 2); partly if in some. The previous-token
     attention score over all 256 positions (score_acc) is shown beside: it stays low for the
     released official code too (0.16-0.33)."""
-    d = t["birth_curve"].sort_values("step")
-    last = d.groupby("label").tail(1)
-    ok = (last["wk0_64"] >= 0.5) & (last["score2_acc"] >= 0.5)
-    why = "; ".join(f"{r.label}: wk0_64 {r.wk0_64:.2f}, score2_acc {r.score2_acc:.2f} (score_acc over all "
-                    f"positions {r.score_acc:.2f})" for r in last.itertuples())
+    last = {name: g.iloc[-1] for name, g in runs(t["birth_curve"])}
+    ok = pd.Series({n: r["wk0_64"] >= 0.5 and r["score2_acc"] >= 0.5 for n, r in last.items()}, dtype=bool)
+    why = "; ".join(f"{n}: wk0_64 {r['wk0_64']:.2f}, score2_acc {r['score2_acc']:.2f} (score_acc over all "
+                    f"positions {r['score_acc']:.2f})" for n, r in last.items())
     return ("holds" if ok.all() else "partly" if ok.any() else "does not hold"), why
 
 
@@ -73,8 +80,19 @@ def freezing_order(t):
     more, the higher the matrix sits: W_O2 frozen >= W_K2 frozen >= W_K1 frozen (paper C: the
     induction head is learned top-down); partly if only W_O2 >= W_K1. Two runs that never reach
     0.5 within the budget are not ordered: a comparison between them is inconclusive, not passed."""
-    d = t["birth_curve"].sort_values("step")
-    at = {label: _first_step(g, "acc_end", 0.5) for label, g in d.groupby("label")}
+    d = t["birth_curve"]
+    seeds = sorted(d["seed"].unique()) if "seed" in d else [None]
+    verdicts, whys = [], []
+    for seed in seeds:
+        one = d if seed is None else d[d["seed"] == seed]
+        at = {label: _first_step(g, "acc_end", 0.5) for label, g in one.sort_values("step").groupby("label")}
+        v, why = _freezing_verdict(at)
+        verdicts.append(v)
+        whys.append(why if len(seeds) == 1 else f"seed {seed}: {why}")
+    return _combined(verdicts) if len(seeds) > 1 else verdicts[0], "; ".join(whys)
+
+
+def _freezing_verdict(at: dict[str, float]) -> tuple[str, str]:
     key = {k: next((v for lab, v in at.items() if lab.startswith(k)), None) for k in ("W_O2", "W_K2", "W_K1")}
     why = "first step with acc_end >= 0.5: " + ", ".join(f"{lab}: {_step(v)}" for lab, v in at.items())
     if None in key.values():
@@ -94,9 +112,9 @@ def global_first(t):
     """holds if, in most runs, the loss on bigram tokens covers half of its total drop before the
     loss on counter >= 2 tokens does (paper C: global bigrams are learned fast, the induction
     mechanism slowly)."""
-    d = t["birth_curve"].sort_values("step")
-    out, wins = [], 0
-    for label, g in d.groupby("label", sort=False):
+    out, wins, n = [], 0, 0
+    for label, g in runs(t["birth_curve"]):
+        n += 1
         half = {}
         for col in ("loss_bigram", "loss_head"):
             first, last = g[col].iloc[0], g[col].min()
@@ -105,5 +123,4 @@ def global_first(t):
         bigram, head = half["loss_bigram"], half["loss_head"]
         wins += bigram is not None and (head is None or bigram < head)
         out.append(f"{label}: bigram at {half['loss_bigram']}, in-context at {half['loss_head']}")
-    n = d["label"].nunique()
     return ("holds" if wins > n / 2 else "partly" if wins else "does not hold"), "half-drop steps: " + "; ".join(out)
