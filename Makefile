@@ -33,7 +33,7 @@ $(error ONLY='$(ONLY)': folder patterns only (letters, digits and _ * , / . -), 
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-fast test-gpu lint repro record record-stale record-seeds sweep train figures report atlas bench clean assets assets-extra
+.PHONY: help setup run cluster-up cluster-down test test-fast test-gpu lint repro record record-stale record-seeds sweep train figures report atlas bench clean assets assets-extra
 
 help: ## list the targets and the experiments
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -84,7 +84,13 @@ record-stale: setup ## re-run exactly the stale shards of the record into result
 report: setup ## results/REPORT.md + results/report.html from the committed CSVs (no model is loaded)
 	$(PY) -m pipeline.report
 
-test: setup ## the whole offline test suite (tiny models + the real SmolLM2 checks)
+cluster-up: ## a local one-node SLURM cluster (as root; Debian packages, no systemd): then ARGS='hydra/launcher=slurm_cpu'
+	bash scripts/cluster_up.sh
+
+cluster-down: ## stop what cluster-up started (nothing else)
+	bash scripts/cluster_down.sh
+
+test: setup ## the whole offline test suite (tiny models, the real SmolLM2 checks, SLURM jobs on a local cluster)
 	$(PYTEST)
 
 test-fast: setup ## tests without the real model

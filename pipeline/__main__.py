@@ -151,6 +151,8 @@ def main() -> None:
             run(cfg)
         except PipelineError as e:
             print(f"error: {e}", file=sys.stderr)
+            if "SUBMITIT_FOLDER" in os.environ:  # a SLURM job of the submitit launcher: raise, so that the
+                raise                            # launcher sees the job fail (an exit code it never reads)
             sys.exit(2)
         except KeyboardInterrupt as stop:
             what = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
