@@ -100,8 +100,12 @@ def run(cfg) -> dict:
         figures = draw_experiment(ctx.out_dir, list(outputs)) if cfg.run.figures else []
     finally:
         ctx.logger.finish()
+        if process_rank()[0]:  # torchrun / SLURM tasks: ranks > 0 wrote to a scratch folder, never kept
+            import shutil
+
+            shutil.rmtree(ctx.results.root, ignore_errors=True)
     if process_rank()[0]:
-        return outputs  # torchrun / SLURM tasks: ranks > 0 wrote to a scratch folder; rank 0 reports
+        return outputs  # rank 0 reports
     _report(outputs, ctx.out_dir, manifest, figures)
     return outputs
 

@@ -63,3 +63,31 @@ def test_a_pipeline_error_inside_a_job_reaches_the_launcher(cluster, tmp_path):
     assert r.returncode != 0
     assert "PipelineError: stage.ma_profile.fig1_layer=99: layer 99 is out of range" in r.stderr, r.stderr[-2000:]
     assert "UncompletedJobError" not in r.stderr
+
+
+def test_a_two_rank_ddp_job_trains_as_one_process_accumulating_its_micro_batches(cluster, tmp_path):
+    """hydra/launcher=slurm_ddp on CPU (gloo): one SLURM job of 2 tasks = one DDP run; rank 0 alone
+    writes, ranks above 0 leave no scratch folder, and the losses equal one process that
+    accumulates the same two micro-batches."""
+    import glob
+    import tempfile
+
+    from pipeline.core.results import read_table
+
+    common = ["experiment=massive_activations_gpt2_default", "debug=cpu", "stage.train_lm.grad_accum=2"]
+    before = set(glob.glob(f"{tempfile.gettempdir()}/pipeline-rank*"))
+    ddp = subprocess.run([sys.executable, "-m", "pipeline", "-m", *common, "hydra/launcher=slurm_ddp",
+                          "hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=2",
+                          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4", "hydra.launcher.partition=null",
+                          "hydra.launcher.timeout_min=20", f"run.results_dir={tmp_path / 'ddp'}",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one = subprocess.run([sys.executable, "-m", "pipeline", *common, f"run.results_dir={tmp_path / 'one'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    curves = [read_table(tmp_path / d / "massive_activations_gpt2", "train_curve") for d in ("ddp", "one")]
+    assert len(curves[0]) == len(curves[1]) > 0
+    assert curves[0]["loss"].dropna().tolist() == pytest.approx(curves[1]["loss"].dropna().tolist(),
+                                                                        rel=1e-5)
+    assert set(glob.glob(f"{tempfile.gettempdir()}/pipeline-rank*")) == before
