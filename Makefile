@@ -33,7 +33,7 @@ $(error ONLY='$(ONLY)': folder patterns only (letters, digits and _ * , / . -), 
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run cluster-up cluster-down test test-fast test-gpu lint repro record record-stale record-seeds sweep train figures report atlas bench clean assets assets-extra
+.PHONY: help setup run cluster-up cluster-down test test-fast test-gpu gpu-check lint repro record record-stale record-seeds sweep train figures report atlas bench clean assets assets-extra
 
 help: ## list the targets and the experiments
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -95,6 +95,9 @@ test: setup ## the whole offline test suite (tiny models, the real SmolLM2 check
 
 test-fast: setup ## tests without the real model
 	$(PYTEST) -m "not gpu and not real and not slow"
+
+gpu-check: setup ## everything owed to a GPU in one command (~12 min on an H200): kernels, benchmarks, GPT-2, paper C -> results/bench/
+	$(PY) scripts/gpu_check.py $(ARGS)
 
 test-gpu: setup ## Triton kernels and GPU checks (needs CUDA)
 	TRITON_INTERPRET=0 $(PY) -m pytest -q -m gpu
