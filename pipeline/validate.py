@@ -215,6 +215,10 @@ def check_names(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Every check above; raises PipelineError with one line."""
+    for group in ("model", "data"):  # a ??? value the command line did not give (model=hub without hub_id)
+        for key in sorted(k for k in cfg[group] if OmegaConf.is_missing(cfg[group], k)):
+            raise PipelineError(f"{group}.{key} is required by {group} '{cfg[group].get('source', group)}' config: "
+                                f"add {group}.{key}=... (e.g. model=hub model.hub_id=org/name)")
     check_names(cfg)
     check_model_config(OmegaConf.to_container(cfg.model, resolve=True))
     check_model_fields(OmegaConf.to_container(cfg.model, resolve=True))

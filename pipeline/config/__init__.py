@@ -50,6 +50,17 @@ def _import_all() -> None:
         importlib.import_module(f"{__name__}.{info.name}")
 
 
+def model_name(where: str) -> str:
+    """A plain name for a model given by Hub id or folder (``conf/model/hub.yaml``, ``local.yaml``):
+    a Hub id's "/" becomes "--" (Qwen/Qwen2.5-0.5B -> Qwen--Qwen2.5-0.5B), a folder gives its name."""
+    import re
+    from pathlib import PurePath
+
+    text = str(where).rstrip("/")
+    text = text.replace("/", "--") if text.count("/") == 1 and not text.startswith((".", "~")) else PurePath(text).name
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", text).lstrip("._-") or "model"
+
+
 def register_schemas() -> None:
     """Store every stage's schema in Hydra's ConfigStore as ``schema/stage/<name>`` (what each
     ``conf/stage/<name>.yaml`` lists first in its defaults) and the shared root nodes."""
@@ -57,6 +68,8 @@ def register_schemas() -> None:
     from omegaconf import OmegaConf
 
     _import_all()
+    if not OmegaConf.has_resolver("model_name"):
+        OmegaConf.register_new_resolver("model_name", model_name)
     store = ConfigStore.instance()
     for name, cls in STAGE_ARGS.items():
         node = OmegaConf.structured(cls)

@@ -72,10 +72,12 @@ def test_no_experiment_keeps_its_paper_setting_in_a_comment():
 
 @pytest.mark.parametrize("model", MODELS)
 def test_model_configs_have_required_keys(model):
-    cfg = _compose([f"model={model}"]).model
+    given = {"hub": ["model.hub_id=org/some-model"], "local": ["model.path=/data/some-model"]}  # named on the CLI
+    cfg = _compose([f"model={model}", *given.get(model, [])]).model
     for key in ("name", "source", "dtype", "device", "trust_remote_code", "paper_key"):
         assert key in cfg, f"{model}: missing {key}"
-    assert cfg.name == model and cfg.trust_remote_code is False
+    expected = {"hub": "org--some-model", "local": "some-model"}.get(model, model)
+    assert cfg.name == expected and cfg.trust_remote_code is False
     from pipeline.models.load import SOURCES
 
     assert cfg.source in SOURCES

