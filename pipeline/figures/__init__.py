@@ -23,6 +23,18 @@ for _module in pkgutil.iter_modules(__path__):  # register every figure module's
     importlib.import_module(f"{__name__}.{_module.name}")
 
 
+def _latest_setting(frames: dict, first: str) -> dict:
+    """One model's rows of one setting: where the record holds several settings of a model (a
+    re-run whose setting changed beside the old shard, a sweep over seq_len), the most recently
+    written one, so that a figure never merges two runs (Gemma's attention maps: 84 token labels
+    for 42 positions, a crash after the run had committed)."""
+    rows = frames[first]
+    if "setting" not in rows or rows["setting"].nunique() < 2:
+        return frames
+    latest = rows.sort_values("timestamp")["setting"].iloc[-1] if "timestamp" in rows else rows["setting"].iloc[-1]
+    return {t: df[df["setting"] == latest] if df is not None and "setting" in df else df for t, df in frames.items()}
+
+
 def _draw_one(spec: FigureSpec, out_dir: Path, fig_dir: Path) -> list[Path]:
     tables = {t: read_table(out_dir, t) for t in spec.reads}
     tables = {t: df for t, df in tables.items() if len(df)}
@@ -42,6 +54,7 @@ def _draw_one(spec: FigureSpec, out_dir: Path, fig_dir: Path) -> list[Path]:
         for dataset in datasets:
             frames = {t: df[(df["model"] == model) & (df["dataset"] == dataset)] if "model" in df else df
                       for t, df in tables.items()}
+            frames = _latest_setting(frames, spec.reads[0])
             name = f"{spec.stem}_{model}" + (f"_{dataset}" if spec.per_dataset else "")
             others = {t: frames.get(t) for t in spec.reads[1:]}
             path = spec.draw(frames[spec.reads[0]], str(model), fig_dir / f"{name}.png", **others)

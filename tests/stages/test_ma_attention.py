@@ -218,3 +218,22 @@ def test_smollm2_attention_sink_and_implicit_bias(tmp_path):
     median = sorted(decomp, key=lambda r: r["cos_massive"])[len(decomp) // 2]
     assert median["cos_massive"] > 0.9
     assert sorted(r["relvar_massive"] for r in decomp)[len(decomp) // 2] < 0.15
+
+
+def test_figures_of_a_model_with_two_settings_in_the_record_draw_the_latest_one(tmp_path):
+    """A re-run whose setting changed committed beside the old shard of the same model, and the
+    attention-map figure merged both (84 token labels for 42 positions: a crash after the commit)."""
+    import dataclasses
+
+    from pipeline.core.results import ResultsWriter
+
+    for i in range(2):  # the same prompt, two settings
+        ctx = make_ctx(tmp_path)
+        ctx = dataclasses.replace(ctx, results=ResultsWriter(tmp_path / "results", "test_exp", model="tiny_llama",
+                                                             revision=None, dataset="tiny_text", seed=0, device="cpu",
+                                                             setting={"run": i}))
+        with planted(ctx.model, layer_idx=1, dim=7, value=5000.0, position=0):
+            run_stage("ma_attention", ctx, decomp_layers=[1], prompt="Apple Inc. is a tech company.")
+        ctx.results.commit({})
+    assert ctx.results.read("ma_attention_maps")["setting"].nunique() == 2
+    assert any("attention_maps" in f.name for f in draw_experiment(ctx.out_dir))
