@@ -75,7 +75,7 @@ def run(cfg) -> dict:
     from pipeline.config import selected_stages
     from pipeline.validate import validate
 
-    t0 = time.perf_counter()
+    t0, load = time.perf_counter(), _load_average()
     stages = selected_stages(cfg)  # typed and range-checked: one line, before anything heavy imports
     validate(cfg)  # names, where results go, and what needs the model's shape (its config file alone)
 
@@ -95,8 +95,7 @@ def run(cfg) -> dict:
             outputs[name] = get_stage(name).run(ctx, args)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved.pop("catalog", None)  # the whole catalog: only the entries used are recorded
-        manifest = ctx.results.commit(
-            resolved, {"wall_s": round(time.perf_counter() - t0, 1), "catalog_used": ctx.catalog.used_entries()})
+        manifest = ctx.results.commit(resolved, {**run_cost(t0, load), "catalog_used": ctx.catalog.used_entries()})
         figures = draw_experiment(ctx.out_dir, list(outputs)) if cfg.run.figures else []
     finally:
         ctx.logger.finish()
@@ -108,6 +107,29 @@ def run(cfg) -> dict:
         return outputs  # rank 0 reports
     _report(outputs, ctx.out_dir, manifest, figures)
     return outputs
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not on this platform
+        return None
+
+
+def run_cost(t0: float, load_at_start: float | None) -> dict:
+    """What a run cost, for the manifest: wall seconds, CPU seconds of this process and of the
+    children it waited for (user + system), the threads torch computed with, the cores the machine
+    has and the 1-minute load average at the start and the end (a busy machine makes wall time
+    longer than the work: ``cpu_s / wall_s`` well under ``threads`` says so)."""
+    import resource
+
+    import torch
+
+    used = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return {"wall_s": round(time.perf_counter() - t0, 1),
+            "cpu_s": round(sum(u.ru_utime + u.ru_stime for u in used), 1),
+            "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+            "load_start": load_at_start, "load_end": _load_average()}
 
 
 def _report(outputs: dict, out_dir: Path, manifest: Path, figures: list[Path]) -> None:

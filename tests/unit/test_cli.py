@@ -14,7 +14,11 @@ def test_cli_run_writes_csvs_manifest_and_summary(tmp_path):
     out = tmp_path / "massive_activations_default"
     for table in ("ma_layer_stats", "ma_fig1"):
         assert (out / f"{table}.csv").exists()
-    assert list((out / "runs").glob("tiny_llama__*/manifest.json"))
+    import json
+
+    manifest = json.loads(next((out / "runs").glob("tiny_llama__*/manifest.json")).read_text())
+    assert manifest["cpu_s"] > 0 and manifest["wall_s"] > 0 and manifest["threads"] >= 1  # what the run cost
+    assert {"cores", "load_start", "load_end"} <= set(manifest)
     assert list((out / "figures").glob("fig3_layers_tiny_llama_*.png"))
     assert "massive activations" in r.stdout and str(out) in r.stdout
 
