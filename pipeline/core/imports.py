@@ -68,11 +68,14 @@ def module_file(name: str, roots: list[Path]) -> Path | None:
 
 
 def closure(graph: dict[str, set[str]], start: list[str]) -> set[str]:
-    """Every module reachable from ``start`` (included) through imports."""
+    """Every module reachable from ``start`` (included) through imports, and the packages that hold
+    them: importing ``a.b.c`` first runs ``a/__init__.py`` and ``a/b/__init__.py`` and whatever
+    they import (``pipeline/models/__init__.py`` registers the trained models' classes)."""
     seen, todo = set(), [m for m in start if m in graph]
     while todo:
         m = todo.pop()
         if m not in seen:
             seen.add(m)
-            todo += sorted(graph[m] - seen)
+            parents = {m.rsplit(".", k)[0] for k in range(1, m.count(".") + 1)} & set(graph)
+            todo += sorted((graph[m] | parents) - seen)
     return seen

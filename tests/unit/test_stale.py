@@ -31,9 +31,11 @@ def test_stale_mark_appears_when_code_or_config_changes_and_goes_after_a_rerun(t
     repo = tmp_path / "repo"
     for path, text in {"pipeline/__init__.py": "", "pipeline/context.py": "",
                        "pipeline/stages/__init__.py": "",
-                       "pipeline/stages/foo.py": "from pipeline.analysis.bar import f\n",
+                       "pipeline/stages/foo.py": "from pipeline.analysis.bar import f\nfrom pipeline.models import load\n",
                        "pipeline/stages/other.py": "", "pipeline/analysis/__init__.py": "",
                        "pipeline/analysis/bar.py": "def f():\n    return 1\n",
+                       "pipeline/models/__init__.py": "from pipeline.models import registered\n",
+                       "pipeline/models/load.py": "", "pipeline/models/registered.py": "X = 1\n",
                        "conf/stage/foo.yaml": "k: 1\n", "conf/model/m.yaml": "name: m\n",
                        "conf/experiment/exp.yaml": "run: {experiment: exp}\nreport: {title: t}\n"}.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
@@ -58,3 +60,10 @@ def test_stale_mark_appears_when_code_or_config_changes_and_goes_after_a_rerun(t
 
     _record(repo, second)  # the re-run at the new commit replaces the shard
     assert summary(check_folder(repo, folder)) is None
+
+    # importing pipeline.models.load runs pipeline/models/__init__.py, which imports a model class:
+    # a change there changes the numbers although no import statement of the stage names it
+    (repo / "pipeline/models/registered.py").write_text("X = 2\n")
+    _commit(repo, "a model class")
+    [found] = check_folder(repo, folder)
+    assert found.changed == ("pipeline/models/registered.py",)
