@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import stage_args
 from pipeline.config.shared import FIG1_PROMPT, MassiveRule
+from pipeline.core.errors import PipelineError
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,16 @@ class TrainConfig:
     eval_at_start: bool = False    # also evaluate the initial model (step 0; paper C logs iteration 0)
     save_at_end: bool = True       # false only for benchmarks timing the steps alone
     freeze_until: list[str] = field(default_factory=list)  # ["300:<parameter prefix>"]: frozen before step 300
+    decay: str = "matrices"        # weight decay on: matrices (dim >= 2, nanoGPT) | all (paper C's official code)
+    precision: str = "bf16"        # on CUDA: bf16 autocast for training and evaluation | fp32; CPUs: fp32
+    tf32: bool = True              # on CUDA: TensorFloat-32 matmuls (nanoGPT); false for exact fp32
+    compile: bool = False          # torch.compile the training forward (inductor; minutes to compile)
+
+    def __post_init__(self) -> None:  # the config alone decides: one line before anything loads
+        for name, allowed in (("optimizer", ("adamw", "sgd")), ("decay", ("matrices", "all")),
+                              ("precision", ("bf16", "fp32"))):
+            if getattr(self, name) not in allowed:
+                raise PipelineError(f"{name}={getattr(self, name)!r}: one of {', '.join(allowed)}")
 
     @property
     def decay_over(self) -> int:
@@ -69,6 +80,9 @@ class BirthTrainArgs(TrainConfig, MassiveRule):
     min_lr: float | None = None    # constant learning rate (official)
     warmup_steps: int = 0
     weight_decay: float = 1.0e-4
+    decay: str = "all"             # the official optimizer decays every parameter (LayerNorm included)
+    precision: str = "fp32"        # the official code trains in fp32 on GPUs too
+    tf32: bool = False
     grad_clip: float = 0.0
     eval_every: int = 5            # official eval_delta
     eval_at_start: bool = True

@@ -15,7 +15,9 @@
 Registered as ``model_type = "ma_gpt2"`` with ``AutoConfig`` / ``AutoModelForCausalLM``, so a
 checkpoint saved with ``save_pretrained`` loads like any model (``source: local``) and every
 stage runs on it through its arch spec. Attention returns its probabilities when the config's
-implementation is "eager" (the attention stage switches to it), else runs SDPA.
+implementation is "eager" (the attention stage switches to it), else runs SDPA with no mask
+tensor (``is_causal``, or a lower-right causal bias object for the k'/v' slot), so that on a GPU
+SDPA may choose the FlashAttention kernel (an explicit boolean mask rules it out).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import causal_lower_right
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -73,16 +76,17 @@ class Attention(nn.Module):
         if self.config.attn_bias:
             k = torch.cat([self.k_bias.expand(b, -1, -1, -1).to(k.dtype), k], dim=2)
             v = torch.cat([self.v_bias.expand(b, -1, -1, -1).to(v.dtype), v], dim=2)
-            mask = attn_bias_mask(t, x.device)
-        else:
-            mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         probs = None
         if getattr(self.config, "_attn_implementation", None) == "eager":
+            mask = (attn_bias_mask(t, x.device) if self.config.attn_bias
+                    else torch.ones(t, t, dtype=torch.bool, device=x.device).tril())
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
             probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
             y = probs @ v
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        elif self.config.attn_bias:  # T queries x (1 + T) keys: causal aligned to the lower right
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, t + 1))
+        else:  # no mask tensor: SDPA may pick the FlashAttention kernel
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         y = y.transpose(1, 2).contiguous().view(b, t, c)
         return self.c_proj(y), probs
 

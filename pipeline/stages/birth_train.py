@@ -29,8 +29,9 @@ from pipeline.core.registry import StageSpec, register_stage
 from pipeline.data.bigram import BigramTask, generate, shakespeare_stats
 from pipeline.data.bigram import fixed_triggers as trigger_ids
 from pipeline.hooks.forward import capture
+from pipeline.train.checkpoint import point_latest
 from pipeline.train.data import BigramBatches
-from pipeline.train.loop import freeze_rules, point_latest, train
+from pipeline.train.loop import freeze_rules, train
 
 STAGE = "birth_train"
 PROBES = ("acc_end", "wo1", "wk1", "wk0", "wk0_64")

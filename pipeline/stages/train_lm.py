@@ -9,11 +9,13 @@ where the top-1 sits) and ``train_landscape`` (the trained model's |h| at every 
 one layer on paper A's prompt "Summer is warm. Winter is cold.": its 3-D plot). The trained model
 and its tokenizer are saved with ``save_pretrained`` under ``checkpoint_dir`` (default
 ``outputs/checkpoints/<experiment>/<run key with setting>``) and load like any model:
-``model.source=local model.path=<that dir>`` runs every other stage on it.
+``model.source=local model.path=<that dir>`` runs every other stage on it. Extending ``steps``
+resumes the shorter run (:func:`checkpoint_folder`).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,14 @@ from pipeline.analysis.attention import capture_attention_weights, slot_shares
 from pipeline.analysis.profile import layer_landscape, profile_layers
 from pipeline.config.training import TrainLmArgs
 from pipeline.core.paths import REPO_ROOT
+from pipeline.core.provenance import setting_hash
 from pipeline.core.registry import StageSpec, register_stage
 from pipeline.models.arch import layer_module, num_layers, prefix_roles
 from pipeline.models.attention_impl import attention_implementation
+from pipeline.train.checkpoint import RESUMABLE_CHANGES, point_latest
 from pipeline.train.corpus import corpus_tokens
 from pipeline.train.data import TokenBatches
-from pipeline.train.loop import distributed, point_latest, train
+from pipeline.train.loop import distributed, train
 
 STAGE = "train_lm"
 PROFILE_COLUMNS = ("top1", "top2", "top3", "median", "top1_over_median", "top1_dim", "top1_token_type")
@@ -47,6 +51,20 @@ def attention_shares(ctx, ids: torch.Tensor) -> dict[str, float]:
     with attention_implementation(ctx.model, "eager"), capture_attention_weights(attn, on_probs):
         ctx.model(input_ids=ids.to(ctx.device))
     return {f"attn_share_{k}": sum(r[k] for r in per_layer) / len(per_layer) for k in ("first", "sink", "kprime")}
+
+
+def checkpoint_folder(ctx, args: TrainLmArgs) -> Path:
+    """``checkpoint_dir``, or one folder per training setting under ``outputs/checkpoints``: keyed
+    by everything that decides the weights and the logged history *except how far to train*, so
+    a run with more ``steps`` resumes the shorter one's checkpoint instead of starting over (a
+    run of another setting never finds this folder; the loop refuses a foreign checkpoint too)."""
+    if args.checkpoint_dir:
+        return Path(args.checkpoint_dir)
+    kept = {k: v for k, v in asdict(args).items() if k not in RESUMABLE_CHANGES}
+    model = {k: v for k, v in ctx.model.config.to_dict().items() if k != "transformers_version"}
+    key = setting_hash({"experiment": ctx.experiment, "seed": ctx.seed, "train": kept, "model": model,
+                        "tokenizer": len(ctx.tokenizer)})
+    return REPO_ROOT / "outputs" / "checkpoints" / ctx.experiment / f"{ctx.model_name}__seed{ctx.seed}__{key}"
 
 
 def run(ctx, args: TrainLmArgs) -> dict[str, Any]:
@@ -73,9 +91,7 @@ def run(ctx, args: TrainLmArgs) -> dict[str, Any]:
             row.update({f"L{r['layer']}_{k}": r[k] for k in PROFILE_COLUMNS})
         return row
 
-    # keyed by the run's setting: a run resumes only its own checkpoint, never another setting's
-    where = (Path(args.checkpoint_dir) if args.checkpoint_dir
-             else REPO_ROOT / "outputs" / "checkpoints" / ctx.experiment / ctx.results.key)
+    where = checkpoint_folder(ctx, args)
     history = train(model, source.batch, args, where / "last", device=ctx.device, seed=ctx.seed, on_eval=on_eval,
                     desc=STAGE)
     if distributed()[0] == 0:  # under torchrun only rank 0 writes the model

@@ -29,6 +29,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.paths import CACHE_DIR
 from pipeline.data.text import build_source, data_config, stream_tokens
 from pipeline.train.data import read_tokens, write_tokens
+from pipeline.train.loop import rank_zero_first
 
 SPLIT_SEED = 2357  # nanoGPT's openwebtext/prepare.py
 
@@ -43,12 +44,13 @@ def corpus_tokens(tokenizer: Any, datasets: list[str], catalog: Catalog, num_pro
     hub = [c for c in cfgs if c.get("kind") == "hub"]
     if hub and len(cfgs) > 1:
         raise PipelineError(f"train data {datasets}: a Hub corpus ({hub[0]['name']}) is trained on alone")
-    if not all((folder / f"{s}.bin").exists() for s in ("train", "val")):
-        folder.mkdir(parents=True, exist_ok=True)
-        if hub:
-            _prepare_hub(hub[0], tokenizer, folder, num_proc or max(1, (os.cpu_count() or 2) // 2))
-        else:
-            _prepare_offline(datasets, catalog, tokenizer, folder)
+    with rank_zero_first():
+        if not all((folder / f"{s}.bin").exists() for s in ("train", "val")):
+            folder.mkdir(parents=True, exist_ok=True)
+            if hub:
+                _prepare_hub(hub[0], tokenizer, folder, num_proc or max(1, (os.cpu_count() or 2) // 2))
+            else:
+                _prepare_offline(datasets, catalog, tokenizer, folder)
     return {s: read_tokens(folder / f"{s}.bin") for s in ("train", "val")}
 
 
@@ -67,8 +69,8 @@ def _prepare_hub(cfg: dict[str, Any], tokenizer: Any, folder: Path, num_proc: in
     what = f"dataset '{cfg['name']}' ({cfg['hub_id']})"
     print(f"[data] preparing {what} for training (once, {num_proc} processes) into {folder} ...", flush=True)
     try:
-        ds = hf.load_dataset(cfg["hub_id"], cfg.get("hub_config"), split=cfg.get("hub_split", "train"),
-                             data_files=cfg.get("data_files"), num_proc=num_proc)
+        ds = hf.load_dataset(cfg.get("builder") or cfg["hub_id"], cfg.get("hub_config"),
+                             split=cfg.get("hub_split", "train"), data_files=cfg.get("data_files"), num_proc=num_proc)
     except Exception as err:  # noqa: BLE001 - offline, missing, or broken: one line
         from pipeline.core.hub import require_hub
 

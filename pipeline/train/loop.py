@@ -1,4 +1,5 @@
-"""The training loop, as readable as nanoGPT's: gradient accumulation, bf16 autocast on CUDA,
+"""The training loop, as readable as nanoGPT's: gradient accumulation, bf16 autocast on CUDA
+(``precision``, evaluation included), TF32, fused AdamW on CUDA, ``torch.compile`` (``compile``),
 clipping, warmup + cosine, AdamW or SGD with momentum, ``freeze_until`` (paper C), DDP under
 torchrun, atomic checkpoints, and an exact resume.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -27,9 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.config.training import TrainConfig
-from pipeline.core.disk import replacing
 from pipeline.core.errors import PipelineError
 from pipeline.core.ranks import process_rank
+from pipeline.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -44,11 +44,15 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    """AdamW (fused on CUDA, as nanoGPT) or SGD; weight decay on every matrix (``decay: matrices``,
+    nanoGPT: not on norms and biases) or on every parameter (``decay: all``, paper C's official code)."""
+    train = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in train if cfg.decay == "all" or p.dim() >= 2]
+    rest = [p for p in train if not (cfg.decay == "all" or p.dim() >= 2)]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        on_cuda = bool(train) and train[0].device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=on_cuda or None)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     raise PipelineError(f"optimizer must be adamw or sgd, not {cfg.optimizer!r}")
@@ -70,87 +74,6 @@ def frozen_at(step: int, rules: Sequence[str]) -> list[str]:
     return [prefix for until, prefix in freeze_rules(rules) if step < until]
 
 
-# --- checkpoints ------------------------------------------------------------------------------
-def save_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int,
-                    history: list[dict], cfg: TrainConfig, seed: int) -> None:
-    """Weights (save_pretrained), optimizer, step and history into ``out`` with one rename (with
-    a record of the config and the run's seed)."""
-    keeps = "the previous checkpoint is kept" if out.exists() else "no checkpoint was written"
-    with replacing(out, "checkpoint", keeps=keeps) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        record = {"step": step, "history": history, "config": {**asdict(cfg), "seed": seed}}
-        (tmp / "train_state.json").write_text(json.dumps(record))
-
-
-# what may differ between a checkpoint and the run that resumes it: how far to train, and where
-RESUMABLE_CHANGES = ("steps", "checkpoint_dir")
-
-
-def same_run(stored: dict, current: dict) -> str | None:
-    """None if a checkpoint written under ``stored`` (its config and seed) may be resumed by a run
-    of ``current``; else the first difference, for the message."""
-    for key in sorted(set(stored) | set(current)):
-        if key not in RESUMABLE_CHANGES and stored.get(key, "(absent)") != current.get(key, "(absent)"):
-            return f"{key} {stored.get(key, '(absent)')!r} there, {current.get(key, '(absent)')!r} here"
-    return None
-
-
-class CheckpointMismatch(PipelineError):
-    """A sound checkpoint that is not this run's (another setting, another model): never resumed,
-    never replaced by falling back to an older one."""
-
-
-def _read_checkpoint(where: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                     expect: dict | None) -> tuple[int, list[dict]]:
-    from safetensors.torch import load_file
-
-    meta = json.loads((where / "train_state.json").read_text())
-    differs = same_run(meta.get("config") or {}, expect) if expect is not None else None
-    if differs:
-        raise CheckpointMismatch(f"checkpoint {where} was written by another setting ({differs}): "
-                                 "give this run its own checkpoint_dir, or remove that one to start over")
-    weights = load_file(str(where / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)  # a tied head is saved once
-    tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    if unexpected or set(missing) - tied:
-        raise CheckpointMismatch(f"checkpoint {where} does not fit this model (missing "
-                                 f"{sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}): a different "
-                                 "model config? remove it to start over")
-    if tied and hasattr(model, "tie_weights"):
-        model.tie_weights()
-    opt.load_state_dict(torch.load(where / "optimizer.pt", weights_only=True))
-    return int(meta["step"]), list(meta["history"])
-
-
-def load_checkpoint(out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    expect: dict | None = None) -> tuple[int, list[dict]]:
-    """(step, history) of the checkpoint in ``out``, its weights and optimizer state loaded into
-    ``model`` and ``opt``; (0, []) if there is none. Every part is verified as it loads: a damaged
-    ``out`` (a missing or truncated file) falls back to the ``.old`` one a kill left behind, said in
-    one line; when none is sound the run stops in one line instead of silently starting over (and
-    overwriting the weights). With ``expect`` (this run's config and seed), a checkpoint of another
-    setting is refused in one line (an explicit shared ``checkpoint_dir`` resumed the other's run)."""
-    damaged = []
-    for where in (out, out.with_name(out.name + ".old")):
-        if not where.exists():
-            continue
-        try:
-            step, history = _read_checkpoint(where, model, opt, expect)
-        except CheckpointMismatch:
-            raise
-        except Exception as err:  # noqa: BLE001 - any failure to read a part is damage
-            damaged.append(f"{where.name}: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}")
-            continue
-        if damaged:
-            print(f"[train] checkpoint {damaged[0]} is damaged; resuming from {where} at step {step}", flush=True)
-        return step, history
-    if damaged:
-        raise PipelineError(f"checkpoint {out} is damaged ({'; '.join(damaged)}) and there is no sound older one: "
-                            "remove it to start over")
-    return 0, []
-
-
 def check_finite(model: torch.nn.Module, row: dict[str, Any], done: int, ckpt_dir: Path) -> None:
     """Stop before a bad update reaches a checkpoint: the loss of step k can be finite while the
     update it drove leaves NaN / inf weights, and a checkpoint written then was "the last good one"
@@ -161,15 +84,6 @@ def check_finite(model: torch.nn.Module, row: dict[str, Any], done: int, ckpt_di
         what = f"{len(bad)} weight tensors are not finite (e.g. {bad[0]})" if bad else f"val_loss is {val}"
         raise PipelineError(f"{what} after step {done}: stopped before saving; the last good checkpoint is "
                             f"kept in {ckpt_dir} (lower the learning rate or check the data)")
-
-
-def point_latest(link: Path, target: Path) -> None:
-    """``link`` -> ``target`` as a symlink replaced atomically: a stable name for the last model
-    trained under a setting-keyed folder (model configs such as ``trained_ma_gpt2_default`` use it)."""
-    tmp = link.with_name(link.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target.resolve(), target_is_directory=True)
-    os.replace(tmp, link)
 
 
 # --- the loop ---------------------------------------------------------------------------------
@@ -187,6 +101,18 @@ def distributed() -> tuple[int, int]:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
+
+
+@contextlib.contextmanager
+def rank_zero_first():
+    """Rank 0 runs the body first (preparing what every rank reads), the other ranks wait at a
+    barrier and then run it (finding the work done). Not distributed: just the body."""
+    rank, world = distributed()
+    if world > 1 and rank:
+        torch.distributed.barrier()
+    yield
+    if world > 1 and not rank:
+        torch.distributed.barrier()
 
 
 def model_inputs(batch: torch.Tensor | dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -216,17 +142,24 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
                             "make it a multiple of the number of GPUs")
     accum = cfg.grad_accum // world  # this rank's share: tokens per step do not depend on the GPU count
     model.to(device).train()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     opt = make_optimizer(model, cfg)
-    start, history = load_checkpoint(ckpt_dir, model, opt, expect=json.loads(json.dumps({**asdict(cfg), "seed": seed})))
-    net = model
+    expect = json.loads(json.dumps({**asdict(cfg), "seed": seed}))  # as it reads back from the file
+    start, history, planned = load_checkpoint(ckpt_dir, model, opt, expect=expect)
+    net = torch.compile(model) if cfg.compile else model  # compiled before DDP wraps it (nanoGPT)
     if world > 1:  # each rank takes its own micro-batches: global index micro * world + rank
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     if start:
         print(f"[train] resuming at step {start} from {ckpt_dir}", flush=True)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+        if cfg.steps != planned and not cfg.decay_steps and rank == 0:
+            print(f"[train] extending a {planned}-step run to {cfg.steps} steps: the cosine schedule now runs over "
+                  f"{cfg.steps} steps (the first {start} followed the {planned}-step one); set decay_steps for a "
+                  "schedule that does not depend on steps", flush=True)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.precision == "bf16"
+                else contextlib.nullcontext())
     # freeze_until only holds back parameters that train at all: a model's own frozen ones stay frozen
     names = {n: p for n, p in model.named_parameters() if p.requires_grad}
     bar = tqdm(range(start, cfg.steps), desc=desc, unit="step", initial=start, total=cfg.steps,
@@ -234,7 +167,7 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
     t0, tokens = time.perf_counter(), 0
     if on_eval and rank == 0 and start == 0 and cfg.eval_at_start:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             history.append({"step": 0, **on_eval(0)})
         model.train()
     for step in bar:
@@ -268,7 +201,7 @@ def train(model: torch.nn.Module, batch: Callable[[str, int, int], torch.Tensor]
         done = step + 1
         if on_eval and rank == 0 and (done % cfg.eval_every == 0 or done == cfg.steps):
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 row.update(on_eval(done))
             model.train()
         check_finite(model, row, done, ckpt_dir)

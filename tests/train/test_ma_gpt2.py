@@ -47,6 +47,40 @@ def test_causal_and_eager_equals_sdpa(flags):
     assert torch.allclose(later[:, :7], sdpa[:, :7], atol=1e-6) and not torch.allclose(later[:, 7:], sdpa[:, 7:])
 
 
+@pytest.mark.parametrize("flags", [{}, {"attn_bias": True}, {"sink_tokens": 1}])
+def test_sdpa_gets_no_mask_tensor_and_trains_like_the_explicit_mask(flags, monkeypatch):
+    """FlashAttention is chosen only without a mask tensor: ``is_causal`` for default / sink, a
+    lower-right causal bias object for the k' slot; the loss and every gradient equal the eager
+    path's (explicit boolean mask)."""
+    import torch.nn.functional as F
+    from torch.nn.attention.bias import CausalBias
+
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("attn_mask"))
+        F.scaled_dot_product_attention = sdpa  # a bias object dispatches on the real function
+        try:
+            return sdpa(*args, **kwargs)
+        finally:
+            F.scaled_dot_product_attention = spy
+
+    def loss_and_grads(model):
+        model.zero_grad()
+        loss = model(ids(), labels=ids()).loss
+        loss.backward()
+        return float(loss), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    model = tiny(**flags).train()
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    fast_loss, fast = loss_and_grads(model)
+    assert seen and all(m is None or isinstance(m, CausalBias) for m in seen)
+    with attention_implementation(model, "eager"):
+        slow_loss, slow = loss_and_grads(model)
+    assert abs(fast_loss - slow_loss) < 1e-6
+    assert all(torch.allclose(fast[n], slow[n], atol=1e-6) for n in fast)
+
+
 def test_the_k_prime_slot_is_attended_and_matters():
     model, x = tiny(attn_bias=True), ids()
     seen = []

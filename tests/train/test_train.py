@@ -204,3 +204,40 @@ def test_an_error_that_is_not_a_write_failure_is_not_hidden_as_one(tmp_path):
     with pytest.raises(KeyError), replacing(tmp_path / "cache", "the model cache"):
         raise KeyError("a bug")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_and_decay_sets(tmp_path):
+    """``compile=true`` (torch.compile, inductor, on a CPU at tiny size) trains to the same losses
+    as the eager model; ``decay: all`` (paper C's official optimizer) decays the LayerNorm weights
+    too, ``matrices`` (nanoGPT) does not; a bad choice fails in one line when the config is read."""
+    import numpy as np
+    import torch
+
+    from pipeline.config.training import TrainConfig
+    from pipeline.core.errors import PipelineError
+    from pipeline.models.ma_gpt2 import MAGPTConfig, MAGPTForCausalLM
+    from pipeline.train.data import TokenBatches
+    from pipeline.train.loop import make_optimizer, train
+
+    rng = np.random.RandomState(0)
+    source = TokenBatches({"train": rng.randint(0, 64, 5000), "val": rng.randint(0, 64, 1000)},
+                          micro_batch=4, block_size=16, seed=0)
+
+    def losses(compile_: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = MAGPTForCausalLM(MAGPTConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=4))
+        cfg = TrainConfig(steps=3, warmup_steps=0, eval_every=100, save_at_end=False, ckpt_every=100,
+                          compile=compile_)
+        return [r["loss"] for r in train(model, source.batch, cfg, tmp_path / f"ck{compile_}",
+                                         device=torch.device("cpu"), seed=0)]
+
+    eager, compiled = losses(False), losses(True)
+    assert np.allclose(eager, compiled, atol=1e-4), (eager, compiled)
+    model = MAGPTForCausalLM(MAGPTConfig(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=4, bias=True))
+    norms = {id(p) for n, p in model.named_parameters() if ".ln_" in n}
+    for decay, decayed in (("matrices", False), ("all", True)):
+        groups = make_optimizer(model, TrainConfig(decay=decay)).param_groups
+        assert any(id(p) in norms for p in groups[0]["params"]) == decayed and groups[0]["weight_decay"] > 0
+    with pytest.raises(PipelineError, match="precision='fp16': one of bf16, fp32"):
+        TrainConfig(precision="fp16")

@@ -27,10 +27,10 @@ DATA = {"kind": "text", "text": TEXT, "joiner": "\n\n", "bos": "never"}
 VARIANTS = {"default": {}, "sink": {"sink_tokens": 1}, "attn_bias": {"attn_bias": True}}
 
 
-def context(tmp_path, model, tok, name):
+def context(tmp_path, model, tok, name, setting=None):
     data_cfg = {**DATA, "name": "tinytext"}
     results = ResultsWriter(tmp_path / "results", "gpt2", model=name, revision=None, dataset="tinytext", seed=0,
-                            device="cpu")
+                            device="cpu", setting=setting)
     return Context(model=model, tokenizer=tok, arch=get_arch(model), device=torch.device("cpu"), model_name=name,
                    paper_key=None, data_cfg=data_cfg, source=build_source(data_cfg), results=results,
                    logger=Logger(), experiment="gpt2", seed=0, catalog=Catalog({"data": {"tinytext": data_cfg}}))
@@ -95,3 +95,31 @@ def test_intervention_on_a_massive_activation_held_by_the_sink(tmp_path):
     assert {(s["token_type"], s["dim"]) for s in out["sites"]} == {("sink_1", 7)}
     ppl = {r["condition"]: r["value"] for r in out["rows"] if r["metric"] == "ppl"}
     assert ppl["set_mean"] == pytest.approx(ppl["original"], rel=1e-4) and abs(ppl["set_zero"] - ppl["original"]) > 1e-3
+
+
+def test_extending_steps_resumes_the_shorter_run(tmp_path, monkeypatch, capsys):
+    """The default checkpoint folder is keyed on the training setting without ``steps``: a run
+    with more steps resumes the shorter one (it used to start over), and its first steps are the
+    shorter run's, bit for bit; another setting gets another folder."""
+    monkeypatch.setattr(corpus, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(train_lm, "REPO_ROOT", tmp_path)
+    tok = tiny_tokenizer()
+
+    def run(steps, **extra):
+        torch.manual_seed(0)
+        model = MAGPTForCausalLM(MAGPTConfig(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=4))
+        ctx = context(tmp_path / f"r{steps}{len(extra)}", model, tok, "default", setting={"steps": steps, **extra})
+        out = run_stage("train_lm", ctx, steps=steps, micro_batch=2, block_size=32, eval_every=2, ckpt_every=2,
+                        eval_batches=1, profile_sequences=2, data=["tinytext"], decay_steps=6, **extra)
+        return out, ctx.results.read("train_curve")
+
+    short, short_curve = run(2)
+    capsys.readouterr()
+    long, long_curve = run(4)
+    said = capsys.readouterr().out
+    assert "resuming at step 2" in said and "cosine schedule" not in said  # decay_steps fixed: same schedule
+    assert long["checkpoint"] == short["checkpoint"]
+    assert list(long_curve["step"]) == [1, 2, 3, 4]
+    assert long_curve["loss"].tolist()[:2] == short_curve["loss"].tolist()
+    other, _ = run(4, lr=5e-4)  # another setting: its own folder, trained from step 0
+    assert other["checkpoint"] != long["checkpoint"] and "resuming" not in capsys.readouterr().out

@@ -87,3 +87,52 @@ def test_hub_corpus_prepared_like_nanogpt(tmp_path):
                       Catalog({"data": {"fixture": catalog.get("data", "fixture"),
                                         "fixture2": {"name": "fixture2", "kind": "text", "text": "x"}}}),
                       cache=tmp_path)
+
+
+def _prepare_as_rank(rank: int, world: int, port: int, catalog_data: dict, cache: str, log: str) -> None:
+    """One DDP rank of the test below: prepares (or waits for) the corpus, writes what it read."""
+    import os
+
+    from pipeline.train import corpus
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    prepare = corpus._prepare_hub
+
+    def counted(*args, **kwargs):
+        with open(log, "a") as fh:
+            fh.write(f"prepared by rank {rank}\n")
+        return prepare(*args, **kwargs)
+
+    corpus._prepare_hub = counted
+    out = corpus.corpus_tokens(tiny_tok(), ["owt"], Catalog({"data": catalog_data}), num_proc=1, cache=Path(cache))
+    np.save(Path(cache) / f"rank{rank}.npy", out["train"])
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_two_ranks_prepare_a_parquet_corpus_once(tmp_path):
+    """Rank 0 prepares, rank 1 waits at a barrier and reads the same token file (with two torchrun
+    ranks rank 1 used to crash renaming the shared train.bin.tmp); the corpus is read from a local
+    Parquet file by the ``parquet`` builder, as the paper tier reads OpenWebText."""
+    import socket
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch.multiprocessing as mp
+
+    docs = [f"web page {i}: " + "the cat sat on the mat. " * (1 + i % 4) for i in range(120)]
+    pq.write_table(pa.table({"text": docs}), tmp_path / "owt.parquet")
+    data = {"owt": {"name": "owt", "kind": "hub", "hub_id": "Skylion007/openwebtext", "builder": "parquet",
+                    "data_files": str(tmp_path / "owt.parquet"), "val_fraction": 0.1, "text_field": "text"}}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "prepared.log"
+    mp.spawn(_prepare_as_rank, args=(2, port, data, str(tmp_path), str(log)), nprocs=2, join=True)
+    assert log.read_text() == "prepared by rank 0\n"
+    first, second = np.load(tmp_path / "rank0.npy"), np.load(tmp_path / "rank1.npy")
+    assert np.array_equal(first, second) and len(first) > 0
+    eot = tiny_tok().eos_token_id
+    assert int(np.sum(first == eot)) == 108  # 90% of the 120 documents, each closed by end-of-text

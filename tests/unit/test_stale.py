@@ -31,7 +31,8 @@ def test_stale_mark_appears_when_code_or_config_changes_and_goes_after_a_rerun(t
     repo = tmp_path / "repo"
     for path, text in {"pipeline/__init__.py": "", "pipeline/context.py": "",
                        "pipeline/stages/__init__.py": "",
-                       "pipeline/stages/foo.py": "from pipeline.analysis.bar import f\nfrom pipeline.models import load\n",
+                       "pipeline/stages/foo.py": ("from pipeline.analysis.bar import f\n"
+                                                  "from pipeline.models import load\n"),
                        "pipeline/stages/other.py": "", "pipeline/analysis/__init__.py": "",
                        "pipeline/analysis/bar.py": "def f():\n    return 1\n",
                        "pipeline/models/__init__.py": "from pipeline.models import registered\n",
