@@ -42,6 +42,8 @@ def test_a_sweep_runs_as_one_slurm_array_into_one_results_folder(cluster, tmp_pa
 
     r = _sweep(tmp_path, "run.seed=0,1")
     assert r.returncode == 0, r.stderr[-2000:]
+    said = r.stdout + r.stderr  # the launching process reports the jobs while it waits
+    assert "[slurm] submitted 2 jobs as " in said and "2 COMPLETED" in said, said[-2000:]
     rows = read_table(tmp_path / "results" / "massive_activations_default", "ma_layer_stats")
     assert sorted(rows["seed"].unique()) == [0, 1]
     job_ids = {p.name.split("_")[0] for p in (tmp_path / "sweep" / ".submitit").iterdir() if p.name[0].isdigit()}
@@ -75,17 +77,19 @@ def test_a_two_rank_ddp_job_trains_as_one_process_accumulating_its_micro_batches
     from pipeline.core.results import read_table
 
     common = ["experiment=massive_activations_gpt2_default", "debug=cpu", "stage.train_lm.grad_accum=2"]
+    own = [f"stage.train_lm.checkpoint_dir={tmp_path / d}" for d in ("ck_ddp", "ck_one")]  # never each other's
     before = set(glob.glob(f"{tempfile.gettempdir()}/pipeline-rank*"))
-    ddp = subprocess.run([sys.executable, "-m", "pipeline", "-m", *common, "hydra/launcher=slurm_ddp",
+    ddp = subprocess.run([sys.executable, "-m", "pipeline", "-m", *common, own[0], "hydra/launcher=slurm_ddp",
                           "hydra.launcher.gpus_per_node=null", "hydra.launcher.tasks_per_node=2",
                           "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4", "hydra.launcher.partition=null",
                           "hydra.launcher.timeout_min=20", f"run.results_dir={tmp_path / 'ddp'}",
                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, capture_output=True, text=True,
                          timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
-    one = subprocess.run([sys.executable, "-m", "pipeline", *common, f"run.results_dir={tmp_path / 'one'}"],
+    one = subprocess.run([sys.executable, "-m", "pipeline", *common, own[1], f"run.results_dir={tmp_path / 'one'}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
+    assert "resuming" not in one.stdout + one.stderr  # trained here, not read back from the DDP run's checkpoint
     curves = [read_table(tmp_path / d / "massive_activations_gpt2", "train_curve") for d in ("ddp", "one")]
     assert len(curves[0]) == len(curves[1]) > 0
     assert curves[0]["loss"].dropna().tolist() == pytest.approx(curves[1]["loss"].dropna().tolist(),
