@@ -32,6 +32,11 @@ ifneq ($(shell printf '%s' '$(subst ','',$(ONLY))' | tr -d 'A-Za-z0-9_*,/.-'),)
 $(error ONLY='$(ONLY)': folder patterns only (letters, digits and _ * , / . -), e.g. ONLY='massive_*,atlas')
 endif
 
+# RESULTS (make report): a folder of your runs, e.g. outputs/results; a path, no quotes or spaces
+ifneq ($(shell printf '%s' '$(subst ','',$(RESULTS))' | tr -d 'A-Za-z0-9_/.~-'),)
+$(error RESULTS='$(RESULTS)': a folder path (letters, digits and _ / . ~ -), e.g. RESULTS=outputs/results)
+endif
+
 .DEFAULT_GOAL := help
 .PHONY: help setup run cluster-up cluster-down test test-fast test-gpu gpu-check lint repro record record-stale record-seeds sweep train figures report atlas bench clean assets assets-extra
 
@@ -81,8 +86,8 @@ atlas: setup ## massive activations + super weights of many models in one table:
 record-stale: setup ## re-run exactly the stale shards of the record into results/ (ONLY='massive_*,atlas': some folders)
 	$(PY) -m pipeline.report.stale --record --only '$(or $(ONLY),*)'
 
-report: setup ## results/REPORT.md + results/report.html from the committed CSVs (no model is loaded)
-	$(PY) -m pipeline.report
+report: setup ## results/REPORT.md + results/report.html from the committed CSVs (no model is loaded); RESULTS=outputs/results: your runs
+	$(PY) -m pipeline.report $(if $(RESULTS),--results '$(RESULTS)' --no-readme)
 
 cluster-up: ## a local one-node SLURM cluster (as root; Debian packages, no systemd): then ARGS='hydra/launcher=slurm_cpu'
 	bash scripts/cluster_up.sh

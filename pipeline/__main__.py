@@ -95,7 +95,8 @@ def run(cfg) -> dict:
             outputs[name] = get_stage(name).run(ctx, args)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         resolved.pop("catalog", None)  # the whole catalog: only the entries used are recorded
-        manifest = ctx.results.commit(resolved, {**run_cost(t0, load), "catalog_used": ctx.catalog.used_entries()})
+        manifest = ctx.results.commit(resolved, {**run_cost(t0, load), "catalog_used": ctx.catalog.used_entries(),
+                                                 "model_type": getattr(ctx.model.config, "model_type", None)})
         figures = draw_experiment(ctx.out_dir, list(outputs)) if cfg.run.figures else []
     finally:
         ctx.logger.finish()

@@ -67,15 +67,19 @@ def module_file(name: str, roots: list[Path]) -> Path | None:
     return None
 
 
-def closure(graph: dict[str, set[str]], start: list[str]) -> set[str]:
+def closure(graph: dict[str, set[str]], start: list[str], skip: frozenset[str] = frozenset()) -> set[str]:
     """Every module reachable from ``start`` (included) through imports, and the packages that hold
     them: importing ``a.b.c`` first runs ``a/__init__.py`` and ``a/b/__init__.py`` and whatever
-    they import (``pipeline/models/__init__.py`` registers the trained models' classes)."""
+    they import, except the modules in ``skip``, which a package ``__init__`` does not pull in
+    (``pipeline/models/__init__.py`` imports every model class the project defines; each decides
+    the numbers of its own model's runs only). ``start`` and ordinary imports reach them as usual."""
+    packages = {n.rsplit(".", 1)[0] for n in graph if "." in n} & set(graph)
     seen, todo = set(), [m for m in start if m in graph]
     while todo:
         m = todo.pop()
         if m not in seen:
             seen.add(m)
             parents = {m.rsplit(".", k)[0] for k in range(1, m.count(".") + 1)} & set(graph)
-            todo += sorted((graph[m] | parents) - seen)
+            follows = graph[m] - skip if m in packages else graph[m]
+            todo += sorted((follows | parents) - seen)
     return seen

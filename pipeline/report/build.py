@@ -10,9 +10,6 @@ entries beside it (verified or recalled), and the figures. A table that was neve
 
 from __future__ import annotations
 
-import base64
-import html
-import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from pipeline.core.results import PROVENANCE_COLUMNS, read_table
 from pipeline.core.store import altered_tables
 from pipeline.report.artefacts import ARTEFACTS, Artefact
 from pipeline.report.headline import headline_table
+from pipeline.report.html import slug, to_html
 from pipeline.report.rules import RULES
 from pipeline.report.stale import check_folder, summary
 
@@ -57,6 +55,10 @@ def load_tables(root: Path, a: Artefact, broken: dict[str, str] | None = None) -
                 broken[f"{shard.name}/{change}"] = (f"the record was changed: runs/{shard.name}/{change} since it "
                                                     "was recorded (its manifest's checksum differs): re-record it, "
                                                     "or restore it with git")
+    debug = debug_runs(runs)
+    if debug and broken is not None:
+        broken["debug"] = (f"{len(debug)} of the runs here are debug runs or tiny random models ({debug[0]}): "
+                           "their sizes decide nothing; a verdict needs real runs")
     for t in (a.table, *a.also_needs):
         if t and folder.is_dir():
             try:
@@ -70,6 +72,21 @@ def load_tables(root: Path, a: Artefact, broken: dict[str, str] | None = None) -
             if len(df):
                 out[t] = df
     return out
+
+
+def debug_runs(runs: Path) -> list[str]:
+    """The shards under ``runs`` made by a debug run (``debug=...``) or on a tiny random model."""
+    import json
+
+    found = []
+    for manifest in sorted(runs.glob("*/manifest.json")) if runs.is_dir() else ():
+        try:
+            cfg = json.loads(manifest.read_text()).get("config") or {}
+        except (OSError, ValueError):
+            continue
+        if (cfg.get("run") or {}).get("debug") or (cfg.get("model") or {}).get("source") == "tiny":
+            found.append(manifest.parent.name)
+    return found
 
 
 def verdict(a: Artefact, tables: dict[str, pd.DataFrame], broken: dict[str, str] | None = None) -> tuple[str, str]:
@@ -104,9 +121,23 @@ def setting(df: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
-def shown(a: Artefact, df: pd.DataFrame) -> pd.DataFrame:
+RUN_KEYS = ("model", "seed", "label", "condition")  # what tells one run (or variant) of an artefact from another
+
+
+def shown(a: Artefact, df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows the report prints, and what they are: for a table over training steps, the last
+    step of each run (model, seed, variant label, condition): the first rows of a curve were its
+    start (for GPT-2: evaluation columns empty between evaluations); else the first rows."""
     cols = [c for c in a.columns if c in df] or [c for c in df.columns if c not in PROVENANCE_COLUMNS or c == "model"]
-    return df[cols].head(MAX_ROWS)
+    steps = pd.to_numeric(df["step"], errors="coerce") if "step" in df else None
+    if steps is not None and steps.notna().all() and steps.nunique() > 1:
+        keys = [c for c in RUN_KEYS if c in df and df[c].nunique() > 1]
+        last = steps.groupby([df[k] for k in keys]).transform("max") if keys else steps.max()
+        final = df[steps == last]
+        cols = ["step", *[c for c in cols if c != "step"]]
+        return final[cols].head(MAX_ROWS), f"the last step of each run, {len(final)} rows" + (
+            f", first {MAX_ROWS}" if len(final) > MAX_ROWS else "")
+    return df[cols].head(MAX_ROWS), f"first {MAX_ROWS} of {len(df)} rows" if len(df) > MAX_ROWS else ""
 
 
 def sections(root: Path) -> list[dict[str, Any]]:
@@ -134,11 +165,18 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def markdown(secs: list[dict[str, Any]], root: Path) -> str:
+    committed = Path(root).resolve() == (REPO_ROOT / "results").resolve()
+    source = ("the committed CSVs under `results/` (the reproduction record)" if committed else
+              f"the CSVs under `{root}` (your runs, not the committed record)")
     lines = ["# Report: papers A, B and C, regenerated", "",
-             "Written by `make report` from the committed CSVs under `results/` and the published numbers in "
+             f"Written by `make report` from {source} and the published numbers in "
              "`conf/paper/` (no model is loaded). Each verdict is computed by the rule printed under it; "
              "a published value is tagged verified (checked against the paper or its code) or recalled.", "",
-             "## Headline", "", *headline_table(secs, numbers=True)]
+             "## Headline", "", *headline_table(secs, numbers=True), "", "## Contents", ""]
+    for paper, name in PAPERS.items():
+        lines += [f"- {name if paper == 'beyond' else f'{paper}: {name}'}",
+                  *(f"  - [{s['a'].title}](#{slug(s['a'].title)}): {s['verdict']}"
+                    for s in secs if s["a"].paper == paper)]
     for paper, name in PAPERS.items():
         lines += ["", f"## {paper}: {name}" if paper != "beyond" else f"## {name}"]
         for s in (s for s in secs if s["a"].paper == paper):
@@ -153,59 +191,12 @@ def markdown(secs: list[dict[str, Any]], root: Path) -> str:
             if s["table"] is None:
                 lines += ["", "not run: no committed rows."]
             else:
-                more = f" (first {MAX_ROWS} of {s['n_rows']} rows)" if s["n_rows"] > MAX_ROWS else ""
-                lines += ["", f"Ours{more}:", "", _md_table(s["table"])]
+                table, what = s["table"]
+                lines += ["", f"Ours{f' ({what})' if what else ''}:", "", _md_table(table)]
             if s["published"]:
                 lines += ["", "Published:", "", _md_table(pd.DataFrame(s["published"]))]
             lines += ["", *(f"![{f.stem}]({f.relative_to(root)})" for f in s["figures"])]
     return "\n".join(lines) + "\n"
-
-
-def _inline(text: str) -> str:
-    """Escaped text with Markdown's **bold** and `code` as HTML."""
-    out = html.escape(text)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-
-
-def to_html(secs: list[dict[str, Any]], md: str) -> str:
-    """The same content as HTML, figures embedded as data URIs: one file that opens offline."""
-    body = []
-    for line in md.splitlines():
-        if line.startswith("!["):
-            path = line[line.index("(") + 1:-1]
-            fig = next(f for s in secs for f in s["figures"] if str(f).endswith(path))
-            data = base64.b64encode(fig.read_bytes()).decode()
-            body.append(f'<img alt="{html.escape(fig.stem)}" src="data:image/png;base64,{data}" '
-                        'style="max-width:100%">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.startswith("|---"):
-            continue
-        elif line.startswith("| "):
-            cells = [_inline(c.strip()) for c in line.strip("|").split(" | ")]
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        elif line.startswith("- "):
-            body.append(f"<p>&bull; {_inline(line[2:])}</p>")
-        elif line:
-            body.append(f"<p>{_inline(line)}</p>")
-    out, in_table = [], False
-    for b in body:  # group consecutive rows into tables
-        if b.startswith("<tr>") and not in_table:
-            out.append("<table>")
-            in_table = True
-        elif not b.startswith("<tr>") and in_table:
-            out.append("</table>")
-            in_table = False
-        out.append(b)
-    if in_table:
-        out.append("</table>")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}table{border-collapse:collapse;"
-             "font-size:12px;margin:.5em 0}td{border:1px solid #ccc;padding:2px 6px}"
-             "tr:first-child td{font-weight:bold}")
-    head = f"<!doctype html><html><head><meta charset='utf-8'><title>Report</title><style>{style}</style></head>"
-    return head + "<body>" + "\n".join(out) + "</body></html>\n"
 
 
 def build(root: Path, md_path: Path, html_path: Path | None) -> list[dict[str, Any]]:

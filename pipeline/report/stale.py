@@ -35,11 +35,41 @@ def _graph(repo: Path) -> dict[str, set[str]]:
     return import_graph(*(repo / p for p in ("pipeline", "kernels") if (repo / p).is_dir()))
 
 
+def model_classes(repo: Path) -> dict[str, str]:
+    """{model_type: module} of the model classes the project defines (a class attribute
+    ``model_type = "..."`` in ``pipeline/models``: paper A's GPT-2, paper C's transformers)."""
+    import ast
+
+    found = {}
+    for f in sorted((repo / "pipeline" / "models").glob("*.py")):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["model_type"]
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                found[node.value.value] = f"pipeline.models.{f.stem}"
+    return found
+
+
+def model_modules(repo: Path, manifest: dict) -> list[str]:
+    """The project's model-class modules a shard's model ran on: by ``model_type`` (a model built
+    here, or the type its manifest recorded for a loaded checkpoint); a checkpoint of unknown type
+    (``source: local``, recorded before the type was) may be any of them; none for a published
+    model (Hub, GGUF, ONNX, a local model shipped in a package, tiny: transformers' own classes)."""
+    model = (manifest.get("config") or {}).get("model") or {}
+    classes = model_classes(repo)
+    kind = model.get("model_type") or manifest.get("model_type")
+    if kind:
+        return [classes[kind]] if kind in classes else []
+    trained_here = model.get("source") == "local" and not model.get("package")  # a package ships a published one
+    return sorted(set(classes.values())) if trained_here else []
+
+
 def inputs_of(repo: Path, manifest: dict) -> list[str]:
     """Repository-relative files whose change can change a shard's numbers."""
     cfg = manifest.get("config") or {}
     roots = [repo / "pipeline", repo / "kernels"]
-    modules = closure(_graph(repo), [f"pipeline.stages.{s}" for s in cfg.get("stage", {})] + list(ALWAYS))
+    classes = model_classes(repo)
+    starts = [f"pipeline.stages.{s}" for s in cfg.get("stage", {})] + list(ALWAYS) + model_modules(repo, manifest)
+    modules = closure(_graph(repo), starts, skip=frozenset(classes.values()))
     files = {str(f.relative_to(repo)) for m in modules if (f := module_file(m, roots))}
     run, model, data = cfg.get("run", {}), cfg.get("model", {}), cfg.get("data", {})
     conf = [f"conf/stage/{s}.yaml" for s in cfg.get("stage", {})] + [

@@ -183,3 +183,56 @@ def test_training_rules_read_each_seed_as_its_own_run_and_show_the_spread():
     curve.loc[(curve["seed"] == 1), "wk0_64"] = [0.0, 0.1, 0.4]  # seed 1 never reaches 0.5
     verdict, why = RULES["induction_head_forms"]({"birth_curve": curve})
     assert verdict == "inconclusive" and "run (seed 0)" in why and "run (seed 1)" in why
+
+
+def test_a_curve_shows_each_runs_last_step_and_a_debug_run_gets_no_verdict(tmp_path):
+    """Issue 26: "first 12 rows" of a training curve were its start (12 rows of nan for GPT-2), and
+    a 4-step debug run in a user's folder got a real verdict while the page said it read the
+    committed record."""
+    import pandas as pd
+
+    from pipeline.report.build import shown
+
+    gpt2 = next(a for a in ARTEFACTS if a.table == "train_curve")
+    curve = pd.DataFrame([{"model": m, "seed": 0, "step": s, "loss": 5.0 - s / 100,
+                           "val_loss": (4.0 - s / 100) if s % 25 == 0 else float("nan")}
+                          for m in ("ma_gpt2_default", "ma_gpt2_sink") for s in range(1, 101)])
+    table, what = shown(gpt2, curve)
+    assert list(table["step"]) == [100, 100] and list(table["model"]) == ["ma_gpt2_default", "ma_gpt2_sink"]
+    assert table["val_loss"].notna().all() and "last step of each run" in what
+
+    w = ResultsWriter(tmp_path, "massive_activations_gpt2", model="ma_gpt2_default", revision=None,
+                      dataset="wiki", seed=0, device="cpu")
+    w.write("train_curve", curve.drop(columns=["model", "seed", "step"]).to_dict("records")[:4], stage="train_lm")
+    w.commit({"run": {"debug": "cpu"}, "model": {"name": "ma_gpt2_default", "source": "init"}})
+    secs = build(tmp_path, tmp_path / "REPORT.md", tmp_path / "report.html")
+    [s] = [s for s in secs if s["a"] is gpt2]
+    assert s["verdict"] == "not judged" and "debug runs or tiny random models" in s["why"]
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "your runs, not the committed record" in md and "## Contents" in md
+
+
+def test_the_html_has_contents_links_and_small_linked_figures(tmp_path):
+    import re
+
+    fixture(tmp_path, zero_ppl=5000.0)
+    big = tmp_path / "massive_activations_tab_intervene" / "figures" / "fixture.png"
+    fig, ax = plt.subplots(figsize=(16, 10), dpi=150)  # 2400 px wide, like the real figures
+    ax.imshow([[i * j % 7 for i in range(200)] for j in range(120)])
+    fig.savefig(big)
+    plt.close(fig)
+    build(tmp_path, tmp_path / "REPORT.md", tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    anchors = set(re.findall(r'href="#([\w\-]+)"', html))
+    ids = set(re.findall(r'id="([\w\-]+)"', html))
+    assert len(anchors) == len(ARTEFACTS) and anchors <= ids  # every artefact linked, every link lands
+    embedded = re.search(r'<a href="massive_activations_tab_intervene/figures/fixture.png"><img [^>]*base64,([^"]+)"',
+                         html)
+    import base64
+    import io
+
+    from PIL import Image
+
+    thumb = Image.open(io.BytesIO(base64.b64decode(embedded.group(1))))
+    assert thumb.width == 720 and thumb.mode == "P" and Image.open(big).width == 2400  # linked to the original
+    assert '<div class="scroll"><table>' in html

@@ -18,12 +18,12 @@ def _commit(repo, message):
     return _git(repo, "rev-parse", "--short", "HEAD")
 
 
-def _record(repo, sha, key="m__d__seed0__abc"):
+def _record(repo, sha, key="m__d__seed0__abc", model=None):
     shard = repo / "results" / "exp" / "runs" / key
     shard.mkdir(parents=True, exist_ok=True)
     (shard / "manifest.json").write_text(json.dumps({
         "experiment": "exp", "git_sha": sha,
-        "config": {"stage": {"foo": {"k": 1}}, "model": {"name": "m"}, "data": {"name": "d"},
+        "config": {"stage": {"foo": {"k": 1}}, "model": model or {"name": "m"}, "data": {"name": "d"},
                    "run": {"experiment": "exp"}}}))
 
 
@@ -35,8 +35,9 @@ def test_stale_mark_appears_when_code_or_config_changes_and_goes_after_a_rerun(t
                                                   "from pipeline.models import load\n"),
                        "pipeline/stages/other.py": "", "pipeline/analysis/__init__.py": "",
                        "pipeline/analysis/bar.py": "def f():\n    return 1\n",
-                       "pipeline/models/__init__.py": "from pipeline.models import registered\n",
+                       "pipeline/models/__init__.py": "from pipeline.models import helper, registered\n",
                        "pipeline/models/load.py": "", "pipeline/models/registered.py": "X = 1\n",
+                       "pipeline/models/helper.py": "Y = 1\n",
                        "conf/stage/foo.yaml": "k: 1\n", "conf/model/m.yaml": "name: m\n",
                        "conf/experiment/exp.yaml": "run: {experiment: exp}\nreport: {title: t}\n"}.items():
         (repo / path).parent.mkdir(parents=True, exist_ok=True)
@@ -62,9 +63,16 @@ def test_stale_mark_appears_when_code_or_config_changes_and_goes_after_a_rerun(t
     _record(repo, second)  # the re-run at the new commit replaces the shard
     assert summary(check_folder(repo, folder)) is None
 
-    # importing pipeline.models.load runs pipeline/models/__init__.py, which imports a model class:
-    # a change there changes the numbers although no import statement of the stage names it
-    (repo / "pipeline/models/registered.py").write_text("X = 2\n")
-    _commit(repo, "a model class")
+    # importing pipeline.models.load runs pipeline/models/__init__.py, which imports the project's
+    # model classes and a helper: a change to the helper changes every run's numbers although no
+    # import statement of the stage names it; a model class only its own model's runs
+    (repo / "pipeline/models/helper.py").write_text("Y = 2\n")
+    (repo / "pipeline/models/registered.py").write_text("class C:\n    model_type = 'mine'\n")
+    third = _commit(repo, "a helper and a model class")
     [found] = check_folder(repo, folder)
-    assert found.changed == ("pipeline/models/registered.py",)
+    assert found.changed == ("pipeline/models/helper.py",)
+    _record(repo, third)
+    _record(repo, third, key="t__d__seed0__abc", model={"name": "t", "source": "init", "model_type": "mine"})
+    (repo / "pipeline/models/registered.py").write_text("class C:\n    model_type = 'mine'\n    x = 1\n")
+    _commit(repo, "the model class changes")
+    assert [s.changed for s in check_folder(repo, folder)] == [(), ("pipeline/models/registered.py",)]  # m, t
