@@ -97,7 +97,7 @@ def run(cfg) -> dict:
         resolved.pop("catalog", None)  # the whole catalog: only the entries used are recorded
         manifest = ctx.results.commit(resolved, {**run_cost(t0, load), "catalog_used": ctx.catalog.used_entries(),
                                                  "model_type": getattr(ctx.model.config, "model_type", None)})
-        figures = draw_experiment(ctx.out_dir, list(outputs)) if cfg.run.figures else []
+        figures = draw_experiment(ctx.out_dir, list(outputs)) if cfg.run.figures and not process_rank()[0] else []
     finally:
         ctx.logger.finish()
         if process_rank()[0]:  # torchrun / SLURM tasks: ranks > 0 wrote to a scratch folder, never kept

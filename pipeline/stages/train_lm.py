@@ -94,10 +94,11 @@ def run(ctx, args: TrainLmArgs) -> dict[str, Any]:
     where = checkpoint_folder(ctx, args)
     history = train(model, source.batch, args, where / "last", device=ctx.device, seed=ctx.seed, on_eval=on_eval,
                     desc=STAGE)
-    if distributed()[0] == 0:  # under torchrun only rank 0 writes the model
-        model.save_pretrained(where / "final")
-        ctx.tokenizer.save_pretrained(where / "final")
-        point_latest(where.parent / f"{ctx.model_name}-latest", where)
+    if distributed()[0]:  # DDP ranks > 0: their analysis would be thrown away; rank 0 writes everything
+        return {"paths": {}, "last": {}, "checkpoint": str(where / "final"), "steps": args.steps}
+    model.save_pretrained(where / "final")
+    ctx.tokenizer.save_pretrained(where / "final")
+    point_latest(where.parent / f"{ctx.model_name}-latest", where)
     curve = [{k: v for k, v in r.items() if not k.startswith("L")} for r in history]
     profile = [{"step": r["step"], "layer": i, "layer_1based": i + 1, **{k: r[f"L{i}_{k}"] for k in PROFILE_COLUMNS}}
                for r in history if "val_loss" in r for i in range(num_layers(model))]
@@ -107,10 +108,11 @@ def run(ctx, args: TrainLmArgs) -> dict[str, Any]:
              "train_profile": ctx.results.write("train_profile", profile, stage=STAGE, step="rows"),
              "train_landscape": ctx.results.write("train_landscape", layer_landscape(ctx, args.landscape_prompt, at),
                                                   stage=STAGE, step=args.steps)}
-    last = next((r for r in reversed(history) if "val_loss" in r), {})  # ranks > 0 of torchrun: none
+    last = next((r for r in reversed(history) if "val_loss" in r), {})
     return {"paths": paths, "last": last, "checkpoint": str(where / "final"), "steps": args.steps,
             "tokens": args.steps * args.grad_accum * args.micro_batch * args.block_size,
-            "n_params": sum(p.numel() for p in model.parameters()), "rule": (args.abs_threshold, args.rel_threshold)}
+            "n_params": sum(p.numel() for p in model.parameters()), "rule": (args.abs_threshold, args.rel_threshold),
+            "n_layers": num_layers(model)}
 
 
 def format_summary(out: dict[str, Any]) -> str:
@@ -118,7 +120,8 @@ def format_summary(out: dict[str, Any]) -> str:
     above, times = out.get("rule", (100.0, 1000.0))
     lines = [f"trained {out['n_params'] / 1e6:.1f}M parameters for {out['steps']} steps ({out['tokens']:,} tokens): "
              f"val loss {r['val_loss']:.3f}",
-             f"  largest top-1 / median: {r['ratio_max']:.0f} at layer {r['ratio_max_layer']} (dim {r['top1_dim']}, "
+             f"  largest top-1 / median: {r['ratio_max']:.0f} at layer {r['ratio_max_layer'] + 1} of {out['n_layers']} "
+             f"(1-based, as the figures; dim {r['top1_dim']}, "
              f"{r['top1_token_type']}); massive by paper A's rule (> {above:g} and > {times:g} x median): "
              f"{'yes' if r['massive'] else 'no'}",
              "  attention share on the first token {:.3f}, the sink {:.3f}, the k' slot {:.3f}".format(
