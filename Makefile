@@ -77,7 +77,7 @@ record-seeds: setup ## repeat the minutes-long training artefacts over SEEDS (1,
 	$(PY) -m pipeline -m experiment=massive_activations_gpt2_default,massive_activations_gpt2_sink,massive_activations_gpt2_attn_bias run.seed=$(SEEDS) run.record=true
 	$(PY) -m pipeline -m experiment=birth_fig2 variant=fixed,random_triggers run.seed=$(SEEDS) run.record=true
 	$(PY) -m pipeline -m experiment=birth_fig3 variant=none,wo2_frozen,wk2_frozen,wk1_frozen run.seed=$(SEEDS) run.record=true
-	$(PY) -m pipeline -m experiment=birth_fig4 variant=fixed,k1,k3,random_triggers,bigram_outputs,ood run.seed=$(SEEDS) run.record=true
+	$(PY) -m pipeline -m experiment=birth_fig4 variant=fixed,k1,k3,random_triggers,bigram_outputs,ood,ood_ids run.seed=$(SEEDS) run.record=true
 
 MODELS ?= smollm2_135m,gemma3_270m,dinov2_s_offline  # after training, add trained_ma_gpt2_default,trained_birth_readme,...
 atlas: setup ## massive activations + super weights of many models in one table: make atlas MODELS=a,b,c

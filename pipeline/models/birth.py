@@ -8,6 +8,10 @@ flags: the simplified model of §4.2 and the full model are configurations, not 
   full (``conf/model/birth_full.yaml``): pre-norm LayerNorm blocks with ``n_heads`` heads, a ReLU
       FFN of 4d in every layer, learned positions, a final LayerNorm, untied output.
 
+``block`` is how a layer's FFN reads: ``sequential`` (the post-attention state, x + a + f(x + a):
+the official simplified model) or ``parallel`` (the block input beside attention, x + a +
+f(norm(x)): the official full model's pre-norm block, ``birth_full``'s default).
+
 What differs from the official code (albietz/transformer-birth) on purpose: the device is the
 caller's (it hard-codes ``.cuda()``); permanently frozen parameters are named in ``frozen`` (one
 mechanism for every option); ``attn_bias`` adds paper A's learnable k'/v' slot (our extension:
@@ -40,10 +44,12 @@ class BirthConfig(PretrainedConfig):
                  first_ffn: str = "none", final_ffn: str = "none", positions: str = "random",
                  frozen: list[str] | tuple[str, ...] = SIMPLIFIED_FROZEN, remove_wv: bool = False,
                  remove_wo: bool = False, sqrtd_embeddings: bool = False, no_sqrtd: bool = False,
-                 attn_bias: bool = False, **kwargs):
+                 attn_bias: bool = False, block: str = "sequential", **kwargs):
         for name in ("first_ffn", "final_ffn"):
             if locals()[name] not in ("none", "linear", "mlp"):
                 raise ValueError(f"{name} must be none, linear or mlp, not {locals()[name]!r}")
+        if block not in ("sequential", "parallel"):
+            raise ValueError(f"block must be sequential or parallel, not {block!r}")
         if positions not in ("random", "sincos", "learned"):
             raise ValueError(f"positions must be random, sincos or learned, not {positions!r}")
         self.vocab_size, self.dim, self.n_layers, self.n_heads = vocab_size, dim, n_layers, n_heads
@@ -51,6 +57,7 @@ class BirthConfig(PretrainedConfig):
         self.first_ffn, self.final_ffn, self.positions, self.frozen = first_ffn, final_ffn, positions, list(frozen)
         self.remove_wv, self.remove_wo = remove_wv, remove_wo
         self.sqrtd_embeddings, self.no_sqrtd, self.attn_bias = sqrtd_embeddings, no_sqrtd, attn_bias
+        self.block = block
         kwargs.setdefault("tie_word_embeddings", False)
         super().__init__(**kwargs)
 
@@ -102,13 +109,14 @@ class Block(nn.Module):
         self.attention = Attention(c)
         self.ff = feed_forward(ffn, c.dim)
         self.ffn_norm = nn.LayerNorm(c.dim) if c.layernorm and self.ff is not None else nn.Identity()
+        self.parallel = c.block == "parallel"
 
     def forward(self, x: torch.Tensor, need_probs: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         h, probs = self.attention(self.attention_norm(x), need_probs)
-        x = x + h
+        out = x + h
         if self.ff is not None:
-            x = x + self.ff(self.ffn_norm(x))
-        return x, probs
+            out = out + self.ff(self.ffn_norm(x if self.parallel else out))
+        return out, probs
 
 
 def sincos_positions(length: int, dim: int) -> torch.Tensor:
