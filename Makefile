@@ -38,13 +38,13 @@ $(error RESULTS='$(RESULTS)': a folder path (letters, digits and _ / . ~ -), e.g
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run cluster-up cluster-down test test-fast test-gpu gpu-check lint repro record record-stale record-seeds sweep train figures report atlas bench clean assets assets-extra
+.PHONY: help setup run cluster-up cluster-down test test-fast test-gpu gpu-check lint repro reproduce record record-stale record-seeds sweep train figures report atlas bench clean assets assets-extra
 
 help: ## list the targets and the experiments
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  variables: EXP=<experiment> ARGS='<hydra overrides>' (e.g. make run ARGS='model=tiny_llama debug=cpu')"
 	@echo "  experiments (EXP=...):"
-	@for f in conf/experiment/*.yaml; do printf "    %-40s %s\n" "$$(basename $$f .yaml)" "$$(grep -v '@package' $$f | sed -n 's/^# *//p' | head -1 | cut -c1-70)"; done
+	@$(PY) scripts/experiments.py 2>/dev/null || for f in conf/experiment/*.yaml; do printf "    %-40s %s\n" "$$(basename $$f .yaml)" "$$(grep -v '@package' $$f | sed -n 's/^# *//p' | head -1 | cut -c1-70)"; done
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ record-seeds: setup ## repeat the minutes-long training artefacts over SEEDS (1,
 MODELS ?= smollm2_135m,gemma3_270m,dinov2_s_offline  # after training, add trained_ma_gpt2_default,trained_birth_readme,...
 atlas: setup ## massive activations + super weights of many models in one table: make atlas MODELS=a,b,c
 	$(PY) -m pipeline -m experiment=atlas model=$(MODELS) $(ARGS)
+
+reproduce: setup ## regenerate the whole offline record (every shard, ~5 h on 2 cores; ONLY='...': some folders), then its cost (results/bench/reproduce.csv) and the report
+	$(PY) -m pipeline.report.stale --record --all --only '$(or $(ONLY),*)'
+	$(PY) scripts/bench_reproduce.py
+	$(PY) -m pipeline.report
 
 record-stale: setup ## re-run exactly the stale shards of the record into results/ (ONLY='massive_*,atlas': some folders)
 	$(PY) -m pipeline.report.stale --record --only '$(or $(ONLY),*)'

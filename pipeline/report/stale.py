@@ -216,7 +216,8 @@ def rerun_command(repo: Path, shard: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """List the stale shards of the record (``--record``: re-run each into the record)."""
+    """List the stale shards of the record (``--record``: re-run each into the record; ``--all``:
+    every shard, current ones too: ``make reproduce``)."""
     import argparse
     import shutil
     import sys
@@ -227,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--record", action="store_true")
+    p.add_argument("--all", action="store_true", help="every shard, not only the stale ones (make reproduce)")
     p.add_argument("--results", type=Path, default=REPO_ROOT / "results")
     p.add_argument("--only", default="*", help="comma-separated patterns of result folders, e.g. 'massive_*,atlas'")
     a = p.parse_args(argv)
     folders = sorted({r.parent for r in a.results.rglob(RUNS) if r.is_dir()})  # results/any_model/<exp> too
     wanted = [f for f in folders if any(fnmatch(str(f.relative_to(a.results)), pat) for pat in a.only.split(","))]
-    stale = [s for f in wanted for s in check_folder(REPO_ROOT, f) if s.changed]
+    stale = [s for f in wanted for s in check_folder(REPO_ROOT, f) if s.changed or a.all]
     for s in stale:
         try:
             cmd = rerun_command(REPO_ROOT, s.shard)
@@ -241,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, KeyError, IndexError) as err:
             print(f"{s.shard.relative_to(a.results)}: stale, re-run by hand ({err})")
             continue
-        print(f"{s.shard.relative_to(a.results)}: stale since {s.sha} ({len(s.changed)} files); python -m pipeline "
-              + " ".join(cmd))
+        state = f"stale since {s.sha} ({len(s.changed)} files)" if s.changed else f"current ({s.sha})"
+        print(f"{s.shard.relative_to(a.results)}: {state}; python -m pipeline " + " ".join(cmd))
         if a.record:
             runs = s.shard.parent
             before = {p.name for p in runs.iterdir()}
@@ -255,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(s.shard)
                 rebuild_views(runs.parent, tables_of(runs.parent))
                 print(f"  {s.shard.name} replaced by {', '.join(new)}")
-    print(f"{len(stale)} stale shards" + ("" if a.record or not stale else "; make record-stale re-runs them"))
+    what = "shards" if a.all else "stale shards"
+    print(f"{len(stale)} {what}" + ("" if a.record or not stale or a.all else "; make record-stale re-runs them"))
     return 0
 
 

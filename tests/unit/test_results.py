@@ -451,3 +451,27 @@ def test_staging_folders_nobody_resumed_for_two_weeks_are_removed(tmp_path, caps
     make_writer(tmp_path, seed=3)
     assert f"removed {stale.name}" in capsys.readouterr().out
     assert [p.name.split(".")[1][len("partial-"):] for p in runs.glob(".partial-*")] == [recent.key]
+
+
+def test_reproduce_costs_sum_each_shards_measured_run(tmp_path):
+    """scripts/bench_reproduce.py (make reproduce): one row per recorded shard with the cost its
+    manifest measured; benchmarks and the official-code reference are not runs of the record."""
+    import importlib.util
+    import json
+
+    from tests.helpers import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench_reproduce", ROOT / "scripts" / "bench_reproduce.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for folder, key, wall, cpu in (("exp_a", "m__d__seed0__1", 60.0, 110.0), ("exp_a", "m__d__seed1__2", 30.0, None),
+                                   ("any_model/exp_b", "m__d__seed0__3", 12.5, 20.0), ("bench", "x", 1.0, 1.0)):
+        shard = tmp_path / folder / "runs" / key
+        shard.mkdir(parents=True)
+        m = {"experiment": folder, "model": "m", "wall_s": wall, "config": {"model": {"name": "m"}}}
+        if cpu is not None:
+            m.update(cpu_s=cpu, threads=2, cores=2)
+        (shard / "manifest.json").write_text(json.dumps(m))
+    rows = bench.shard_costs(tmp_path)
+    assert [(r["folder"], r["wall_s"], r["cpu_s"]) for r in rows] == [
+        ("any_model/exp_b", 12.5, 20.0), ("exp_a", 60.0, 110.0), ("exp_a", 30.0, None)]

@@ -1,0 +1,76 @@
+"""What regenerating the offline record costs: one row per committed shard of ``results/`` with the
+cost its own manifest measured when it was recorded (wall seconds; CPU seconds, threads, cores
+and load where the manifest has them: runs recorded since the entry point measured them), and a
+total per results folder and overall, written to ``results/bench/reproduce.csv``.
+
+    python scripts/bench_reproduce.py          # make reproduce runs it after re-recording
+
+The total is the sum of the runs as they were measured, each on the machine and at the load its
+manifest names (the load columns say how busy it was); it is not one timed end-to-end
+invocation. A shard whose manifest has no ``wall_s`` counts as unknown and is listed as such.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+COLUMNS = ("folder", "shard", "experiment", "model", "device", "git_sha", "timestamp", "wall_s", "cpu_s",
+           "threads", "cores", "load_start", "load_end")
+
+
+def shard_costs(results: Path) -> list[dict]:
+    rows = []
+    for manifest in sorted(results.rglob("runs/*/manifest.json")):
+        if manifest.parts[len(results.parts)] in ("bench", "reference"):
+            continue
+        try:
+            m = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance((m.get("config") or {}).get("model"), dict):  # a benchmark's own manifest
+            continue
+        shard = manifest.parent
+        rows.append({"folder": str(shard.parents[1].relative_to(results)), "shard": shard.name,
+                     **{k: m.get(k) for k in COLUMNS[2:]}})
+    return rows
+
+
+def main() -> int:
+    import pandas as pd
+
+    from pipeline.core.disk import atomic_write
+
+    results = ROOT / "results"
+    rows = shard_costs(results)
+    if not rows:
+        sys.exit("error: no recorded shard under results/")
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    totals = df.groupby("folder", sort=True).agg(wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"),
+                                                   shard=("shard", "count")).reset_index()
+    totals["shard"] = totals["shard"].map(lambda n: f"TOTAL of {n} shards")
+    overall = {"folder": "ALL", "shard": f"TOTAL of {len(df)} shards", "wall_s": df["wall_s"].sum(),
+               "cpu_s": df["cpu_s"].sum()}
+    out = pd.concat([df, totals, pd.DataFrame([overall])], ignore_index=True)
+    cores = int(df["cores"].dropna().max()) if df["cores"].notna().any() else "?"
+    out["machine"] = f"{platform.machine()}, {cores} cores"
+    path = results / "bench" / "reproduce.csv"
+    atomic_write(path, lambda fh: out.to_csv(fh, index=False))
+    unknown = int(df["wall_s"].isna().sum())
+    with_cpu = df["cpu_s"].notna()
+    print(f"{len(df)} shards: {overall['wall_s'] / 3600:.2f} h of wall time as recorded"
+          + (f" ({unknown} without a measured time)" if unknown else "")
+          + f"; CPU time measured for {int(with_cpu.sum())} of them: {df.loc[with_cpu, 'cpu_s'].sum() / 3600:.2f} h")
+    for _, r in totals.sort_values("wall_s", ascending=False).iterrows():
+        print(f"  {r['folder']:<48} {r['wall_s'] / 60:7.1f} min  ({r['shard']})")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
