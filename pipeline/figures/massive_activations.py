@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator  # layers are integers: no 2.5 / 7.5 ticks
 
+from pipeline.config.shared import MassiveRule
 from pipeline.figures.registry import figure, save, token_label
 
 
@@ -39,9 +40,12 @@ def fig3_layers(df: pd.DataFrame, model: str, out: Path) -> Path:
     return save(fig, out)
 
 
-def draw_landscape(ax, df: pd.DataFrame, title: str, n_top: int = 3) -> pd.Series:
+def draw_landscape(ax, df: pd.DataFrame, title: str, n_top: int = 3,
+                   threshold: float = MassiveRule.abs_threshold) -> pd.Series:
     """Paper A's 3-D |activation| landscape of one layer on one prompt into a 3-D axis: one bar
-    per token for each of the ``n_top`` largest dims, a thin line per token over all dims.
+    per token for each of the ``n_top`` largest dims, a thin line per token over all dims, and a
+    translucent plane at paper A's absolute threshold (|h| = 100), so that a landscape whose
+    largest values are noise (a small trained GPT-2: 8-9) does not read as one with spikes.
     Returns the top dims' maxima."""
     tokens = [token_label(t) for t in df.drop_duplicates("position").sort_values("position")["token"]]
     top = df.groupby("dim")["abs_value"].max().nlargest(n_top)
@@ -53,6 +57,13 @@ def draw_landscape(ax, df: pd.DataFrame, title: str, n_top: int = 3) -> pd.Serie
         g = df[df["dim"] == dim].sort_values("position")
         ax.bar3d(g["position"] - 0.3, [dim] * len(g), 0, 0.6, 12, g["abs_value"],
                  color=color, alpha=0.85, label=f"dim {dim} (max {g['abs_value'].max():,.0f})")
+    peak = float(df["abs_value"].max())
+    if peak >= threshold:  # the plane, inside the range the bars already span
+        xs, ys = np.meshgrid([-0.5, len(tokens) - 0.5], [df["dim"].min(), df["dim"].max()])
+        ax.plot_surface(xs, ys, np.full_like(xs, threshold, dtype=float), color="#ff9800", alpha=0.15)
+        ax.plot([], [], color="#ff9800", lw=4, alpha=0.5, label=f"paper A's threshold |h| = {threshold:g}")
+    else:  # drawing the plane would flatten every bar: say it instead
+        ax.plot([], [], " ", label=f"every |h| <= {peak:,.1f}: below paper A's threshold {threshold:g} (none massive)")
     ax.set_xticks(range(len(tokens)), tokens, fontsize=7, rotation=-20)
     ax.set_xlabel("token")
     ax.set_ylabel("feature dim")

@@ -130,13 +130,13 @@ def _code_changed(repo: Path, sha: str, path: str) -> bool:
 
 
 def _config_changed(repo: Path, sha: str, path: str) -> bool:
-    """A config file's values changed since ``sha`` (comments, and an experiment's report card,
-    which decides no number, do not count)."""
+    """A config file's values changed since ``sha`` (comments, an experiment's report card and
+    Hydra's own settings (where it writes, how it logs), which decide no number, do not count)."""
     import yaml
 
     def values(text: str) -> object:
         data = yaml.safe_load(text) or {}
-        return {k: v for k, v in data.items() if k != "report"} if isinstance(data, dict) else data
+        return {k: v for k, v in data.items() if k not in ("report", "hydra")} if isinstance(data, dict) else data
 
     old = _git(repo, "show", f"{sha}:{path}")
     if old.returncode:  # the file did not exist then

@@ -9,8 +9,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_cli_run_writes_csvs_manifest_and_summary(tmp_path):
+    dated = set(ROOT.glob("outputs/20*/*"))
     r = _cli("model=tiny_llama", "debug=cpu", f"run.results_dir={tmp_path}", "run.figures=true", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+    # issue 26: every command left an outputs/<date>/<time>/.hydra folder; the manifest holds the config
+    assert set(ROOT.glob("outputs/20*/*")) == dated and not (ROOT / ".hydra").exists()
     out = tmp_path / "massive_activations_default"
     for table in ("ma_layer_stats", "ma_fig1"):
         assert (out / f"{table}.csv").exists()
