@@ -11,15 +11,23 @@ from pipeline.report.registry import rule
 
 @rule("massive_found")
 def massive_found(t):
-    """holds if the detector finds at least one steady massive activation (paper A's rule: |h| > 100
-    and > 1000 x the layer median, in at least half the layers from its first and half the sequences)."""
+    """holds if the detector finds at least one steady massive activation in every model run (paper
+    A's rule: |h| > 100 and > 1000 x the layer median, in at least half the layers from its first and
+    half the sequences); partly if in some. Each model's count is its own."""
     m = t["ma_massive"]
-    steady = m[m["steady"].astype(bool)]
-    if steady.empty:
-        return "does not hold", "no steady massive activation"
-    top = steady.iloc[steady["value_mean"].abs().argmax()]
-    return "holds", (f"{len(steady)} steady: largest dim {int(top['dim'])} on {top['token_type']} from layer "
-                     f"{int(top['first_layer_1based'])} (1-based; |h| {abs(top['value_mean']):,.0f})")
+    per_model = []
+    for model, g in (m.groupby("model", sort=True) if "model" in m else [("the model", m)]):
+        steady = g[g["steady"].astype(bool)]
+        if steady.empty:
+            per_model.append((model, False, f"{model}: no steady massive activation"))
+            continue
+        top = steady.iloc[steady["value_mean"].abs().argmax()]
+        per_model.append((model, True, f"{model}: {len(steady)} steady, the largest dim {int(top['dim'])} on "
+                                       f"{top['token_type']} from layer {int(top['first_layer_1based'])} (1-based; "
+                                       f"|h| {abs(top['value_mean']):,.0f})"))
+    found = [ok for _, ok, _ in per_model]
+    verdict = "holds" if all(found) else "partly" if any(found) else "does not hold"
+    return verdict, "; ".join(why for _, _, why in per_model)
 
 
 @rule("set_zero_breaks_set_mean_keeps")
@@ -68,26 +76,28 @@ def decomposition(t):
 @rule("vit_massive")
 def vit_massive(t):
     """holds if a steady massive activation is found on a CLS or register token of one of the
-    paper's ViTs; on another model (the embedded DINOv2-S) the row reports what was found and the
-    paper's claim is 'not run here'."""
+    paper's ViTs; on another model (the embedded DINOv2-S, without registers) the run is a negative
+    control: it ran, but it cannot judge the paper's claim ('not judged', with what was found)."""
     d = t.get("vit_massive", pd.DataFrame({"steady": []}))  # no rows written: nothing passed the rule
     models = set(t["vit_layer_stats"]["model"])
     steady = d[d["steady"].astype(bool)] if len(d) else d
     found = f"{len(steady)} steady massive activations" if len(steady) else "none found"
     if not any(str(m).startswith(("dinov2_reg", "clip_vit")) for m in models):
-        return "not run here", f"{', '.join(sorted(models))}: {found} (a negative control, not a paper model)"
+        return "not judged", (f"ran on {', '.join(sorted(models))}: {found}; a negative control without registers, "
+                              "not one of the paper's ViTs (dinov2_reg_*, clip_vit_l need the Hub)")
     return ("holds" if len(steady) else "does not hold"), found
 
 
 @rule("vit_interventions")
 def vit_interventions(t):
     """holds if set_zero changes the pooled features by > 10% while set_mean and Fix-Reg-Mean
-    change them by < 2% (proxy of paper A's accuracy table); 'not run here' when the conditions do
-    not apply to the model run."""
+    change them by < 2% (proxy of paper A's accuracy table); 'not judged' when the run's model has
+    no massive activation on a CLS / register token, so that the conditions do not apply."""
     d = t["vit_intervene"]
     na = d[d["metric"] == "not_applicable"]
     ch = d[d["metric"] == "pooled_rel_l2_change"].set_index("condition")["value"]
     if {"set_zero", "fix_reg_mean"} <= set(na["condition"]):
-        return "not run here", "; ".join(f"{r.condition}: {r.why}" for r in na.itertuples())
+        return "not judged", "ran, but the conditions do not apply to this model: " + "; ".join(
+            f"{r.condition}: {r.why}" for r in na.itertuples())
     ok = ch.get("set_zero", 0) > 0.1 and ch.get("set_mean", 1) < 0.02 and ch.get("fix_reg_mean", 1) < 0.02
     return ("holds" if ok else "partly"), ", ".join(f"{k} {v:.3f}" for k, v in ch.items())
