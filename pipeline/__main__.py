@@ -85,7 +85,9 @@ def run(cfg) -> dict:
     from pipeline.core.ranks import adopt_slurm_env, process_rank
     from pipeline.core.registry import get_stage
     from pipeline.figures import draw_experiment
+    from pipeline.models.preflight import check_architecture
 
+    check_architecture(OmegaConf.to_container(cfg.model, resolve=True))  # before any weight loads
     adopt_slurm_env()  # a SLURM job with N tasks (submitit launcher) is one DDP run of N ranks
     ctx = build_context(cfg)
     outputs = {}

@@ -154,9 +154,14 @@ class Lab:
 def load(model: str = "smollm2_135m", *overrides: str) -> Lab:
     """A :class:`Lab` on ``model`` (a config name, a local folder or a Hub id), loaded as a run of
     the pipeline would load it; ``overrides`` as on the command line (``"model.device=cpu"``)."""
-    from pipeline.context import build_context
+    from omegaconf import OmegaConf
 
-    return Lab(build_context(compose(*model_overrides(model), *overrides)))
+    from pipeline.context import build_context
+    from pipeline.models.preflight import check_architecture
+
+    cfg = compose(*model_overrides(model), *overrides)
+    check_architecture(OmegaConf.to_container(cfg.model, resolve=True))  # before any weight loads
+    return Lab(build_context(cfg))
 
 
 def run(experiment: str, *overrides: str) -> dict[str, Any]:

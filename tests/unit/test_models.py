@@ -156,3 +156,17 @@ def test_a_text_encoder_inside_a_package_loads_with_automodel_and_cls_as_bos(tmp
     with pytest.raises(PipelineError) as err:
         load_model({**cfg, "package": "no_such_bert_pkg"})
     assert "not installed; run `make assets-extra`" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_unsupported_architecture_fails_before_its_weights_load(tmp_path):
+    """Issue 26: Bloom was reported only after its weights had loaded (146 s). The folder here has a
+    config.json and no weights at all: the one line comes from the config alone."""
+    from pipeline.core.errors import PipelineError
+    from pipeline.models.preflight import check_architecture
+
+    (tmp_path / "config.json").write_text('{"model_type": "bloom", "n_layer": 2}')
+    with pytest.raises(PipelineError, match=r"architecture 'bloom' \(config.json\) has no arch spec.*known: .*llama"):
+        check_architecture({"name": "mine", "source": "local", "path": str(tmp_path)})
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    check_architecture({"name": "mine", "source": "local", "path": str(tmp_path)})  # supported: no error
+    check_architecture({"name": "t", "source": "tiny"})  # built here: nothing to read
