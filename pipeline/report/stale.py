@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from functools import cache
@@ -215,6 +216,13 @@ def rerun_command(repo: Path, shard: Path) -> list[str]:
     return args
 
 
+def _recorded_wall(shard: Path) -> float:
+    try:
+        return float(json.loads((shard / "manifest.json").read_text()).get("wall_s") or 0.0)
+    except (OSError, ValueError):
+        return 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     """List the stale shards of the record (``--record``: re-run each into the record; ``--all``:
     every shard, current ones too: ``make reproduce``)."""
@@ -235,7 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     folders = sorted({r.parent for r in a.results.rglob(RUNS) if r.is_dir()})  # results/any_model/<exp> too
     wanted = [f for f in folders if any(fnmatch(str(f.relative_to(a.results)), pat) for pat in a.only.split(","))]
     stale = [s for f in wanted for s in check_folder(REPO_ROOT, f) if s.changed or a.all]
-    for s in stale:
+    costs = [_recorded_wall(s.shard) for s in stale]
+    if a.record and stale:
+        print(f"{len(stale)} shards to record; their last recording took {sum(costs) / 60:.0f} min of wall time "
+              "(each shard's manifest; a busy machine takes longer)", flush=True)
+    t0 = time.monotonic()
+    for i, s in enumerate(stale):
+        if a.record and i:
+            left = sum(costs[i:]) * (time.monotonic() - t0) / max(sum(costs[:i]), 1.0)
+            print(f"[{i}/{len(stale)}] {(time.monotonic() - t0) / 60:.0f} min so far; about {left / 60:.0f} min left "
+                  "at this pace", flush=True)
         try:
             cmd = rerun_command(REPO_ROOT, s.shard)
             if s.shard.parents[2].resolve() != a.results.resolve():  # a results folder of its own
