@@ -7,7 +7,10 @@ Batch metrics (:func:`batch_metrics`; ``x`` inputs, ``y`` targets, ``counter`` o
   (counter >= 1 in the first 10 positions), acc_end (counter >= 2);
   score_acc / score_start_acc: at an output position, layer 1's argmax attention is the previous
   token (all outputs / first occurrences); score2_acc: layer 2's argmax attends to a token whose
-  predecessor is the current token (the induction pattern), divided by all counter >= 2 queries.
+  predecessor is the current token (the induction pattern), divided by all counter >= 2 queries;
+  pred_attended_acc: the token layer 2 attends to is the prediction; score_cond_acc: layer 1, at the
+  key layer 2 attends to, attends to that key's previous token; repeat_frac: outputs equal to their
+  trigger (counter >= 1). With several heads, the best head (pair) is reported.
 Memory-recall probes (:func:`memory_probes`, from the weights: each matrix as an associative memory):
   wk0 / wk0_64: the positional previous-token recall argmax_s p_t^T W_K1 p_s == t - 1, over all
   positions / the first 64; wk1: the trigger recall argmax_j w_E(i)^T W_Q2 W_K2 W_O1 W_V1 w_E(j)
@@ -62,8 +65,19 @@ def batch_metrics(logits: torch.Tensor, attentions: tuple[torch.Tensor, ...], x:
         amax2 = attentions[1][b, :, t].argmax(-1)  # (n, H)
         ok = (amax2 >= 1) & (x[b[:, None], (amax2 - 1).clamp(min=0)] == x[b, t][:, None])
         out["score2_acc"] = float(ok.float().sum(0).max()) / len(b)
+        # the token layer 2 attends to is the one predicted (official pred_attended_acc)
+        out["pred_attended_acc"] = float((x[b[:, None], amax2] == pred[b, t][:, None]).float().mean(0).max())
+        # layer 1 at the key layer 2 attends to looks at its previous token (official score_cond_acc):
+        # per pair of heads (layer 1, layer 2), over the queries whose layer-2 key is not position 0
+        valid = amax2 >= 1  # (n, H2)
+        h1 = torch.arange(amax1.shape[1], device=amax1.device)
+        cond = amax1[b[:, None, None], h1[None, :, None], amax2[:, None, :]] == (amax2 - 1)[:, None, :]  # (n, H1, H2)
+        frac = (cond & valid[:, None, :]).float().sum(0) / valid.float().sum(0).clamp(min=1)
+        out["score_cond_acc"] = float(frac.max()) if bool(valid.any()) else float("nan")
     else:
-        out["score2_acc"] = float("nan")
+        out["score2_acc"] = out["pred_attended_acc"] = out["score_cond_acc"] = float("nan")
+    # how often a trigger's output repeats the trigger itself (official repeat_frac)
+    out["repeat_frac"] = float((x == y)[counter >= 1].float().mean()) if bool((counter >= 1).any()) else float("nan")
     return out
 
 

@@ -75,8 +75,11 @@ def test_batch_metrics_on_hand_built_attention():
     out = batch_metrics(logits, (prev, induct), x, y, c)
     assert out["acc_end"] == out["acc_tot"] == 1.0 and out["score_acc"] == 1.0 and out["score2_acc"] == 1.0
     assert out["loss_head"] < 1e-3
+    # the official logs we lacked: layer 2 attends to the predicted token, layer 1 at that key looks back
+    assert out["pred_attended_acc"] == 1.0 and out["score_cond_acc"] == 1.0 and out["repeat_frac"] == 0.0
     wrong = batch_metrics(-logits, (induct, prev), x, y, c)
     assert wrong["acc_end"] == 0.0 and wrong["score2_acc"] == 0.0
+    assert wrong["pred_attended_acc"] < 1.0 and wrong["score_cond_acc"] < 1.0
     assert first_crossing([{"step": 0, "a": 0.2}, {"step": 5, "a": 0.6}], "a", 0.5) == 5
 
 
