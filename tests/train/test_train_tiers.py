@@ -50,7 +50,7 @@ def test_slurm_ddp_launcher_runs_one_task_per_gpu():
     cfg = _compose(["experiment=massive_activations_gpt2_default", "setting=paper", "model=ma_gpt2_paper",
                     "hydra/launcher=slurm_ddp"], hydra_cfg=True)
     launcher = cfg.hydra.launcher
-    assert "submitit" in launcher._target_ and launcher.tasks_per_node == launcher.gpus_per_node == 8
+    assert "pipeline_launcher" in launcher._target_ and launcher.tasks_per_node == launcher.gpus_per_node == 8
 
 
 def test_slurm_tasks_become_torchrun_ranks(monkeypatch):

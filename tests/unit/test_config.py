@@ -86,7 +86,10 @@ def test_model_configs_have_required_keys(model):
 def test_slurm_and_joblib_launchers_compose():
     cfg = _compose(["hydra/launcher=slurm", "model=llama2_7b"], hydra_cfg=True)
     assert cfg.hydra.launcher.partition and cfg.hydra.launcher.gpus_per_node == 1
-    assert "submitit" in cfg.hydra.launcher._target_
+    from hydra.utils import get_class
+
+    bases = {f"{k.__module__}.{k.__name__}" for k in get_class(cfg.hydra.launcher._target_).__mro__}
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in bases  # + progress lines
     cfg = _compose(["hydra/launcher=joblib"], hydra_cfg=True)
     assert "joblib" in cfg.hydra.launcher._target_.lower()
 
