@@ -36,20 +36,38 @@ def fig3_down_proj(df: pd.DataFrame, model: str, out: Path, sw_directory: pd.Dat
             twin.set_ylabel("after the post-MLP norm (joins the residual)", color="#ff7f0e", fontsize=8)
             ax.set_title(f"{model}: {title} (blue) and what the MLP adds to the residual (orange)", fontsize=8)
         if directory is not None:
-            for r in directory.itertuples():
-                y = df.loc[df["layer"] == r.layer, col]
-                if len(y):
-                    it = int(getattr(r, "iteration", 0) or 0)
-                    right = r.layer > df["layer"].max() / 2  # keep the label inside the axes
-                    ax.annotate(f"[{r.row}, {r.col}] {r.role}" + (f", found at iteration {it}" if it else ""),
-                                (r.layer, float(y.iloc[0])), fontsize=6.5, xytext=(-4 if right else 4, 4 + 9 * it),
-                                textcoords="offset points", ha="right" if right else "left",
-                                color="#d62728" if r.role == "creates" else "#7f7f7f")
+            _mark_super_weights(ax, df, col, directory)
     if directory is not None and (directory.get("iteration", pd.Series([0])) > 0).any():
         fig.text(0.01, 0.005, "curves: the original model. A weight found at iteration k was found after zeroing "
                  "the weights of the earlier iterations; its input/output in the directory are from that pass.",
                  fontsize=6.5, color="#555555")
     return save(fig, out)
+
+
+def _mark_super_weights(ax, df: pd.DataFrame, col: str, directory: pd.DataFrame, per_layer: int = 3) -> None:
+    """Label each super weight at its layer's point, stacked per layer (not by iteration, which
+    pushed labels off the axes); a layer with more than ``per_layer`` gets one summary label
+    (Qwen2.5's layer 21: nine rows fed by one input channel)."""
+    for layer, group in directory.groupby("layer", sort=True):
+        y = df.loc[df["layer"] == layer, col]
+        if not len(y):
+            continue
+        right = layer > df["layer"].max() / 2  # keep the label inside the axes
+        top = float(y.iloc[0]) > 0.8 * float(df[col].max())  # near the top: stack the labels downwards
+        if len(group) > per_layer:
+            cols = sorted(set(int(c) for c in group["col"]))
+            labels = [(f"{len(group)} weights: rows {', '.join(str(int(r)) for r in group['row'][:4])}"
+                       f"{', ...' if len(group) > 4 else ''}; col {', '.join(map(str, cols[:3]))} (sw_directory.csv)",
+                       "creates" if (group["role"] == "creates").any() else "cancels")]
+        else:
+            labels = []
+            for r in group.itertuples():
+                it = int(getattr(r, "iteration", 0) or 0)
+                labels.append((f"[{r.row}, {r.col}] {r.role}" + (f", found at iteration {it}" if it else ""), r.role))
+        for k, (text, role) in enumerate(labels):
+            ax.annotate(text, (layer, float(y.iloc[0])), fontsize=6.5, xytext=(-4 if right else 4, -12 - 9 * k if top else 4 + 9 * k),
+                        textcoords="offset points", ha="right" if right else "left",
+                        color="#d62728" if role == "creates" else "#7f7f7f")
 
 
 @figure("sw_ablate", "sw_fig4_layer_max", ("sw_layer_max",))
