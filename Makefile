@@ -75,7 +75,7 @@ sweep: setup ## multirun, e.g. make sweep ARGS='model=llama2_7b,mistral_7b hydra
 	$(PY) -m pipeline -m experiment=$(EXP) $(ARGS)
 
 SEEDS ?= 1,2
-record-seeds: setup ## repeat the minutes-long training artefacts over SEEDS (1,2) into the record (~100 min on 2 cores); the report shows the spread
+record-seeds: setup ## repeat the minutes-long training artefacts over SEEDS (1,2) into the record (the report shows the spread; make help: what one seed cost)
 	$(PY) -m pipeline -m experiment=massive_activations_gpt2_default,massive_activations_gpt2_sink,massive_activations_gpt2_attn_bias run.seed=$(SEEDS) run.record=true
 	$(PY) -m pipeline -m experiment=birth_fig2 variant=fixed,random_triggers run.seed=$(SEEDS) run.record=true
 	$(PY) -m pipeline -m experiment=birth_fig3 variant=none,wo2_frozen,wk2_frozen,wk1_frozen run.seed=$(SEEDS) run.record=true
@@ -85,7 +85,7 @@ MODELS ?= smollm2_135m,gemma3_270m,dinov2_s_offline  # after training, add train
 atlas: setup ## massive activations + super weights of many models in one table: make atlas MODELS=a,b,c
 	$(PY) -m pipeline -m experiment=atlas model=$(MODELS) $(ARGS)
 
-reproduce: setup ## regenerate the whole offline record (every shard, ~5 h on 2 cores; ONLY='...': some folders), then its cost (results/bench/reproduce.csv) and the report
+reproduce: setup ## regenerate the whole offline record (every shard; ONLY='...': some folders; the estimate it prints comes from the manifests), then its cost (results/bench/reproduce.csv) and the report
 	$(PY) -m pipeline.report.stale --record --all --only '$(or $(ONLY),*)'
 	$(PY) scripts/bench_reproduce.py
 	$(PY) -m pipeline.report

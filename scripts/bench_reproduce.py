@@ -12,7 +12,6 @@ invocation. A shard whose manifest has no ``wall_s`` counts as unknown and is li
 
 from __future__ import annotations
 
-import json
 import platform
 import sys
 from pathlib import Path
@@ -25,17 +24,14 @@ COLUMNS = ("folder", "shard", "experiment", "model", "device", "git_sha", "times
 
 
 def shard_costs(results: Path) -> list[dict]:
+    from pipeline.report.costs import manifests
+
     rows = []
-    for manifest in sorted(results.rglob("runs/*/manifest.json")):
-        if manifest.parts[len(results.parts)] in ("bench", "reference"):
-            continue
-        try:
-            m = json.loads(manifest.read_text())
-        except (OSError, ValueError):
+    for shard, m in manifests(results):
+        if shard.parts[len(results.parts)] in ("bench", "reference"):
             continue
         if not isinstance((m.get("config") or {}).get("model"), dict):  # a benchmark's own manifest
             continue
-        shard = manifest.parent
         rows.append({"folder": str(shard.parents[1].relative_to(results)), "shard": shard.name,
                      **{k: m.get(k) for k in COLUMNS[2:]}})
     return rows

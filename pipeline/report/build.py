@@ -22,6 +22,7 @@ from pipeline.core.paths import CONF_DIR, REPO_ROOT
 from pipeline.core.results import PROVENANCE_COLUMNS, read_table
 from pipeline.core.store import altered_tables
 from pipeline.report.artefacts import ARTEFACTS, Artefact
+from pipeline.report.costs import recorded_cost
 from pipeline.report.headline import headline_table
 from pipeline.report.html import slug, to_html
 from pipeline.report.rules import RULES
@@ -150,8 +151,9 @@ def sections(root: Path) -> list[dict[str, Any]]:
         df = tables.get(a.table)
         figs = sorted((root / results_folder(a) / "figures").glob("*.png")) if df is not None else []
         stale = summary(check_folder(REPO_ROOT, root / results_folder(a))) if df is not None else None
+        cost = recorded_cost(root / results_folder(a)) if df is not None else None
         out.append({"a": a, "verdict": v, "why": why, "rule": " ".join((RULES[a.rule].__doc__ or "").split()),
-                    "stale": stale,
+                    "stale": stale, "cost": f"the record cost {cost.describe()}" if cost else "nothing recorded here",
                     "setting": setting(df) if df is not None else "not run",
                     "table": shown(a, df) if df is not None else None,
                     "n_rows": 0 if df is None else len(df), "published": published(a), "figures": figs})
@@ -186,7 +188,8 @@ def markdown(secs: list[dict[str, Any]], root: Path) -> str:
                       *([f"- caveat: {a.caveat}"] if a.caveat else []),
                       f"- rule: {s['rule']}", f"- setting: {s['setting']}",
                       f"- record: {s['stale'] or 'current (no file that produced it changed since it was recorded)'}",
-                      f"- regenerate: `{a.command}` ({a.hardware}); the paper's setting: "
+                      f"- regenerate: `{a.command}` (needs {a.hardware}; {s['cost']}); "
+                      f"the paper's setting: "
                       f"`make repro EXP={a.experiment} ARGS='{a.paper_args}'`"]
             if s["table"] is None:
                 lines += ["", "not run: no committed rows."]

@@ -1,0 +1,56 @@
+"""What an artefact costs here, from the committed manifests only: the one source of every time the
+project quotes (``make help``, the report's "regenerate" line, ``results/bench/reproduce.csv``).
+The cards' ``hardware`` says what a run needs (CPU / GPU / Hub), never how long it takes.
+No torch, no pandas: ``make help`` reads it in a fraction of a second."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+
+def manifests(folder: Path) -> Iterator[tuple[Path, dict]]:
+    """(shard folder, manifest) of every recorded run under ``folder`` (unreadable ones skipped)."""
+    for path in sorted(Path(folder).rglob("runs/*/manifest.json")):
+        try:
+            yield path.parent, json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+
+
+@dataclass(frozen=True)
+class Cost:
+    runs: int               # recorded shards
+    wall_s: float           # summed over the runs that measured it
+    cpu_s: float | None     # summed over the runs that measured it (None: none did)
+    cpu_runs: int           # how many runs measured CPU time (recorded since the entry point did)
+
+    def describe(self, short: bool = False) -> str:
+        wall = _minutes(self.wall_s)
+        if short:
+            return wall if self.cpu_s is None else f"{wall} ({_minutes(self.cpu_s)} CPU)"
+        runs = f"{self.runs} run{'s' * (self.runs != 1)}"
+        if self.cpu_s is None:
+            return f"{wall} wall over {runs} (CPU time not measured: recorded before the manifests had it)"
+        part = "" if self.cpu_runs == self.runs else f" of {self.cpu_runs}"
+        return f"{wall} wall over {runs}, {_minutes(self.cpu_s)} CPU time{part}"
+
+
+def _minutes(seconds: float) -> str:
+    return "<1 min" if seconds < 60 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def recorded_cost(folder: Path) -> Cost | None:
+    """The summed cost of the runs recorded in one results folder; None when it holds none."""
+    walls, cpus = [], []
+    for _, m in manifests(folder):
+        if not isinstance((m.get("config") or {}).get("model"), dict):  # a benchmark's own manifest
+            continue
+        walls.append(float(m.get("wall_s") or 0.0))
+        if m.get("cpu_s") is not None:
+            cpus.append(float(m["cpu_s"]))
+    if not walls:
+        return None
+    return Cost(len(walls), sum(walls), sum(cpus) if cpus else None, len(cpus))
