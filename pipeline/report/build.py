@@ -25,6 +25,7 @@ from pipeline.report.artefacts import ARTEFACTS, Artefact
 from pipeline.report.costs import recorded_cost
 from pipeline.report.headline import headline_table
 from pipeline.report.html import slug, to_html
+from pipeline.report.registry import JUDGE_ERRORS, judge
 from pipeline.report.rules import RULES
 from pipeline.report.stale import check_folder, summary
 
@@ -96,8 +97,8 @@ def verdict(a: Artefact, tables: dict[str, pd.DataFrame], broken: dict[str, str]
     if a.table not in tables:
         return "not run here", f"needs {a.hardware}: {a.command}"
     try:
-        return RULES[a.rule](tables)
-    except (KeyError, IndexError, ValueError, TypeError) as err:  # a table without what the rule reads
+        return judge(a.rule, tables, a.table)
+    except JUDGE_ERRORS as err:
         return "not judged", f"the rule could not read its numbers ({type(err).__name__}: {err})"
 
 

@@ -73,3 +73,24 @@ def test_three_way_outcomes():
     assert combine(["yes", "yes"], "yes") == "holds" and combine(["yes", "no"], "yes") == "partly"
     assert combine(["no", "no"], "yes") == "does not hold" and combine(["inconclusive"] * 2, "yes") == "inconclusive"
     assert combine(["no", "inconclusive"], "yes") == "inconclusive"
+
+
+def test_a_per_model_rule_judges_each_model_on_its_own_windows():
+    """Two models in one folder (SmolLM2 and Qwen2.5 in Table 3): pooled, the bootstrap mixed their
+    windows; judged per model, each gets its verdict and the artefact says which."""
+    from pipeline.report.registry import judge
+
+    def model_rows(model, items, ppl):
+        table = pd.DataFrame({"model": model, "condition": ["fp", "naive", "super_activation_aware"], "ppl_wiki": ppl})
+        return table, items.assign(model=model)
+
+    a_table, a_items = model_rows("a", _items({"naive": BASE + 0.05, "super_activation_aware": BASE + 0.01
+                                                + RNG.normal(0, 0.002, 8)}), [16.8, 17.6, 16.9])
+    b_table, b_items = model_rows("b", _items({"naive": BASE + 0.3, "super_activation_aware": BASE + 0.3
+                                                + RNG.normal(0, 0.004, 8)}), [16.8, 22.7, 22.7])
+    tables = {"sw_actquant_table": pd.concat([a_table, b_table]), "sw_actquant_items": pd.concat([a_items, b_items])}
+    verdict, why = judge("super_activation_aware_w8a8", tables, "sw_actquant_table")
+    assert verdict == "partly" and why.startswith("a: holds (") and "; b: inconclusive (" in why
+    # one model: the rule as written, no prefix
+    alone = judge("super_activation_aware_w8a8", {k: t[t["model"] == "a"] for k, t in tables.items()}, "sw_actquant_table")
+    assert alone[0] == "holds" and not alone[1].startswith("a: ")

@@ -30,7 +30,7 @@ def massive_found(t):
     return verdict, "; ".join(why for _, _, why in per_model)
 
 
-@rule("set_zero_breaks_set_mean_keeps")
+@rule("set_zero_breaks_set_mean_keeps", per_model=True)
 def set_zero_breaks(t):
     """Perplexity (paper A Table 3's metric), paired over the same windows of each dataset: holds if
     zeroing the massive activations multiplies perplexity by >= 10 (interval above 10) while setting

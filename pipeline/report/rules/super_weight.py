@@ -30,7 +30,7 @@ def super_weight_creates(t):
                              for _, r in g.iterrows()) for m, g in hit.groupby("model"))
 
 
-@rule("prune_sw_destroys")
+@rule("prune_sw_destroys", per_model=True)
 def prune_sw(t):
     """Perplexity (paper B Table 1's metric), paired over the same windows: holds if pruning the super
     weight(s) multiplies perplexity by >= 5, restoring the super activation stays within 10% of the
@@ -49,7 +49,7 @@ def prune_sw(t):
     return combine(sides, "yes"), why
 
 
-@rule("sw_removal_kills_super_activation")
+@rule("sw_removal_kills_super_activation", per_model=True)
 def layer_max(t):
     """At the first layer where the original's largest output appears (the super activation's):
     holds if removing the super weight cuts it by >= 50% while removing as many other large weights
@@ -69,7 +69,7 @@ def layer_max(t):
     return ("holds" if drop_sw and keep_non else "partly" if drop_sw else "does not hold"), why
 
 
-@rule("stopwords_rise")
+@rule("stopwords_rise", per_model=True)
 def stopwords(t):
     """holds if, without the super weight, the stopwords among the original top tokens become more
     likely on average (paper B Fig. 5: 'the', '.', ',' rise 2-10x on Llama-7B); partly if some do."""
@@ -80,7 +80,7 @@ def stopwords(t):
     return ("holds" if up == 1 else "partly" if up > 0 else "does not hold"), f"{up:.0%} of stopwords rise: {why}"
 
 
-@rule("scaling_curve")
+@rule("scaling_curve", per_model=True)
 def scaling(t):
     """Average zero-shot accuracy (paper B Fig. 6's metric), paired over the same documents: holds
     if removing the super weight (scale 0) lowers accuracy below scale 1 and some amplification
@@ -106,7 +106,7 @@ def scaling(t):
     return combine(sides, "yes"), why
 
 
-@rule("clip_restore_helps")
+@rule("clip_restore_helps", per_model=True)
 def clip_restore(t):
     """Average zero-shot accuracy (paper B Fig. 7's metric), paired over the same documents at each
     block size: clip + restore minus plain RTN. holds if its 95% interval is above 0 at every block
@@ -127,7 +127,7 @@ def clip_restore(t):
     return combine(sides, "yes"), f"clip + restore minus RTN ({e.what.split('; ')[1]}): " + "; ".join(parts)
 
 
-@rule("amplified_sw_helps_rtn")
+@rule("amplified_sw_helps_rtn", per_model=True)
 def amplified(t):
     """Average zero-shot accuracy (paper B Table 6's metric), paired over the same documents: at
     each block size the best amplification (x1.5 or x2, chosen by its point estimate) minus plain
@@ -161,7 +161,7 @@ def w8a8_part(suffix: str) -> str | None:
     return f"{what} ({', '.join(how)})"
 
 
-@rule("super_activation_aware_w8a8")
+@rule("super_activation_aware_w8a8", per_model=True)
 def w8a8(t):
     """Perplexity (paper B Tables 3/4's metric), paired over the same windows: super-activation
     aware minus naive W8A8, for every recorded protocol / part / activation granularity. holds if
