@@ -52,7 +52,8 @@ def judge(name: str, tables: dict[str, pd.DataFrame], main: str) -> tuple[str, s
     per = []
     for m in models:
         try:
-            v, why = RULES[name]({k: t[t["model"] == m] if "model" in t else t for k, t in tables.items()})
+            own = {k: t[t["model"] == m] if "model" in t else t for k, t in tables.items()}
+            v, why = RULES[name]({k: t for k, t in own.items() if not t.empty})  # none of its rows: missing
         except JUDGE_ERRORS as err:
             v, why = "not judged", f"the rule could not read its numbers ({type(err).__name__}: {err})"
         per.append((m, v, why))
