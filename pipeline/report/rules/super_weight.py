@@ -122,8 +122,8 @@ def clip_restore(t):
     for block in sorted(set(rtn.index) & set(ours.index)):
         e = paired(items, rtn[block], ours[block], metric)
         sides.append(want(side(e), "above" if metric == "acc" else "below"))
-        ppl = paired(items, rtn[block], ours[block], "ppl")
-        parts.append(f"{block}: {metric} {e.text(3)}, ppl {ppl.text(3)}")
+        beside = "" if metric == "ppl" else f", ppl {paired(items, rtn[block], ours[block], 'ppl').text(3)}"
+        parts.append(f"{block}: {metric} {e.text(3)}{beside}")
     return combine(sides, "yes"), f"clip + restore minus RTN ({e.what.split('; ')[1]}): " + "; ".join(parts)
 
 
