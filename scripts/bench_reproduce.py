@@ -30,8 +30,6 @@ def shard_costs(results: Path) -> list[dict]:
     for shard, m in manifests(results):
         if shard.parts[len(results.parts)] in ("bench", "reference"):
             continue
-        if not isinstance((m.get("config") or {}).get("model"), dict):  # a benchmark's own manifest
-            continue
         rows.append({"folder": str(shard.parents[1].relative_to(results)), "shard": shard.name,
                      **{k: m.get(k) for k in COLUMNS[2:]}})
     return rows

@@ -65,7 +65,8 @@ def _mark_super_weights(ax, df: pd.DataFrame, col: str, directory: pd.DataFrame,
                 it = int(getattr(r, "iteration", 0) or 0)
                 labels.append((f"[{r.row}, {r.col}] {r.role}" + (f", found at iteration {it}" if it else ""), r.role))
         for k, (text, role) in enumerate(labels):
-            ax.annotate(text, (layer, float(y.iloc[0])), fontsize=6.5, xytext=(-4 if right else 4, -12 - 9 * k if top else 4 + 9 * k),
+            dy = -12 - 9 * k if top else 4 + 9 * k
+            ax.annotate(text, (layer, float(y.iloc[0])), fontsize=6.5, xytext=(-4 if right else 4, dy),
                         textcoords="offset points", ha="right" if right else "left",
                         color="#d62728" if role == "creates" else "#7f7f7f")
 

@@ -6,18 +6,21 @@ No torch, no pandas: ``make help`` reads it in a fraction of a second."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 
 def manifests(folder: Path) -> Iterator[tuple[Path, dict]]:
-    """(shard folder, manifest) of every recorded run under ``folder`` (unreadable ones skipped)."""
+    """(shard folder, manifest) of every recorded run under ``folder`` (unreadable ones and a
+    benchmark's own manifests, whose model is a name, not a config, skipped)."""
     for path in sorted(Path(folder).rglob("runs/*/manifest.json")):
         try:
-            yield path.parent, json.loads(path.read_text())
+            m = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
+        if isinstance((m.get("config") or {}).get("model"), dict):
+            yield path.parent, m
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,6 @@ def recorded_cost(folder: Path) -> Cost | None:
     """The summed cost of the runs recorded in one results folder; None when it holds none."""
     walls, cpus = [], []
     for _, m in manifests(folder):
-        if not isinstance((m.get("config") or {}).get("model"), dict):  # a benchmark's own manifest
-            continue
         walls.append(float(m.get("wall_s") or 0.0))
         if m.get("cpu_s") is not None:
             cpus.append(float(m["cpu_s"]))

@@ -39,7 +39,8 @@ def test_multirun_over_models_lands_in_one_table(tmp_path, launcher):
     assert len(df) == 8  # 4 layers x 2 models, no duplicates
     import json
 
-    for m in (json.loads(p.read_text()) for p in (tmp_path / "massive_activations_default").glob("runs/*/manifest.json")):
+    shards = (tmp_path / "massive_activations_default").glob("runs/*/manifest.json")
+    for m in (json.loads(p.read_text()) for p in shards):
         # each job's own CPU time: no more than its wall time on every core (the process-wide counter,
         # read whole, gave every job the CPU of the imports and of the jobs before it)
         assert 0 < m["cpu_s"] <= m["wall_s"] * m["cores"] + 0.5, (m["cpu_s"], m["wall_s"])

@@ -23,7 +23,8 @@ def _labels(directory: pd.DataFrame) -> list[str]:
 def test_one_label_per_weight_and_a_summary_for_a_crowded_layer():
     rows = [{"layer": 1, "row": 7, "col": 3, "role": "creates", "iteration": 0},
             {"layer": 1, "row": 7, "col": 9, "role": "creates", "iteration": 2}]
-    rows += [{"layer": 4, "row": r, "col": 5, "role": "cancels", "iteration": i + 3} for i, r in enumerate([7, 11, 2, 40, 8])]
+    rows += [{"layer": 4, "row": r, "col": 5, "role": "cancels", "iteration": i + 3}
+             for i, r in enumerate([7, 11, 2, 40, 8])]
     texts = _labels(pd.DataFrame(rows))
     assert texts[:2] == ["[7, 3] creates", "[7, 9] creates, found at iteration 2"]
     assert len(texts) == 3 and texts[2].startswith("5 weights: rows 7, 11, 2, 40, ...; col 5")

@@ -92,7 +92,8 @@ def test_a_per_model_rule_judges_each_model_on_its_own_windows():
     verdict, why = judge("super_activation_aware_w8a8", tables, "sw_actquant_table")
     assert verdict == "partly" and why.startswith("a: holds (") and "; b: inconclusive (" in why
     # one model: the rule as written, no prefix
-    alone = judge("super_activation_aware_w8a8", {k: t[t["model"] == "a"] for k, t in tables.items()}, "sw_actquant_table")
+    only_a = {k: t[t["model"] == "a"] for k, t in tables.items()}
+    alone = judge("super_activation_aware_w8a8", only_a, "sw_actquant_table")
     assert alone[0] == "holds" and not alone[1].startswith("a: ")
 
 
@@ -101,7 +102,8 @@ def test_a_model_without_per_window_values_is_not_judged_for_that_reason():
 
     table = pd.DataFrame({"model": ["a"] * 3 + ["old"] * 3, "condition": ["fp", "naive", "super_activation_aware"] * 2,
                           "ppl_wiki": [16.8, 17.6, 16.9] * 2})
-    items = _items({"naive": BASE + 0.05, "super_activation_aware": BASE + 0.01 + RNG.normal(0, 0.002, 8)}).assign(model="a")
+    items = _items({"naive": BASE + 0.05, "super_activation_aware": BASE + 0.01 + RNG.normal(0, 0.002, 8)})
+    items = items.assign(model="a")
     verdict, why = judge("super_activation_aware_w8a8", {"sw_actquant_table": table, "sw_actquant_items": items},
                          "sw_actquant_table")
     assert verdict == "holds" and "old: not judged (no per-window" in why
