@@ -110,10 +110,10 @@ def test_our_probes_give_the_official_values_on_the_official_run():
         ours_memory = memory_probes(after, triggers=np.array(setting["fixed_triggers"]),
                                     n_train_tokens=setting["n_train_tokens"], bigram=t["bigram"].double().numpy())
         xt, yt, ct = (t[k].long() for k in ("x_test", "y_test", "outs_test"))
-        ours_test = batch_metrics(after(input_ids=xt, output_attentions=True).logits,
-                                  after(input_ids=xt, output_attentions=True).attentions, xt, yt, ct)["acc_end"]
-    got = {**{o: ours_batch[k] for o, k in BATCH_PROBES.items()}, **{o: ours_memory[k] for o, k in MEMORY_PROBES.items()},
-           "acc_end_test": ours_test}
+        test_out = after(input_ids=xt, output_attentions=True)
+        ours_test = batch_metrics(test_out.logits, test_out.attentions, xt, yt, ct)["acc_end"]
+    got = {**{o: ours_batch[k] for o, k in BATCH_PROBES.items()},
+           **{o: ours_memory[k] for o, k in MEMORY_PROBES.items()}, "acc_end_test": ours_test}
     assert set(got) | {"iter", "loss"} >= {k for k in official if not k.startswith(("norm_", "gradnorm_"))}
     wrong = {k: (got[k], official[k]) for k in got if abs(got[k] - official[k]) > 1e-6}
     assert not wrong, wrong
