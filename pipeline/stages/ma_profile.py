@@ -83,18 +83,27 @@ def _frame(rows: list[dict]):
     return pd.DataFrame(rows)
 
 
+def _token(m: dict) -> str:
+    """The token column: a first-token row names its position, the text only as an example (each
+    window's first token differs when windows start mid-text)."""
+    if m["token_type"] == "first_token":
+        return f"pos 0 (e.g. {m['token_text']!r})"
+    return repr(m["token_text"])
+
+
 def _rows(massive: list[dict], max_rows: int, table: str) -> list[str]:
     if not massive:
         return ["  none found"]
-    lines = [f"  {'layer':>5} {'dim':>6}  {'token type':<16}{'token':<12}{'value':>12}{'std':>9}"
-             f"{'ratio':>10}{'seqs':>6}  layers   steady  peak"]
+    lines = [f"  {'layer':>8} {'dim':>6}  {'token type':<16}{'token':<20}{'value':>12}{'std':>9}"
+             f"{'ratio':>10}{'seqs':>6}  layers      steady  peak"]
     for m in massive[:max_rows]:
+        first, last, peak = m["first_layer"], m["last_layer"], m["peak_layer"]
         lines.append(
-            f"  {m['first_layer']:>5} {m['dim']:>6}  {m['token_type']:<16}{m['token_text']!r:<12}"
+            f"  {f'{first} ({first + 1})':>8} {m['dim']:>6}  {m['token_type']:<16}{_token(m):<20}"
             f"{m['value_mean']:>12.1f}{m['value_std']:>9.1f}{m['ratio_to_median']:>10.0f}"
-            f"{m['frac_sequences']:>6.0%}  {m['first_layer']}-{m['last_layer']:<5}"
+            f"{m['frac_sequences']:>6.0%}  {f'{first}-{last} ({first + 1}-{last + 1})':<11}"
             f" {'yes' if m['steady'] else 'no':<7}"
-            f" {m['peak_value_mean']:.4g} (layer {m['peak_layer']})")
+            f" {m['peak_value_mean']:.4g} (layer {peak} ({peak + 1}))")
     if len(massive) > max_rows:
         lines.append(f"  ... {len(massive) - max_rows} more in {table}")
     return lines
@@ -108,8 +117,9 @@ def format_summary(out: dict[str, Any], max_rows: int = 12) -> str:
     if out.get("before_norm") is not None:
         lines.append(f"  before each block's output norm ({out['norm']}'s input, the residual sum):")
         lines += _rows(out["before_norm"], max_rows, "ma_massive_before_norm.csv")
-    lines.append("  (layer: 0-based index of first appearance; paper A counts from 1; steady: massive in >= half"
-                 " the layers from there on and in >= half the sequences)")
+    lines.append("  (layer: 0-based index of first appearance, paper A's 1-based count in brackets; steady: massive"
+                 " in >= half the layers from there on and in >= half the sequences; pos 0: each window's first"
+                 " token, cut mid-text unless a start token leads the window)")
     if out.get("fig1_why"):
         lines.append(f"  {out['fig1_why']}")
     if out.get("nonfinite"):

@@ -52,7 +52,10 @@ def test_stage_writes_tables_and_figures_redraw_from_csv(tmp_path):
     ctx.results.commit({})  # the figures read the committed record only
     figs = draw_experiment(ctx.out_dir)
     assert {p.name.split("_")[0] for p in figs} == {"fig3", "fig1"} and all(p.stat().st_size > 10_000 for p in figs)
-    assert "first_token" in ma_profile.format_summary(out)
+    text = ma_profile.format_summary(out)
+    assert "first_token" in text and "pos 0 (e.g. " in text  # the text only as an example of position 0
+    first = out["massive"][0]["first_layer"]
+    assert f"{first} ({first + 1})" in text  # both layer conventions
 
 
 def test_fig1_layer_out_of_range_is_a_clear_error(tmp_path):
