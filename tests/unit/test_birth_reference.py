@@ -21,9 +21,11 @@ RENAME = {".ff.w1.": ".ff.0.", ".ff.w2.": ".ff.2.", ".ff_norm.": ".ffn_norm."}  
 
 
 def ours(model_yaml: str, **change) -> BirthForCausalLM:
+    """Our class as ``conf/model/<model_yaml>.yaml`` configures it, at the reference's sizes
+    (``change`` overrides any of them)."""
     meta = json.loads((REF / "meta.json").read_text())
     init = yaml.safe_load((ROOT / "conf" / "model" / f"{model_yaml}.yaml").read_text())["init"]
-    init.update(dim=meta["dim"], n_positions=meta["length"], vocab_size=meta["vocab_size"], **change)
+    init.update({"dim": meta["dim"], "n_positions": meta["length"], "vocab_size": meta["vocab_size"], **change})
     return BirthForCausalLM(BirthConfig(**init)).eval()
 
 
@@ -39,11 +41,15 @@ def official(name: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
     return weights, ref["tokens"], ref["logits"]
 
 
-def logits_with(model: BirthForCausalLM, weights: dict, tokens: torch.Tensor) -> torch.Tensor:
+def loaded(model: BirthForCausalLM, weights: dict) -> BirthForCausalLM:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     assert not unexpected and not missing, (missing, unexpected)
+    return model
+
+
+def logits_with(model: BirthForCausalLM, weights: dict, tokens: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
-        return model(tokens).logits
+        return loaded(model, weights)(tokens).logits
 
 
 @pytest.mark.parametrize("name,model_yaml,change,tol", [
@@ -75,17 +81,10 @@ def simplified_at(tensors: dict[str, torch.Tensor], when: str) -> BirthForCausal
     our class (buffers such as the fixed positions do not change: taken from ``after``)."""
     state = {k.removeprefix("after."): v for k, v in tensors.items() if k.startswith("after.")}
     state.update({k.removeprefix(f"{when}."): v for k, v in tensors.items() if k.startswith(f"{when}.")})
-    dim, length = state["tok_embeddings.weight"].shape[1], tensors["x"].shape[1]
-    model = BirthForCausalLM(BirthConfig(**{**_simplified_init(), "dim": dim, "n_positions": length,
-                                            "vocab_size": state["tok_embeddings.weight"].shape[0],
-                                            "final_ffn": "linear"})).eval()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and not missing, (missing, unexpected)
-    return model
-
-
-def _simplified_init() -> dict:
-    return yaml.safe_load((ROOT / "conf" / "model" / "birth_simplified.yaml").read_text())["init"]
+    vocab, dim = state["tok_embeddings.weight"].shape
+    model = ours("birth_simplified", dim=dim, n_positions=tensors["x"].shape[1], vocab_size=vocab,
+                 final_ffn="linear")
+    return loaded(model, state)
 
 
 # official name -> ours, each compared to 6 decimals (the official values are float32 means)
