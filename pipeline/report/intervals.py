@@ -83,6 +83,18 @@ def paired(items: pd.DataFrame, a: str | None, b: str, stat: str, eval_data: str
     return Estimate(point, float(low), float(high), f"{what}; {'+'.join(keys)}, {n} {unit}")
 
 
+# Student's t 97.5% quantiles (two-sided 95%) by degrees of freedom, for intervals over a few seeds;
+# beyond 10 degrees of freedom the value at 10 (slightly wide, so never too narrow).
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t95(df: int) -> float:
+    """The two-sided 95% Student-t quantile for ``df`` >= 1 degrees of freedom (conservative > 10)."""
+    if df < 1:
+        raise ValueError(f"a t-interval needs at least 2 values (df {df})")
+    return _T975[min(df, len(_T975)) - 1]
+
+
 def side(estimate: Estimate, boundary: float = 0.0) -> str:
     """Where the interval lies: "below" / "above" ``boundary``, or "inconclusive" when it covers it."""
     if estimate.covers(boundary):
