@@ -33,8 +33,14 @@ def _curves(df: pd.DataFrame, cols: list[tuple[str, str]], out: Path, title: str
     ncol = min(3, n)
     fig, axes = plt.subplots(math.ceil(n / ncol), ncol, figsize=(4.3 * ncol, 3.2 * math.ceil(n / ncol)), squeeze=False)
     for ax, (col, name) in zip(axes.flat, cols, strict=False):
-        for label, g in df.sort_values("step").groupby("label", sort=False):
-            ax.plot(g["step"], g[col], lw=1.2, label=str(label))
+        for i, (label, g) in enumerate(df.groupby("label", sort=False)):
+            by_step = g.groupby("step")[col]
+            mean, seeds = by_step.mean(), g["seed"].nunique() if "seed" in g else 1
+            many = f" (mean of {seeds} seeds; band: their range)" if seeds > 1 else ""
+            ax.plot(mean.index, mean.to_numpy(), lw=1.2, color=f"C{i % 10}", label=f"{label}{many}")
+            if seeds > 1:  # one line per label: the seeds' curves interleaved by step drew a zigzag
+                ax.fill_between(mean.index, by_step.min().to_numpy(), by_step.max().to_numpy(),
+                                color=f"C{i % 10}", alpha=0.2, lw=0)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
@@ -85,7 +91,10 @@ def fig_start_token(df: pd.DataFrame, _model: str, out: Path) -> Path | None:
         text_columns=("query_token", "key_token"))
 def fig_attention(df: pd.DataFrame, _model: str, out: Path) -> Path:
     """Fig. 2: the trained models' attention maps on one held-out sequence, a row per run and
-    layer, a column per head (layer 1: previous-token head; layer 2: induction head)."""
+    layer (the first seed where there are several), a column per head (layer 1: previous-token
+    head; layer 2: induction head)."""
+    if "seed" in df and df["seed"].nunique() > 1:  # one map per run: the first seed's
+        df = df[df["seed"] == df["seed"].min()]
     runs = list(dict.fromkeys(df["label"]))
     heads = int(df["head"].max()) + 1
     rows = [(r, layer) for r in runs for layer in sorted(df["layer"].unique())]

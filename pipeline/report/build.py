@@ -32,6 +32,7 @@ from pipeline.report.stale import check_folder, summary
 PAPERS = {"A": "Massive Activations (Sun et al. 2024)", "B": "The Super Weight (Yu et al. 2024)",
           "C": "Birth of a Transformer (Bietti et al. 2023)", "beyond": "Beyond the papers"}
 MAX_ROWS = 12
+MAX_FINAL_ROWS = 48   # one row per run: seven variants x three seeds fit
 
 
 def experiments() -> list[str]:
@@ -136,9 +137,9 @@ def shown(a: Artefact, df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         keys = [c for c in RUN_KEYS if c in df and df[c].nunique() > 1]
         last = steps.groupby([df[k] for k in keys]).transform("max") if keys else steps.max()
         final = df[steps == last]
-        cols = ["step", *[c for c in cols if c != "step"]]
-        return final[cols].head(MAX_ROWS), f"the last step of each run, {len(final)} rows" + (
-            f", first {MAX_ROWS}" if len(final) > MAX_ROWS else "")
+        cols = ["step", *[k for k in keys if k not in cols], *[c for c in cols if c != "step"]]  # a seed shows
+        return final[cols].head(MAX_FINAL_ROWS), f"the last step of each run, {len(final)} rows" + (
+            f", first {MAX_FINAL_ROWS}" if len(final) > MAX_FINAL_ROWS else "")
     return df[cols].head(MAX_ROWS), f"first {MAX_ROWS} of {len(df)} rows" if len(df) > MAX_ROWS else ""
 
 
