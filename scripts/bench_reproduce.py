@@ -19,19 +19,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-COLUMNS = ("folder", "shard", "experiment", "model", "device", "git_sha", "timestamp", "wall_s", "cpu_s",
-           "threads", "cores", "load_start", "load_end")
+COLUMNS = ("folder", "shard", "experiment", "model", "seed", "seed_repeat", "device", "git_sha", "timestamp",
+           "wall_s", "cpu_s", "threads", "cores", "load_start", "load_end")
 
 
 def shard_costs(results: Path) -> list[dict]:
-    from pipeline.report.costs import manifests
+    """One row per shard; ``seed_repeat``: a run at another seed than its folder's first (make
+    record-seeds), counted apart from the one-seed pack."""
+    from pipeline.report.costs import is_repeat, manifests
 
+    found = [(shard, m) for shard, m in manifests(results)
+             if shard.parts[len(results.parts)] not in ("bench", "reference")]
+    first: dict[str, int] = {}
+    for shard, m in found:
+        folder = str(shard.parents[1].relative_to(results))
+        first[folder] = min(first.get(folder, int(m.get("seed") or 0)), int(m.get("seed") or 0))
     rows = []
-    for shard, m in manifests(results):
-        if shard.parts[len(results.parts)] in ("bench", "reference"):
-            continue
-        rows.append({"folder": str(shard.parents[1].relative_to(results)), "shard": shard.name,
-                     **{k: m.get(k) for k in COLUMNS[2:]}})
+    for shard, m in found:
+        folder = str(shard.parents[1].relative_to(results))
+        rows.append({"folder": folder, "shard": shard.name, **{k: m.get(k) for k in COLUMNS[2:]},
+                     "seed": int(m.get("seed") or 0), "seed_repeat": is_repeat(m, first[folder])})
     return rows
 
 
@@ -45,21 +52,25 @@ def main() -> int:
     if not rows:
         sys.exit("error: no recorded shard under results/")
     df = pd.DataFrame(rows, columns=list(COLUMNS))
-    totals = df.groupby("folder", sort=True).agg(wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"),
-                                                   shard=("shard", "count")).reset_index()
+    pack, repeats = df[~df["seed_repeat"]], df[df["seed_repeat"]]
+    totals = pack.groupby("folder", sort=True).agg(wall_s=("wall_s", "sum"), cpu_s=("cpu_s", "sum"),
+                                                     shard=("shard", "count")).reset_index()
     totals["shard"] = totals["shard"].map(lambda n: f"TOTAL of {n} shards")
-    overall = {"folder": "ALL", "shard": f"TOTAL of {len(df)} shards", "wall_s": df["wall_s"].sum(),
-               "cpu_s": df["cpu_s"].sum()}
-    out = pd.concat([df, totals, pd.DataFrame([overall])], ignore_index=True)
+    overall = [{"folder": "ALL", "shard": f"TOTAL of {len(pack)} shards, one seed per artefact",
+                "wall_s": pack["wall_s"].sum(), "cpu_s": pack["cpu_s"].sum()},
+               {"folder": "ALL", "shard": f"TOTAL of {len(repeats)} seed repeats (make record-seeds)",
+                "wall_s": repeats["wall_s"].sum(), "cpu_s": repeats["cpu_s"].sum()}]
+    out = pd.concat([df, totals, pd.DataFrame(overall)], ignore_index=True)
     cores = int(df["cores"].dropna().max()) if df["cores"].notna().any() else "?"
     out["machine"] = f"{platform.machine()}, {cores} cores"
     path = results / "bench" / "reproduce.csv"
     atomic_write(path, lambda fh: out.to_csv(fh, index=False))
     unknown = int(df["wall_s"].isna().sum())
-    with_cpu = df["cpu_s"].notna()
-    print(f"{len(df)} shards: {overall['wall_s'] / 3600:.2f} h of wall time as recorded"
+    with_cpu = pack["cpu_s"].notna()
+    print(f"{len(pack)} shards, one seed per artefact: {overall[0]['wall_s'] / 3600:.2f} h of wall time as recorded"
           + (f" ({unknown} without a measured time)" if unknown else "")
-          + f"; CPU time measured for {int(with_cpu.sum())} of them: {df.loc[with_cpu, 'cpu_s'].sum() / 3600:.2f} h")
+          + f"; CPU time measured for {int(with_cpu.sum())} of them: {pack.loc[with_cpu, 'cpu_s'].sum() / 3600:.2f} h"
+          + f"; seed repeats apart: {len(repeats)} shards, {overall[1]['wall_s'] / 3600:.2f} h wall")
     for _, r in totals.sort_values("wall_s", ascending=False).iterrows():
         print(f"  {r['folder']:<48} {r['wall_s'] / 60:7.1f} min  ({r['shard']})")
     print(f"wrote {path.relative_to(ROOT)}")

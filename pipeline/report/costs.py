@@ -25,10 +25,11 @@ def manifests(folder: Path) -> Iterator[tuple[Path, dict]]:
 
 @dataclass(frozen=True)
 class Cost:
-    runs: int               # recorded shards
+    runs: int               # recorded shards of the first seed (what the card's command regenerates)
     wall_s: float           # summed over the runs that measured it
     cpu_s: float | None     # summed over the runs that measured it (None: none did)
     cpu_runs: int           # how many runs measured CPU time (recorded since the entry point did)
+    repeats: Cost | None = None   # the seed repeats (make record-seeds), counted apart
 
     def describe(self, short: bool = False) -> str:
         wall = _minutes(self.wall_s)
@@ -36,22 +37,35 @@ class Cost:
             return wall if self.cpu_s is None else f"{wall} ({_minutes(self.cpu_s)} CPU)"
         runs = f"{self.runs} run{'s' * (self.runs != 1)}"
         if self.cpu_s is None:
-            return f"{wall} wall over {runs} (CPU time not measured: recorded before the manifests had it)"
-        part = "" if self.cpu_runs == self.runs else f" of {self.cpu_runs}"
-        return f"{wall} wall over {runs}, {_minutes(self.cpu_s)} CPU time{part}"
+            one = f"{wall} wall over {runs} (CPU time not measured: recorded before the manifests had it)"
+        else:
+            part = "" if self.cpu_runs == self.runs else f" of {self.cpu_runs}"
+            one = f"{wall} wall over {runs}, {_minutes(self.cpu_s)} CPU time{part}"
+        return one if self.repeats is None else f"{one}; seed repeats apart: {self.repeats.describe()}"
 
 
 def _minutes(seconds: float) -> str:
     return "<1 min" if seconds < 60 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def is_repeat(manifest: dict, first_seed: int) -> bool:
+    """A seed repeat: a run at another seed than the folder's first (lowest) recorded seed."""
+    return int(manifest.get("seed") or 0) != first_seed
+
+
 def recorded_cost(folder: Path) -> Cost | None:
-    """The summed cost of the runs recorded in one results folder; None when it holds none."""
-    walls, cpus = [], []
-    for _, m in manifests(folder):
-        walls.append(float(m.get("wall_s") or 0.0))
-        if m.get("cpu_s") is not None:
-            cpus.append(float(m["cpu_s"]))
-    if not walls:
+    """The summed cost of the runs recorded in one results folder at its first seed (seed
+    repeats summed apart, in ``repeats``); None when it holds none."""
+    found = [m for _, m in manifests(folder)]
+    if not found:
         return None
+    first = min(int(m.get("seed") or 0) for m in found)
+    once = _sum([m for m in found if not is_repeat(m, first)])
+    again = [m for m in found if is_repeat(m, first)]
+    return Cost(once.runs, once.wall_s, once.cpu_s, once.cpu_runs, _sum(again) if again else None)
+
+
+def _sum(found: list[dict]) -> Cost:
+    walls = [float(m.get("wall_s") or 0.0) for m in found]
+    cpus = [float(m["cpu_s"]) for m in found if m.get("cpu_s") is not None]
     return Cost(len(walls), sum(walls), sum(cpus) if cpus else None, len(cpus))

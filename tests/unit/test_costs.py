@@ -27,6 +27,18 @@ def test_recorded_cost_sums_the_runs_and_says_what_was_not_measured(tmp_path):
     assert cost.describe(short=True) == "15 min (9 min CPU)"
 
 
+def test_seed_repeats_are_counted_apart(tmp_path):
+    """Issue 26: the pack's cost is one seed per artefact; make record-seeds' repeats apart."""
+    _shard(tmp_path, "s0", seed=0, wall_s=600.0, cpu_s=1200.0)
+    _shard(tmp_path, "s1", seed=1, wall_s=300.0, cpu_s=600.0)
+    _shard(tmp_path, "s2", seed=2, wall_s=300.0, cpu_s=600.0)
+    cost = recorded_cost(tmp_path)
+    assert (cost.runs, cost.wall_s, cost.repeats.runs, cost.repeats.wall_s) == (1, 600.0, 2, 600.0)
+    assert cost.describe() == ("10 min wall over 1 run, 20 min CPU time; "
+                               "seed repeats apart: 10 min wall over 2 runs, 20 min CPU time")
+    assert cost.describe(short=True) == "10 min (20 min CPU)"
+
+
 def test_a_benchmark_manifest_is_not_a_run(tmp_path):
     d = tmp_path / "runs" / "bench"
     d.mkdir(parents=True)
