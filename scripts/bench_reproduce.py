@@ -26,19 +26,17 @@ COLUMNS = ("folder", "shard", "experiment", "model", "seed", "seed_repeat", "dev
 def shard_costs(results: Path) -> list[dict]:
     """One row per shard; ``seed_repeat``: a run at another seed than its folder's first (make
     record-seeds), counted apart from the one-seed pack."""
-    from pipeline.report.costs import is_repeat, manifests
+    from pipeline.report.costs import manifests, seed_repeats
 
-    found = [(shard, m) for shard, m in manifests(results)
-             if shard.parts[len(results.parts)] not in ("bench", "reference")]
-    first: dict[str, int] = {}
-    for shard, m in found:
-        folder = str(shard.parents[1].relative_to(results))
-        first[folder] = min(first.get(folder, int(m.get("seed") or 0)), int(m.get("seed") or 0))
+    by_folder: dict[str, list[tuple[Path, dict]]] = {}
+    for shard, m in manifests(results):
+        if shard.parts[len(results.parts)] not in ("bench", "reference"):
+            by_folder.setdefault(str(shard.parents[1].relative_to(results)), []).append((shard, m))
     rows = []
-    for shard, m in found:
-        folder = str(shard.parents[1].relative_to(results))
-        rows.append({"folder": folder, "shard": shard.name, **{k: m.get(k) for k in COLUMNS[2:]},
-                     "seed": int(m.get("seed") or 0), "seed_repeat": is_repeat(m, first[folder])})
+    for folder, found in by_folder.items():
+        for (shard, m), again in zip(found, seed_repeats([m for _, m in found]), strict=True):
+            rows.append({"folder": folder, "shard": shard.name, **{k: m.get(k) for k in COLUMNS[2:]},
+                         "seed": int(m.get("seed") or 0), "seed_repeat": again})
     return rows
 
 

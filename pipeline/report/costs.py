@@ -48,9 +48,11 @@ def _minutes(seconds: float) -> str:
     return "<1 min" if seconds < 60 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
-def is_repeat(manifest: dict, first_seed: int) -> bool:
-    """A seed repeat: a run at another seed than the folder's first (lowest) recorded seed."""
-    return int(manifest.get("seed") or 0) != first_seed
+def seed_repeats(found: list[dict]) -> list[bool]:
+    """Per manifest of one results folder: a seed repeat (make record-seeds), i.e. a run at another
+    seed than the folder's first (lowest) recorded seed."""
+    seeds = [int(m.get("seed") or 0) for m in found]
+    return [s != min(seeds) for s in seeds]
 
 
 def recorded_cost(folder: Path) -> Cost | None:
@@ -59,9 +61,9 @@ def recorded_cost(folder: Path) -> Cost | None:
     found = [m for _, m in manifests(folder)]
     if not found:
         return None
-    first = min(int(m.get("seed") or 0) for m in found)
-    once = _sum([m for m in found if not is_repeat(m, first)])
-    again = [m for m in found if is_repeat(m, first)]
+    flags = seed_repeats(found)
+    once = _sum([m for m, again in zip(found, flags, strict=True) if not again])
+    again = [m for m, again in zip(found, flags, strict=True) if again]
     return Cost(once.runs, once.wall_s, once.cpu_s, once.cpu_runs, _sum(again) if again else None)
 
 

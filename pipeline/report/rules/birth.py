@@ -8,6 +8,8 @@ import pandas as pd
 from pipeline.report.intervals import Estimate, combine, side, t95
 from pipeline.report.registry import rule
 
+CONVERGED_ACC = 0.9   # the in-context accuracy (acc_end) of a formed induction head
+
 
 def runs(d: pd.DataFrame):
     """(name, rows) per training run: per label, and per seed where the record holds several
@@ -34,7 +36,7 @@ def induction(t):
     for label, g in runs(t["birth_curve"]):
         last = g.iloc[-1]
         wo, wk = _first_step(g, "wo1", 0.5), _first_step(g, "wk0_64", 0.5)
-        accurate = last["acc_end"] >= 0.9
+        accurate = last["acc_end"] >= CONVERGED_ACC
         if not accurate:
             verdicts.append("does not hold")
         elif wo == float("inf") or wk == float("inf"):
@@ -141,9 +143,6 @@ def global_first(t):
         out.append(f"{label}: bigram at {bigram}, in-context at {head}; lead {est.text(3)} ({est.what})"
                    + ("" if end >= CONVERGED_ACC else f"; not converged: acc_end ends at {end:.2f} < {CONVERGED_ACC}"))
     return combine(sides, "above"), "half-drop steps: " + "; ".join(out)
-
-
-CONVERGED_ACC = 0.9   # the in-context accuracy of a formed induction head (as induction_head_forms)
 
 
 def half_drop_step(g: pd.DataFrame, col: str, tail: int = 5) -> float:
